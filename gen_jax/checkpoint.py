@@ -1,0 +1,78 @@
+"""orbax checkpoints of the train state together with the data iterator state.
+
+Restarting with the same workdir resumes from the newest checkpoint that
+restores; a damaged one is moved aside with a warning (never deleted) and the
+previous one is used.
+"""
+
+import os
+import shutil
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+from orbax.checkpoint.checkpoint_managers import preservation_policy
+
+from gen_jax.train_state import TrainState
+
+
+def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  """Async manager over `workdir/checkpoints` keeping the newest `keep` steps."""
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=preservation_policy.LatestN(keep),
+      enable_async_checkpointing=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               item_names=("state", "data"), options=options)
+
+
+def save(manager: ocp.CheckpointManager, state: TrainState, iterator) -> None:
+  """Starts an async save of `state` and the grain `iterator` at `state.step`."""
+  args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                            data=grain.checkpoint.CheckpointSave(iterator))
+  manager.save(int(jax.device_get(state.step)), args=args, force=True)
+
+
+def _quarantine(manager: ocp.CheckpointManager, step: int) -> None:
+  """Moves a damaged step out of the manager's view so later saves can reuse it."""
+  if jax.process_index() == 0:
+    src = os.path.join(str(manager.directory), str(step))
+    dst = os.path.join(os.path.dirname(str(manager.directory)), "checkpoints_damaged")
+    os.makedirs(dst, exist_ok=True)
+    shutil.move(src, os.path.join(dst, f"{step}.{len(os.listdir(dst))}"))
+  multihost_utils.sync_global_devices(f"quarantine_{step}")
+  manager.reload()
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState,
+                   iterator) -> TrainState | None:
+  """The newest restorable state (placed as `abstract_state`'s shardings say),
+  with `iterator` set to the matching data position; None if there is none."""
+  for step in sorted(manager.all_steps(), reverse=True):
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                              data=grain.checkpoint.CheckpointRestore(iterator))
+    try:
+      restored = manager.restore(step, args=args)
+    except Exception as e:  # orbax/tensorstore raise many types for bad files
+      logging.warning("checkpoint at step %d does not restore (%s: %s); moving it "
+                      "to checkpoints_damaged/ and trying the previous one",
+                      step, type(e).__name__, str(e).splitlines()[0][:200])
+      _quarantine(manager, step)
+      continue
+    logging.info("resumed from step %d", step)
+    return restored.state
+  return None
+
+
+def load_params(path: str, abstract_state: TrainState) -> dict:
+  """Params of the newest checkpoint under `path` (a workdir or checkpoints dir)."""
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  with ocp.CheckpointManager(os.path.abspath(path), item_names=("state", "data"),
+                             options=ocp.CheckpointManagerOptions(read_only=True)) as m:
+    step = m.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"train.init_from={path!r} holds no checkpoint")
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    return m.restore(step, args=args).state.params

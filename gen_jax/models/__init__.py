@@ -1,0 +1,7 @@
+"""MODELS: the explicit map from `config.model.name` to a Linen module class."""
+
+from gen_jax.models import conv
+
+MODELS = {
+    "conv_vae": conv.ConvVAE,
+}

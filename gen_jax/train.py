@@ -1,0 +1,179 @@
+"""The only training loop: build, shard, resume, step, log, evaluate, save.
+
+A run: family and mesh from the config -> the state born sharded (eval_shape
+-> shardings -> jit init) or restored from the workdir -> the jitted shared
+train step, with metrics fetched one step late -> evaluators and async
+checkpoints at their intervals -> a final save. SIGTERM saves and exits.
+"""
+
+import functools
+import json
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from gen_jax import checkpoint, data, evaluate, families, metrics, optim, sharding, step
+from gen_jax.train_state import TrainState
+
+
+def _init_state(config, family, mesh, tx, key):
+  """(abstract state with shardings, jitted init) without materialising params."""
+  dummy = data.dummy_batch(config.data)
+
+  def init_fn(key):
+    return TrainState.create(family.init(key, dummy), tx)
+
+  abstract = jax.eval_shape(init_fn, key)
+  shardings = sharding.state_shardings(abstract, mesh)
+  abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract, shardings)
+  return abstract, shardings, jax.jit(init_fn, out_shardings=shardings)
+
+
+class _MetricsBuffer:
+  """Holds each step's device metrics until the next step is dispatched, then
+  fetches them (so the device never idles), checks them for NaN and keeps
+  them for averaging until the next log step."""
+
+  def __init__(self):
+    self.pending = None
+    self.rows = []
+
+  def push(self, step: int, device_metrics) -> None:
+    self.flush()
+    self.pending = (step, device_metrics)
+
+  def flush(self) -> None:
+    if self.pending is not None:
+      step, device_metrics = self.pending
+      self.pending = None
+      values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+      metrics.check_finite(step, values)
+      self.rows.append(values)
+
+  def mean(self) -> dict[str, float]:
+    self.flush()
+    out = {k: float(np.mean([r[k] for r in self.rows])) for k in self.rows[0]}
+    self.rows = []
+    return out
+
+
+def _sigterm_flag() -> tuple[list[bool], object]:
+  """Catches SIGTERM (preemption) into a flag the loop polls; returns the old handler."""
+  flag = [False]
+
+  def handler(signum, frame):
+    logging.warning("SIGTERM: saving a checkpoint and stopping")
+    flag[0] = True
+
+  return flag, signal.signal(signal.SIGTERM, handler)
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
+
+
+def _make_evaluators(config, family, mesh, key):
+  repl = sharding.replicated(mesh)
+  deps = dict(
+      family=family, data_cfg=config.data, mesh=mesh, key=key,
+      eval_step=jax.jit(functools.partial(step.eval_step, family=family),
+                        out_shardings=repl),
+      sample_fn=jax.jit(family.sample, static_argnums=2, out_shardings=repl),
+      reconstruct_fn=(jax.jit(family.reconstruct, out_shardings=repl)
+                      if family.reconstruct else None))
+  return {name: (cfg.every_steps, evaluate.make(name, cfg, **deps))
+          for name, cfg in config.evals.items()}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints)."""
+  os.makedirs(workdir, exist_ok=True)
+  family = families.make(config)
+  mesh = sharding.make_mesh(config.mesh)
+  key = jax.random.key(config.seed)
+  init_key, step_key, eval_key = (jax.random.fold_in(key, i) for i in range(3))
+  tx = optim.make(config, list(family.losses))
+  abstract, state_sh, init_fn = _init_state(config, family, mesh, tx, init_key)
+
+  train_iter = data.make_train(config.data, batch_size=config.train.batch_size,
+                               mesh=mesh)
+  evaluators = _make_evaluators(config, family, mesh, eval_key)
+  manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
+  state = checkpoint.restore_latest(manager, abstract, train_iter.iterator)
+  if state is None:
+    state = init_fn(init_key)
+    if config.train.init_from:
+      params = checkpoint.load_params(config.train.init_from, abstract)
+      state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
+    _write_config(config, workdir)
+
+  repl = sharding.replicated(mesh)
+  train_step = jax.jit(
+      functools.partial(step.train_step, family=family,
+                        ema_decay=config.train.ema_decay),
+      in_shardings=(state_sh, sharding.batch_sharding(mesh), repl),
+      out_shardings=(state_sh, repl), donate_argnums=0)
+  writer = metrics.Writer(workdir)
+  try:
+    state = _loop(config, state, train_step, jax.device_put(step_key, repl),
+                  train_iter, evaluators, manager, writer)
+  finally:
+    manager.wait_until_finished()  # an async save must land before we exit
+    manager.close()
+    writer.close()
+  return state
+
+
+def _loop(config, state, train_step, key, train_iter, evaluators, manager, writer):
+  cfg = config.train
+  start = int(jax.device_get(state.step))
+  buffer = _MetricsBuffer()
+  stop, old_handler = _sigterm_flag()
+  last_log, last_time = start, time.perf_counter()
+  try:
+    for s in range(start, cfg.num_steps):
+      state, step_metrics = train_step(state, next(train_iter), key)
+      done = s + 1
+      buffer.push(done, step_metrics)
+      if jax.process_count() > 1:  # all hosts must agree on when to stop
+        stop[0] = manager.reached_preemption(done)
+      if done % cfg.log_every_steps == 0 or done == cfg.num_steps:
+        scalars = buffer.mean()
+        elapsed = time.perf_counter() - last_time
+        scalars["steps_per_sec"] = (done - last_log) / elapsed
+        scalars["examples_per_sec"] = scalars["steps_per_sec"] * cfg.batch_size
+        writer.write_scalars(done, scalars)
+        logging.info("step %d: %s", done, {k: f"{v:.4g}" for k, v in scalars.items()})
+        last_log, last_time = done, time.perf_counter()
+      for name, (every, run_eval) in evaluators.items():
+        if done % every == 0 or done == cfg.num_steps:
+          _write_eval(writer, done, name, run_eval(state))
+      if done % cfg.ckpt_every_steps == 0 or done == cfg.num_steps or stop[0]:
+        buffer.flush()  # never save a state whose step went non-finite
+        checkpoint.save(manager, state, train_iter.iterator)
+      if stop[0]:
+        logging.warning("stopped by SIGTERM at step %d after saving", done)
+        break
+  finally:
+    signal.signal(signal.SIGTERM, old_handler)
+  return state
+
+
+def _write_eval(writer, step, name, results):
+  scalars = {f"eval/{name}/{k}": v for k, v in results.items() if np.ndim(v) == 0}
+  images = {f"eval/{name}/{k}": v for k, v in results.items() if np.ndim(v) == 3}
+  if scalars:
+    writer.write_scalars(step, scalars)
+    logging.info("step %d: %s", step, {k: f"{v:.4g}" for k, v in scalars.items()})
+  if images:
+    writer.write_images(step, images)
