@@ -54,6 +54,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.evals = ml_collections.ConfigDict()
 
   # -1 takes all remaining devices. Batches split over (data, fsdp); params
-  # are sharded over fsdp.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  # of at least fsdp_min_size elements are sharded over fsdp.
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "fsdp_min_size": 2**14})
   return c

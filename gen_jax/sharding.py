@@ -10,8 +10,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")  # batches split over every axis (FSDP is data-parallel)
-# Leaves smaller than this stay replicated: sharding them saves nothing.
-FSDP_MIN_SIZE = 2**14
 
 
 def make_mesh(cfg: ml_collections.ConfigDict,
@@ -41,9 +39,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def _fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
+def _fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
   """Shards the largest dimension divisible by the fsdp size; else replicates."""
-  if fsdp == 1 or math.prod(shape) < FSDP_MIN_SIZE:
+  if fsdp == 1 or math.prod(shape) < min_size:
     return P()
   for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
     if shape[dim] % fsdp == 0:
@@ -51,12 +49,14 @@ def _fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
   return P()
 
 
-def state_shardings(abstract_state, mesh: Mesh):
-  """Shardings for every leaf of a (abstract) train state, by shape.
+def state_shardings(abstract_state, mesh: Mesh, fsdp_min_size: int):
+  """Shardings for every leaf of a (abstract) train state, by shape; leaves
+  under `fsdp_min_size` elements stay replicated (sharding them saves nothing).
 
   Params, their optimizer moments and their EMA have equal shapes, so they get
   equal shardings and the update needs no communication beyond FSDP's gathers.
   """
   fsdp = mesh.shape["fsdp"]
-  return jax.tree.map(lambda x: NamedSharding(mesh, _fsdp_spec(x.shape, fsdp)),
-                      abstract_state)
+  return jax.tree.map(
+      lambda x: NamedSharding(mesh, _fsdp_spec(x.shape, fsdp, fsdp_min_size)),
+      abstract_state)

@@ -1,6 +1,9 @@
 """The pure train and eval steps shared by every family (jitted only in train.py)."""
 
+import functools
+
 import jax
+import jax.numpy as jnp
 import optax
 
 from gen_jax.families import Batch, Family, Metrics, Params
@@ -26,11 +29,17 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *, family: Famil
       aux = dict(aux)
       state = state.replace(params={**state.params, **aux.pop("new_state")})
     metrics[f"{role}/loss"] = loss
-    metrics[f"{role}/grad_norm"] = optax.global_norm(grads)
+    metrics[f"{role}/grad_norm"] = optax.tree.norm(grads)
     metrics |= {f"{role}/{k}": v for k, v in aux.items()}
-  ema = jax.tree.map(lambda e, p: e + (1 - ema_decay) * (p - e),
+  ema = jax.tree.map(functools.partial(_ema, decay=ema_decay),
                      state.ema_params, state.params)
   return state.replace(step=state.step + 1, ema_params=ema), metrics
+
+
+def _ema(e: jax.Array, p: jax.Array, decay: float) -> jax.Array:
+  if not jnp.issubdtype(p.dtype, jnp.inexact):  # counters etc.: track the latest
+    return p
+  return e + (1 - decay) * (p - e)
 
 
 def eval_step(params: Params, batch: Batch, key: jax.Array, *,

@@ -6,35 +6,66 @@ train step, with metrics fetched one step late -> evaluators and async
 checkpoints at their intervals -> a final save. SIGTERM saves and exits.
 """
 
+import dataclasses
 import functools
 import json
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.sharding import Mesh
 
 from gen_jax import checkpoint, data, evaluate, families, metrics, optim, sharding, step
 from gen_jax.train_state import TrainState
 
 
-def _init_state(config, family, mesh, tx, key):
-  """(abstract state with shardings, jitted init) without materialising params."""
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything a run (or a benchmark) needs, built without touching data or disk."""
+
+  family: families.Family
+  mesh: Mesh
+  abstract_state: TrainState  # ShapeDtypeStructs carrying their target shardings
+  state_shardings: TrainState
+  init: Callable[[jax.Array], TrainState]  # jitted: the state is born sharded
+  train_step: Callable  # jitted (state, batch, key) -> (state, metrics), donates state
+  init_key: jax.Array
+  step_key: jax.Array
+  eval_key: jax.Array
+
+
+def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
+  """Family, mesh, sharded init and the jitted train step for `config`."""
+  family = families.make(config)
+  mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
+  tx = optim.make(config, list(family.losses))
   dummy = data.dummy_batch(config.data)
 
   def init_fn(key):
     return TrainState.create(family.init(key, dummy), tx)
 
-  abstract = jax.eval_shape(init_fn, key)
-  shardings = sharding.state_shardings(abstract, mesh)
+  key = jax.random.key(config.seed)
+  init_key, step_key, eval_key = (jax.random.fold_in(key, i) for i in range(3))
+  abstract = jax.eval_shape(init_fn, init_key)
+  state_sh = sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
   abstract = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract, shardings)
-  return abstract, shardings, jax.jit(init_fn, out_shardings=shardings)
+      abstract, state_sh)
+  repl = sharding.replicated(mesh)
+  train_step = jax.jit(
+      functools.partial(step.train_step, family=family,
+                        ema_decay=config.train.ema_decay),
+      in_shardings=(state_sh, sharding.batch_sharding(mesh), repl),
+      out_shardings=(state_sh, repl), donate_argnums=0)
+  return Setup(family, mesh, abstract, state_sh,
+               jax.jit(init_fn, out_shardings=state_sh), train_step,
+               init_key, jax.device_put(step_key, repl), eval_key)
 
 
 class _MetricsBuffer:
@@ -98,34 +129,25 @@ def _make_evaluators(config, family, mesh, key):
 def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config` in `workdir` (resuming if it holds checkpoints)."""
   os.makedirs(workdir, exist_ok=True)
-  family = families.make(config)
-  mesh = sharding.make_mesh(config.mesh)
-  key = jax.random.key(config.seed)
-  init_key, step_key, eval_key = (jax.random.fold_in(key, i) for i in range(3))
-  tx = optim.make(config, list(family.losses))
-  abstract, state_sh, init_fn = _init_state(config, family, mesh, tx, init_key)
-
+  run_setup = setup(config)
+  mesh = run_setup.mesh
   train_iter = data.make_train(config.data, batch_size=config.train.batch_size,
                                mesh=mesh)
-  evaluators = _make_evaluators(config, family, mesh, eval_key)
+  evaluators = _make_evaluators(config, run_setup.family, mesh, run_setup.eval_key)
   manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
-  state = checkpoint.restore_latest(manager, abstract, train_iter.iterator)
+  state = checkpoint.restore_latest(manager, run_setup.abstract_state,
+                                    train_iter.iterator)
   if state is None:
-    state = init_fn(init_key)
+    state = run_setup.init(run_setup.init_key)
     if config.train.init_from:
-      params = checkpoint.load_params(config.train.init_from, abstract)
+      params = checkpoint.load_params(config.train.init_from,
+                                      run_setup.abstract_state)
       state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
     _write_config(config, workdir)
 
-  repl = sharding.replicated(mesh)
-  train_step = jax.jit(
-      functools.partial(step.train_step, family=family,
-                        ema_decay=config.train.ema_decay),
-      in_shardings=(state_sh, sharding.batch_sharding(mesh), repl),
-      out_shardings=(state_sh, repl), donate_argnums=0)
   writer = metrics.Writer(workdir)
   try:
-    state = _loop(config, state, train_step, jax.device_put(step_key, repl),
+    state = _loop(config, state, run_setup.train_step, run_setup.step_key,
                   train_iter, evaluators, manager, writer)
   finally:
     manager.wait_until_finished()  # an async save must land before we exit

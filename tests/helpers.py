@@ -1,0 +1,28 @@
+"""Small shared pieces for tests: run subprocesses of the CLI, read metrics."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(*args: str, devices: int = 4, env: dict | None = None,
+        timeout: int = 300) -> subprocess.CompletedProcess:
+  """Runs `python -m gen_jax.main ARGS` from the repository root."""
+  full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+              "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+              **(env or {})}
+  return subprocess.run([sys.executable, "-m", "gen_jax.main", *args], cwd=ROOT,
+                        env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def train_losses(workdir: str) -> dict[int, float]:
+  return {r["step"]: r["model/loss"] for r in read_metrics(workdir)
+          if "model/loss" in r}
