@@ -129,6 +129,14 @@ def _make_evaluators(config, family, mesh, key):
 def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config` in `workdir` (resuming if it holds checkpoints)."""
   os.makedirs(workdir, exist_ok=True)
+  stop, old_handler = _sigterm_flag()  # early: a SIGTERM while compiling still saves
+  try:
+    return _run(config, workdir, stop)
+  finally:
+    signal.signal(signal.SIGTERM, old_handler)
+
+
+def _run(config, workdir, stop) -> TrainState:
   run_setup = setup(config)
   mesh = run_setup.mesh
   train_iter = data.make_train(config.data, batch_size=config.train.batch_size,
@@ -148,7 +156,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   writer = metrics.Writer(workdir)
   try:
     state = _loop(config, state, run_setup.train_step, run_setup.step_key,
-                  train_iter, evaluators, manager, writer)
+                  train_iter, evaluators, manager, writer, stop)
   finally:
     manager.wait_until_finished()  # an async save must land before we exit
     manager.close()
@@ -156,38 +164,38 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   return state
 
 
-def _loop(config, state, train_step, key, train_iter, evaluators, manager, writer):
+def _loop(config, state, train_step, key, train_iter, evaluators, manager, writer,
+          stop):
   cfg = config.train
   start = int(jax.device_get(state.step))
   buffer = _MetricsBuffer()
-  stop, old_handler = _sigterm_flag()
   last_log, last_time = start, time.perf_counter()
-  try:
-    for s in range(start, cfg.num_steps):
-      state, step_metrics = train_step(state, next(train_iter), key)
-      done = s + 1
-      buffer.push(done, step_metrics)
-      if jax.process_count() > 1:  # all hosts must agree on when to stop
-        stop[0] = manager.reached_preemption(done)
-      if done % cfg.log_every_steps == 0 or done == cfg.num_steps:
-        scalars = buffer.mean()
-        elapsed = time.perf_counter() - last_time
-        scalars["steps_per_sec"] = (done - last_log) / elapsed
+  for s in range(start, cfg.num_steps):
+    state, step_metrics = train_step(state, next(train_iter), key)
+    done = s + 1
+    buffer.push(done, step_metrics)
+    if s == start:  # keep compilation out of the first steps/s reading
+      buffer.flush()
+      last_log, last_time = done, time.perf_counter()
+    if jax.process_count() > 1:  # all hosts must agree on when to stop
+      stop[0] = manager.reached_preemption(done)
+    if done % cfg.log_every_steps == 0 or done == cfg.num_steps:
+      scalars = buffer.mean()
+      if done > last_log:
+        scalars["steps_per_sec"] = (done - last_log) / (time.perf_counter() - last_time)
         scalars["examples_per_sec"] = scalars["steps_per_sec"] * cfg.batch_size
-        writer.write_scalars(done, scalars)
-        logging.info("step %d: %s", done, {k: f"{v:.4g}" for k, v in scalars.items()})
-        last_log, last_time = done, time.perf_counter()
-      for name, (every, run_eval) in evaluators.items():
-        if done % every == 0 or done == cfg.num_steps:
-          _write_eval(writer, done, name, run_eval(state))
-      if done % cfg.ckpt_every_steps == 0 or done == cfg.num_steps or stop[0]:
-        buffer.flush()  # never save a state whose step went non-finite
-        checkpoint.save(manager, state, train_iter.iterator)
-      if stop[0]:
-        logging.warning("stopped by SIGTERM at step %d after saving", done)
-        break
-  finally:
-    signal.signal(signal.SIGTERM, old_handler)
+      writer.write_scalars(done, scalars)
+      logging.info("step %d: %s", done, {k: f"{v:.4g}" for k, v in scalars.items()})
+      last_log, last_time = done, time.perf_counter()
+    for name, (every, run_eval) in evaluators.items():
+      if done % every == 0 or done == cfg.num_steps:
+        _write_eval(writer, done, name, run_eval(state))
+    if done % cfg.ckpt_every_steps == 0 or done == cfg.num_steps or stop[0]:
+      buffer.flush()  # never save a state whose step went non-finite
+      checkpoint.save(manager, state, train_iter.iterator)
+    if stop[0]:
+      logging.warning("stopped by SIGTERM at step %d after saving", done)
+      break
   return state
 
 

@@ -10,6 +10,13 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# XLA:CPU compiles dominate this suite (~2.5 s each, and every train.run builds
+# fresh jitted closures): a persistent cache makes repeated programs free. It
+# is also shared with the CLI subprocesses the tests start.
+CACHE_DIR = os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "jax")
+jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 @pytest.fixture
