@@ -1,14 +1,15 @@
 """orbax checkpoints of the train state together with the data iterator state.
 
 Restarting with the same workdir resumes from the newest checkpoint that
-restores; a damaged one is moved aside with a warning (never deleted) and the
-previous one is used.
+restores; newer damaged ones are moved aside with a warning (never deleted).
+The data state is saved as JSON, once: data.make_train gives every process the
+same iterator position, so it restores under any process count (grain's own
+handler writes one file per process and needs the same count back).
 """
 
 import os
 import shutil
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
@@ -16,6 +17,10 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 from gen_jax.train_state import TrainState
+
+
+class CheckpointError(RuntimeError):
+  """A workdir holds checkpoints, but none of them restores into this config."""
 
 
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -30,7 +35,7 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 def save(manager: ocp.CheckpointManager, state: TrainState, iterator) -> None:
   """Starts an async save of `state` and the grain `iterator` at `state.step`."""
   args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                            data=grain.checkpoint.CheckpointSave(iterator))
+                            data=ocp.args.JsonSave(iterator.get_state()))
   manager.save(int(jax.device_get(state.step)), args=args, force=True)
 
 
@@ -49,20 +54,33 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState,
                    iterator) -> TrainState | None:
   """The newest restorable state (placed as `abstract_state`'s shardings say),
   with `iterator` set to the matching data position; None if there is none."""
+  failed = []
   for step in sorted(manager.all_steps(), reverse=True):
     args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                              data=grain.checkpoint.CheckpointRestore(iterator))
+                              data=ocp.args.JsonRestore())
     try:
       restored = manager.restore(step, args=args)
-    except Exception as e:  # orbax/tensorstore raise many types for bad files
-      logging.warning("checkpoint at step %d does not restore (%s: %s); moving it "
-                      "to checkpoints_damaged/ and trying the previous one",
-                      step, type(e).__name__, str(e).splitlines()[0][:200])
-      _quarantine(manager, step)
+    except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types)
+      logging.warning("checkpoint at step %d does not restore (%s: %s); trying the "
+                      "previous one", step, type(e).__name__, _first_line(e))
+      failed.append((step, e))
       continue
+    for bad, _ in failed:  # out of the way of the saves that will redo them
+      _quarantine(manager, bad)
+    iterator.set_state(restored.data)
     logging.info("resumed from step %d", step)
     return restored.state
+  if failed:  # none restores: more likely a changed config than damage everywhere
+    step, e = failed[0]
+    raise CheckpointError(
+        f"no checkpoint under {manager.directory} restores (step {step}: "
+        f"{type(e).__name__}: {_first_line(e)}). If the config changed, use a new "
+        "--workdir; if the files are damaged, move them away to start over.") from e
   return None
+
+
+def _first_line(e: Exception) -> str:
+  return (str(e).splitlines() or [""])[0][:300]
 
 
 def load_params(path: str, abstract_state: TrainState) -> dict:

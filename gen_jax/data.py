@@ -52,7 +52,8 @@ def _tfds(cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
   import tensorflow_datasets as tfds  # loads no TensorFlow; imported only when used
 
   try:
-    source = tfds.data_source(cfg.name, split=split, data_dir=cfg.data_dir)
+    source = tfds.data_source(cfg.name, split=split, data_dir=cfg.data_dir,
+                             download=False)  # never fetch inside a run
   except Exception as e:  # tfds raises several types for "not prepared"
     raise FileNotFoundError(
         f"tfds dataset {cfg.name!r} split {split!r} is not prepared as array_record "

@@ -109,11 +109,12 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("--config and --workdir are required")
   _quiet_libraries()
   _init_distributed()
-  from gen_jax import metrics, train  # after flags: keeps --help fast
+  from gen_jax import checkpoint, metrics, train  # after flags: keeps --help fast
 
   try:
     train.run(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, metrics.NonFiniteLossError) as e:
+  except (ValueError, FileNotFoundError, metrics.NonFiniteLossError,
+          checkpoint.CheckpointError) as e:
     if _TRACEBACK.value:
       raise
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

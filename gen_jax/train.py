@@ -50,14 +50,17 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
   def init_fn(key):
     return TrainState.create(family.init(key, dummy), tx)
 
-  key = jax.random.key(config.seed)
-  init_key, step_key, eval_key = (jax.random.fold_in(key, i) for i in range(3))
+  repl = sharding.replicated(mesh)
+  # Keys made by jit with a replicated output are global arrays: valid jit
+  # inputs on every process of a multi-process mesh.
+  init_key, step_key, eval_key = jax.jit(
+      lambda: tuple(jax.random.fold_in(jax.random.key(config.seed), i)
+                    for i in range(3)), out_shardings=repl)()
   abstract = jax.eval_shape(init_fn, init_key)
   state_sh = sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
   abstract = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract, state_sh)
-  repl = sharding.replicated(mesh)
   train_step = jax.jit(
       functools.partial(step.train_step, family=family,
                         ema_decay=config.train.ema_decay),
@@ -65,7 +68,7 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
       out_shardings=(state_sh, repl), donate_argnums=0)
   return Setup(family, mesh, abstract, state_sh,
                jax.jit(init_fn, out_shardings=state_sh), train_step,
-               init_key, jax.device_put(step_key, repl), eval_key)
+               init_key, step_key, eval_key)
 
 
 class _MetricsBuffer:

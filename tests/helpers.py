@@ -8,16 +8,19 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cli(*args: str, devices: int = 4, env: dict | None = None,
-        timeout: int = 300) -> subprocess.CompletedProcess:
+def cli_env(devices: int = 4) -> dict[str, str]:
+  """The environment for CLI subprocesses: simulated devices, shared compile cache."""
+  return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+          "JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, ".pytest_cache", "jax"),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+def cli(*args: str, devices: int = 4, timeout: int = 300) -> subprocess.CompletedProcess:
   """Runs `python -m gen_jax.main ARGS` from the repository root."""
-  full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-              "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-              "JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, ".pytest_cache", "jax"),
-              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-              **(env or {})}
   return subprocess.run([sys.executable, "-m", "gen_jax.main", *args], cwd=ROOT,
-                        env=full_env, capture_output=True, text=True, timeout=timeout)
+                        env=cli_env(devices), capture_output=True, text=True,
+                        timeout=timeout)
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -118,8 +118,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(smoke_config, tmp_path)
                "--config.train.num_steps=200", "--config.train.ckpt_every_steps=100",
                "--config.train.log_every_steps=1"]
   workdir = str(tmp_path / "run")
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  env = helpers.cli_env()
   proc = subprocess.Popen([sys.executable, "-m", "gen_jax.main", *overrides,
                            f"--workdir={workdir}"], cwd=helpers.ROOT, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
