@@ -5,55 +5,63 @@ from ml_collections import config_dict
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-  """Parses "smoke" or "smoke,batch=8" into a ConfigDict over `defaults`."""
-  out = ml_collections.ConfigDict(defaults)
-  for item in (arg or "").split(","):
-    if not item:
-      continue
-    name, _, value = item.partition("=")
-    if name not in out:
-      raise ValueError(f"unknown config argument {name!r}; valid: {sorted(out)}")
-    out[name] = type(defaults[name])(value) if value else True
-  return out
+    """Parses "smoke" or "smoke,batch=8" into a ConfigDict over `defaults`."""
+    out = ml_collections.ConfigDict(defaults)
+    for item in (arg or "").split(","):
+        if not item:
+            continue
+        name, _, value = item.partition("=")
+        if name not in out:
+            raise ValueError(f"unknown config argument {name!r}; valid: {sorted(out)}")
+        out[name] = type(defaults[name])(value) if value else True
+    return out
 
 
 def get_config() -> ml_collections.ConfigDict:
-  """Defaults shared by all families; experiment files override what differs."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.family = ""
-  c.model = ml_collections.ConfigDict({"name": ""})
+    """Defaults shared by all families; experiment files override what differs."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.family = ""
+    c.model = ml_collections.ConfigDict({"name": ""})
 
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "digits"  # digits | synthetic | any tfds name (mnist, ...)
-  c.data.data_dir = config_dict.placeholder(str)  # tfds array_record data
-  c.data.train_split = "train"
-  c.data.eval_split = "test"
-  c.data.image_size = 8
-  c.data.channels = 1
-  c.data.num_classes = 10
-  c.data.shuffle_seed = 0
-  c.data.prefetch = 2  # batches buffered by a host thread; 0 disables
-  c.data.synthetic_size = 4096  # examples in the synthetic source
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "digits"  # digits | synthetic | any tfds name (mnist, ...)
+    c.data.data_dir = config_dict.placeholder(str)  # tfds array_record data
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    c.data.image_size = 8
+    c.data.channels = 1
+    c.data.num_classes = 10
+    c.data.shuffle_seed = 0
+    c.data.prefetch = 2  # batches buffered by a host thread; 0 disables
+    c.data.synthetic_size = 4096  # examples in the synthetic source
 
-  # One section per role; a role without a section here uses `optim.model`.
-  c.optim = ml_collections.ConfigDict()
-  c.optim.model = ml_collections.ConfigDict(dict(
-      lr=1e-3, b1=0.9, b2=0.999, weight_decay=0.0, warmup_steps=100,
-      final_lr_ratio=0.1, clip_norm=1.0))
+    # One section per role; a role without a section here uses `optim.model`.
+    c.optim = ml_collections.ConfigDict()
+    c.optim.model = ml_collections.ConfigDict(
+        {
+            "lr": 1e-3,
+            "b1": 0.9,
+            "b2": 0.999,
+            "weight_decay": 0.0,
+            "warmup_steps": 100,
+            "final_lr_ratio": 0.1,
+            "clip_norm": 1.0,
+        }
+    )
 
-  c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 1000
-  c.train.batch_size = 128  # global, across all processes
-  c.train.log_every_steps = 50
-  c.train.ckpt_every_steps = 500
-  c.train.keep_checkpoints = 3
-  c.train.ema_decay = 0.999
-  c.train.init_from = ""  # a workdir or checkpoint dir: load params only
+    c.train = ml_collections.ConfigDict()
+    c.train.num_steps = 1000
+    c.train.batch_size = 128  # global, across all processes
+    c.train.log_every_steps = 50
+    c.train.ckpt_every_steps = 500
+    c.train.keep_checkpoints = 3
+    c.train.ema_decay = 0.999
+    c.train.init_from = ""  # a workdir or checkpoint dir: load params only
 
-  c.evals = ml_collections.ConfigDict()
+    c.evals = ml_collections.ConfigDict()
 
-  # -1 takes all remaining devices. Batches split over (data, fsdp); params
-  # of at least fsdp_min_size elements are sharded over fsdp.
-  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "fsdp_min_size": 2**14})
-  return c
+    # -1 takes all remaining devices. Batches split over (data, fsdp); params
+    # of at least fsdp_min_size elements are sharded over fsdp.
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "fsdp_min_size": 2**14})
+    return c

@@ -11,41 +11,41 @@ from configs import base
 
 
 def get_config(arg: str | None = None):
-  arg = base.parse_arg(arg, smoke=False)
-  c = base.get_config()
-  c.family = "vae"
-  c.model.name = "conv_vae"
-  c.model.channels = (32, 64)
-  c.model.kernel_size = 3
-  c.model.hidden = 256
-  c.model.latents = 16
-  c.model.dtype = "float32"
-  c.vae = dict(likelihood="bernoulli", beta=1.0, gaussian_scale=0.1)
+    arg = base.parse_arg(arg, smoke=False)
+    c = base.get_config()
+    c.family = "vae"
+    c.model.name = "conv_vae"
+    c.model.channels = (32, 64)
+    c.model.kernel_size = 3
+    c.model.hidden = 256
+    c.model.latents = 16
+    c.model.dtype = "float32"
+    c.vae = {"likelihood": "bernoulli", "beta": 1.0, "gaussian_scale": 0.1}
 
-  c.data.name = "digits"
-  c.data.image_size = 8
-  c.data.channels = 1
+    c.data.name = "digits"
+    c.data.image_size = 8
+    c.data.channels = 1
 
-  c.optim.model.lr = 2e-3
-  c.optim.model.warmup_steps = 100
-  c.train.num_steps = 3000
-  c.train.batch_size = 128
-  c.train.log_every_steps = 100
-  c.train.ckpt_every_steps = 1000
-  c.evals.heldout = dict(type="heldout", every_steps=1000, batch_size=100)
-  c.evals.samples = dict(type="samples", every_steps=3000, num_samples=64)
+    c.optim.model.lr = 2e-3
+    c.optim.model.warmup_steps = 100
+    c.train.num_steps = 5000
+    c.train.batch_size = 128
+    c.train.log_every_steps = 100
+    c.train.ckpt_every_steps = 1000
+    c.evals.heldout = {"type": "heldout", "every_steps": 1000, "batch_size": 100}
+    c.evals.samples = {"type": "samples", "every_steps": 5000, "num_samples": 64}
 
-  if arg.smoke:
-    c.model.channels = (8, 16)
-    c.model.hidden = 32
-    c.model.latents = 4
-    c.optim.model.warmup_steps = 2
-    c.train.num_steps = 6
-    c.train.batch_size = 16
-    c.train.log_every_steps = 2
-    c.train.ckpt_every_steps = 3
-    c.evals.heldout.every_steps = 6
-    c.evals.heldout.batch_size = 20
-    c.evals.samples.every_steps = 6
-    c.evals.samples.num_samples = 16
-  return c
+    if arg.smoke:
+        c.model.channels = (8, 16)
+        c.model.hidden = 32
+        c.model.latents = 4
+        c.optim.model.warmup_steps = 2
+        c.train.num_steps = 6
+        c.train.batch_size = 16
+        c.train.log_every_steps = 2
+        c.train.ckpt_every_steps = 3
+        c.evals.heldout.every_steps = 6
+        c.evals.heldout.batch_size = 20
+        c.evals.samples.every_steps = 6
+        c.evals.samples.num_samples = 16
+    return c

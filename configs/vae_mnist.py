@@ -14,41 +14,41 @@ from configs import base
 
 
 def get_config(arg: str | None = None):
-  arg = base.parse_arg(arg, smoke=False)
-  c = base.get_config()
-  c.family = "vae"
-  c.model.name = "conv_vae"
-  c.model.channels = (32, 64)
-  c.model.kernel_size = 4
-  c.model.hidden = 256
-  c.model.latents = 20
-  c.model.dtype = "float32"
-  c.vae = dict(likelihood="bernoulli", beta=1.0, gaussian_scale=0.1)
+    arg = base.parse_arg(arg, smoke=False)
+    c = base.get_config()
+    c.family = "vae"
+    c.model.name = "conv_vae"
+    c.model.channels = (32, 64)
+    c.model.kernel_size = 4
+    c.model.hidden = 256
+    c.model.latents = 20
+    c.model.dtype = "float32"
+    c.vae = {"likelihood": "bernoulli", "beta": 1.0, "gaussian_scale": 0.1}
 
-  c.data.name = "mnist"
-  c.data.image_size = 28
-  c.data.channels = 1
+    c.data.name = "mnist"
+    c.data.image_size = 28
+    c.data.channels = 1
 
-  c.optim.model.lr = 1e-3
-  c.train.num_steps = 20_000
-  c.train.batch_size = 128
-  c.train.log_every_steps = 200
-  c.train.ckpt_every_steps = 2000
-  c.evals.heldout = dict(type="heldout", every_steps=2000, batch_size=500)
-  c.evals.samples = dict(type="samples", every_steps=5000, num_samples=64)
+    c.optim.model.lr = 1e-3
+    c.train.num_steps = 20_000
+    c.train.batch_size = 128
+    c.train.log_every_steps = 200
+    c.train.ckpt_every_steps = 2000
+    c.evals.heldout = {"type": "heldout", "every_steps": 2000, "batch_size": 500}
+    c.evals.samples = {"type": "samples", "every_steps": 5000, "num_samples": 64}
 
-  if arg.smoke:
-    c.data.name = "synthetic"
-    c.model.channels = (8, 16)
-    c.model.hidden = 32
-    c.model.latents = 4
-    c.optim.model.warmup_steps = 2
-    c.train.num_steps = 4
-    c.train.batch_size = 16
-    c.train.log_every_steps = 2
-    c.train.ckpt_every_steps = 2
-    c.evals.heldout.every_steps = 4
-    c.evals.heldout.batch_size = 16
-    c.evals.samples.every_steps = 4
-    c.evals.samples.num_samples = 16
-  return c
+    if arg.smoke:
+        c.data.name = "synthetic"
+        c.model.channels = (8, 16)
+        c.model.hidden = 32
+        c.model.latents = 4
+        c.optim.model.warmup_steps = 2
+        c.train.num_steps = 4
+        c.train.batch_size = 16
+        c.train.log_every_steps = 2
+        c.train.ckpt_every_steps = 2
+        c.evals.heldout.every_steps = 4
+        c.evals.heldout.batch_size = 16
+        c.evals.samples.every_steps = 4
+        c.evals.samples.num_samples = 16
+    return c

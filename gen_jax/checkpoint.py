@@ -20,77 +20,95 @@ from gen_jax.train_state import TrainState
 
 
 class CheckpointError(RuntimeError):
-  """A workdir holds checkpoints, but none of them restores into this config."""
+    """A workdir holds checkpoints, but none of them restores into this config."""
 
 
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  """Async manager over `workdir/checkpoints` keeping the newest `keep` steps."""
-  options = ocp.CheckpointManagerOptions(
-      preservation_policy=preservation_policy.LatestN(keep),
-      enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               item_names=("state", "data"), options=options)
+    """Async manager over `workdir/checkpoints` keeping the newest `keep` steps."""
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=preservation_policy.LatestN(keep),
+        enable_async_checkpointing=True,
+    )
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        item_names=("state", "data"),
+        options=options,
+    )
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, iterator) -> None:
-  """Starts an async save of `state` and the grain `iterator` at `state.step`."""
-  args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                            data=ocp.args.JsonSave(iterator.get_state()))
-  manager.save(int(jax.device_get(state.step)), args=args, force=True)
+    """Starts an async save of `state` and the grain `iterator` at `state.step`."""
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(iterator.get_state())
+    )
+    manager.save(int(jax.device_get(state.step)), args=args, force=True)
 
 
 def _quarantine(manager: ocp.CheckpointManager, step: int) -> None:
-  """Moves a damaged step out of the manager's view so later saves can reuse it."""
-  if jax.process_index() == 0:
-    src = os.path.join(str(manager.directory), str(step))
-    dst = os.path.join(os.path.dirname(str(manager.directory)), "checkpoints_damaged")
-    os.makedirs(dst, exist_ok=True)
-    shutil.move(src, os.path.join(dst, f"{step}.{len(os.listdir(dst))}"))
-  multihost_utils.sync_global_devices(f"quarantine_{step}")
-  manager.reload()
+    """Moves a damaged step out of the manager's view so later saves can reuse it."""
+    if jax.process_index() == 0:
+        src = os.path.join(str(manager.directory), str(step))
+        dst = os.path.join(
+            os.path.dirname(str(manager.directory)), "checkpoints_damaged"
+        )
+        os.makedirs(dst, exist_ok=True)
+        shutil.move(src, os.path.join(dst, f"{step}.{len(os.listdir(dst))}"))
+    multihost_utils.sync_global_devices(f"quarantine_{step}")
+    manager.reload()
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState,
-                   iterator) -> TrainState | None:
-  """The newest restorable state (placed as `abstract_state`'s shardings say),
-  with `iterator` set to the matching data position; None if there is none."""
-  failed = []
-  for step in sorted(manager.all_steps(), reverse=True):
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                              data=ocp.args.JsonRestore())
-    try:
-      restored = manager.restore(step, args=args)
-    except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types)
-      logging.warning("checkpoint at step %d does not restore (%s: %s); trying the "
-                      "previous one", step, type(e).__name__, _first_line(e))
-      failed.append((step, e))
-      continue
-    for bad, _ in failed:  # out of the way of the saves that will redo them
-      _quarantine(manager, bad)
-    iterator.set_state(restored.data)
-    logging.info("resumed from step %d", step)
-    return restored.state
-  if failed:  # none restores: more likely a changed config than damage everywhere
-    step, e = failed[0]
-    raise CheckpointError(
-        f"no checkpoint under {manager.directory} restores (step {step}: "
-        f"{type(e).__name__}: {_first_line(e)}). If the config changed, use a new "
-        "--workdir; if the files are damaged, move them away to start over.") from e
-  return None
+def restore_latest(
+    manager: ocp.CheckpointManager, abstract_state: TrainState, iterator
+) -> TrainState | None:
+    """The newest restorable state (placed as `abstract_state`'s shardings say),
+    with `iterator` set to the matching data position; None if there is none."""
+    failed = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+        )
+        try:
+            restored = manager.restore(step, args=args)
+        except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types)
+            logging.warning(
+                "checkpoint at step %d does not restore (%s: %s); trying the "
+                "previous one",
+                step,
+                type(e).__name__,
+                _first_line(e),
+            )
+            failed.append((step, e))
+            continue
+        for bad, _ in failed:  # out of the way of the saves that will redo them
+            _quarantine(manager, bad)
+        iterator.set_state(restored.data)
+        logging.info("resumed from step %d", step)
+        return restored.state
+    if failed:  # none restores: more likely a changed config than damage everywhere
+        step, e = failed[0]
+        raise CheckpointError(
+            f"no checkpoint under {manager.directory} restores (step {step}: "
+            f"{type(e).__name__}: {_first_line(e)}). If the config changed, use a new "
+            "--workdir; if the files are damaged, move them away to start over."
+        ) from e
+    return None
 
 
 def _first_line(e: Exception) -> str:
-  return (str(e).splitlines() or [""])[0][:300]
+    return (str(e).splitlines() or [""])[0][:300]
 
 
 def load_params(path: str, abstract_state: TrainState) -> dict:
-  """Params of the newest checkpoint under `path` (a workdir or checkpoints dir)."""
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  with ocp.CheckpointManager(os.path.abspath(path), item_names=("state", "data"),
-                             options=ocp.CheckpointManagerOptions(read_only=True)) as m:
-    step = m.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"train.init_from={path!r} holds no checkpoint")
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-    return m.restore(step, args=args).state.params
+    """Params of the newest checkpoint under `path` (a workdir or checkpoints dir)."""
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        path = os.path.join(path, "checkpoints")
+    with ocp.CheckpointManager(
+        os.path.abspath(path),
+        item_names=("state", "data"),
+        options=ocp.CheckpointManagerOptions(read_only=True),
+    ) as m:
+        step = m.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"train.init_from={path!r} holds no checkpoint")
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        return m.restore(step, args=args).state.params

@@ -20,131 +20,143 @@ DIGITS_TEST_SIZE = 300  # of 1797; the split is fixed, independent of config.see
 
 
 def _digits(split: str) -> grain.MapDataset:
-  from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
 
-  digits = load_digits()
-  order = np.random.default_rng(0).permutation(len(digits.target))
-  splits = {"train": order[DIGITS_TEST_SIZE:], "test": order[:DIGITS_TEST_SIZE]}
-  if split not in splits:
-    raise ValueError(f"digits has splits {sorted(splits)}, not {split!r}")
-  idx = splits[split]
-  # Grey levels 0..16 -> [-1, 1].
-  images = (digits.images[idx, :, :, None] / 8.0 - 1.0).astype(np.float32)
-  labels = digits.target[idx].astype(np.int32)
-  return grain.MapDataset.range(len(idx)).map(
-      lambda i: {"image": images[i], "label": labels[i]})
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.target))
+    splits = {"train": order[DIGITS_TEST_SIZE:], "test": order[:DIGITS_TEST_SIZE]}
+    if split not in splits:
+        raise ValueError(f"digits has splits {sorted(splits)}, not {split!r}")
+    idx = splits[split]
+    # Grey levels 0..16 -> [-1, 1].
+    images = (digits.images[idx, :, :, None] / 8.0 - 1.0).astype(np.float32)
+    labels = digits.target[idx].astype(np.int32)
+    return grain.MapDataset.range(len(idx)).map(
+        lambda i: {"image": images[i], "label": labels[i]}
+    )
 
 
 def _synthetic(cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
-  shape = (cfg.image_size, cfg.image_size, cfg.channels)
-  offset = 0 if split == cfg.train_split else 1
+    shape = (cfg.image_size, cfg.image_size, cfg.channels)
+    offset = 0 if split == cfg.train_split else 1
 
-  def element(i):
-    rng = np.random.default_rng([cfg.shuffle_seed, offset, i])
-    return {"image": rng.uniform(-1, 1, shape).astype(np.float32),
-            "label": np.int32(rng.integers(cfg.num_classes))}
+    def element(i):
+        rng = np.random.default_rng([cfg.shuffle_seed, offset, i])
+        return {
+            "image": rng.uniform(-1, 1, shape).astype(np.float32),
+            "label": np.int32(rng.integers(cfg.num_classes)),
+        }
 
-  size = cfg.synthetic_size if offset == 0 else max(cfg.synthetic_size // 8, 1)
-  return grain.MapDataset.range(size).map(element)
+    size = cfg.synthetic_size if offset == 0 else max(cfg.synthetic_size // 8, 1)
+    return grain.MapDataset.range(size).map(element)
 
 
 def _tfds(cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
-  import tensorflow_datasets as tfds  # loads no TensorFlow; imported only when used
+    import tensorflow_datasets as tfds  # loads no TensorFlow; imported only when used
 
-  try:
-    source = tfds.data_source(cfg.name, split=split, data_dir=cfg.data_dir,
-                             download=False)  # never fetch inside a run
-  except Exception as e:  # tfds raises several types for "not prepared"
-    raise FileNotFoundError(
-        f"tfds dataset {cfg.name!r} split {split!r} is not prepared as array_record "
-        f"under data_dir={cfg.data_dir!r} ({type(e).__name__}: {e}). Prepare it with "
-        f"tfds.builder({cfg.name!r}, data_dir=DIR).download_and_prepare("
-        "file_format='array_record') and pass --config.data.data_dir=DIR") from e
+    try:
+        source = tfds.data_source(
+            cfg.name, split=split, data_dir=cfg.data_dir, download=False
+        )  # never fetch inside a run
+    except Exception as e:  # tfds raises several types for "not prepared"
+        raise FileNotFoundError(
+            f"tfds dataset {cfg.name!r} split {split!r} is not prepared as array_record "
+            f"under data_dir={cfg.data_dir!r} ({type(e).__name__}: {e}). Prepare it with "
+            f"tfds.builder({cfg.name!r}, data_dir=DIR).download_and_prepare("
+            "file_format='array_record') and pass --config.data.data_dir=DIR"
+        ) from e
 
-  def element(ex):
-    out = {"image": np.asarray(ex["image"], np.float32) / 127.5 - 1.0}
-    if "label" in ex:
-      out["label"] = np.int32(ex["label"])
-    return out
+    def element(ex):
+        out = {"image": np.asarray(ex["image"], np.float32) / 127.5 - 1.0}
+        if "label" in ex:
+            out["label"] = np.int32(ex["label"])
+        return out
 
-  return grain.MapDataset.source(source).map(element)
+    return grain.MapDataset.source(source).map(element)
 
 
 def make_source(cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
-  """The per-example dataset for `split`: {"image": float32 HWC in [-1, 1], "label"}."""
-  if cfg.name == "digits":
-    ds = _digits(split)
-  elif cfg.name == "synthetic":
-    ds = _synthetic(cfg, split)
-  else:
-    ds = _tfds(cfg, split)
-  want = (cfg.image_size, cfg.image_size, cfg.channels)
-  got = tuple(ds[0]["image"].shape)
-  if got != want:
-    raise ValueError(
-        f"dataset {cfg.name!r} yields images of shape {got} but the config expects "
-        f"{want} (data.image_size={cfg.image_size}, data.channels={cfg.channels}); "
-        f"set --config.data.image_size={got[0]} --config.data.channels={got[-1]}")
-  return ds
+    """The per-example dataset for `split`: {"image": float32 HWC in [-1, 1], "label"}."""
+    if cfg.name == "digits":
+        ds = _digits(split)
+    elif cfg.name == "synthetic":
+        ds = _synthetic(cfg, split)
+    else:
+        ds = _tfds(cfg, split)
+    want = (cfg.image_size, cfg.image_size, cfg.channels)
+    got = tuple(ds[0]["image"].shape)
+    if got != want:
+        raise ValueError(
+            f"dataset {cfg.name!r} yields images of shape {got} but the config expects "
+            f"{want} (data.image_size={cfg.image_size}, data.channels={cfg.channels}); "
+            f"set --config.data.image_size={got[0]} --config.data.channels={got[-1]}"
+        )
+    return ds
 
 
 def _local_batch_size(batch_size: int, mesh: Mesh) -> int:
-  if batch_size % mesh.size:
-    raise ValueError(f"batch size {batch_size} is not divisible by the {mesh.size} "
-                     "devices of the mesh")
-  return batch_size // jax.process_count()
+    if batch_size % mesh.size:
+        raise ValueError(
+            f"batch size {batch_size} is not divisible by the {mesh.size} "
+            "devices of the mesh"
+        )
+    return batch_size // jax.process_count()
 
 
 def _to_global(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  s = sharding.batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(s, v) for k, v in local.items()}
+    s = sharding.batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(s, v) for k, v in local.items()}
 
 
 class Batches:
-  """An endless iterator of global training batches; `iterator` is checkpointable."""
+    """An endless iterator of global training batches; `iterator` is checkpointable."""
 
-  def __init__(self, ds: grain.IterDataset, mesh: Mesh):
-    self.iterator = iter(ds)  # grain DatasetIterator: get_state / set_state
-    self.mesh = mesh
+    def __init__(self, ds: grain.IterDataset, mesh: Mesh):
+        self.iterator = iter(ds)  # grain DatasetIterator: get_state / set_state
+        self.mesh = mesh
 
-  def __iter__(self) -> Iterator[dict[str, jax.Array]]:
-    return self
+    def __iter__(self) -> Iterator[dict[str, jax.Array]]:
+        return self
 
-  def __next__(self) -> dict[str, jax.Array]:
-    return _to_global(next(self.iterator), self.mesh)
-
-
-def make_train(cfg: ml_collections.ConfigDict, *, batch_size: int,
-               mesh: Mesh) -> Batches:
-  """Shuffled, repeated training batches; the global sequence is the same for
-  any process count: process p takes local batches p, p + P, p + 2P, ..."""
-  local = _local_batch_size(batch_size, mesh)
-  ds = make_source(cfg, cfg.train_split).seed(cfg.shuffle_seed)
-  ds = ds.shuffle().repeat().batch(local, drop_remainder=True)  # reshuffled per epoch
-  ds = ds[jax.process_index()::jax.process_count()]
-  options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=cfg.prefetch)
-  return Batches(ds.to_iter_dataset(options), mesh)
+    def __next__(self) -> dict[str, jax.Array]:
+        return _to_global(next(self.iterator), self.mesh)
 
 
-def make_eval(cfg: ml_collections.ConfigDict, *, batch_size: int,
-              mesh: Mesh) -> list[dict[str, np.ndarray]] | grain.MapDataset:
-  """One ordered pass over the eval split (the remainder is dropped), as a
-  re-iterable sequence of this process's local batches."""
-  local = _local_batch_size(batch_size, mesh)
-  ds = make_source(cfg, cfg.eval_split).batch(local, drop_remainder=True)
-  n = len(ds) // jax.process_count()
-  if n == 0:
-    raise ValueError(f"eval split {cfg.eval_split!r} of {cfg.name!r} has fewer than "
-                     f"one batch of {batch_size}; lower evals.<name>.batch_size")
-  return ds[jax.process_index():n * jax.process_count():jax.process_count()]
+def make_train(
+    cfg: ml_collections.ConfigDict, *, batch_size: int, mesh: Mesh
+) -> Batches:
+    """Shuffled, repeated training batches; the global sequence is the same for
+    any process count: process p takes local batches p, p + P, p + 2P, ..."""
+    local = _local_batch_size(batch_size, mesh)
+    ds = make_source(cfg, cfg.train_split).seed(cfg.shuffle_seed)
+    ds = ds.shuffle().repeat().batch(local, drop_remainder=True)  # reshuffled per epoch
+    ds = ds[jax.process_index() :: jax.process_count()]
+    options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=cfg.prefetch)
+    return Batches(ds.to_iter_dataset(options), mesh)
+
+
+def make_eval(
+    cfg: ml_collections.ConfigDict, *, batch_size: int, mesh: Mesh
+) -> list[dict[str, np.ndarray]] | grain.MapDataset:
+    """One ordered pass over the eval split (the remainder is dropped), as a
+    re-iterable sequence of this process's local batches."""
+    local = _local_batch_size(batch_size, mesh)
+    ds = make_source(cfg, cfg.eval_split).batch(local, drop_remainder=True)
+    n = len(ds) // jax.process_count()
+    if n == 0:
+        raise ValueError(
+            f"eval split {cfg.eval_split!r} of {cfg.name!r} has fewer than "
+            f"one batch of {batch_size}; lower evals.<name>.batch_size"
+        )
+    return ds[jax.process_index() : n * jax.process_count() : jax.process_count()]
 
 
 def eval_batches(ds: grain.MapDataset, mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
-  for local in ds:
-    yield _to_global(local, mesh)
+    for local in ds:
+        yield _to_global(local, mesh)
 
 
 def dummy_batch(cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """A one-example batch with the configured shapes, for initialising params."""
-  shape = (1, cfg.image_size, cfg.image_size, cfg.channels)
-  return {"image": np.zeros(shape, np.float32), "label": np.zeros((1,), np.int32)}
+    """A one-example batch with the configured shapes, for initialising params."""
+    shape = (1, cfg.image_size, cfg.image_size, cfg.channels)
+    return {"image": np.zeros(shape, np.float32), "label": np.zeros((1,), np.int32)}

@@ -9,7 +9,6 @@ import jax
 import jax.experimental.multihost_utils
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh
 
 from gen_jax import data, metrics
 from gen_jax.train_state import TrainState
@@ -18,52 +17,66 @@ Evaluator = Callable[[TrainState], dict]
 
 
 def _heldout(cfg, *, data_cfg, mesh, key, eval_step, **_) -> Evaluator:
-  """Mean of every loss metric over one pass of the eval split."""
-  ds = data.make_eval(data_cfg, batch_size=cfg.batch_size, mesh=mesh)
+    """Mean of every loss metric over one pass of the eval split."""
+    ds = data.make_eval(data_cfg, batch_size=cfg.batch_size, mesh=mesh)
 
-  def run(state: TrainState) -> dict:
-    params = state.ema_params if cfg.get("use_ema", True) else state.params
-    # Dispatch every batch first; fetch once at the end (no per-batch stalls).
-    outs = [eval_step(params, batch, jax.random.fold_in(key, i))
-            for i, batch in enumerate(data.eval_batches(ds, mesh))]
-    outs = jax.device_get(outs)
-    return {k: float(np.mean([o[k] for o in outs])) for k in outs[0]}
+    def run(state: TrainState) -> dict:
+        params = state.ema_params if cfg.get("use_ema", True) else state.params
+        # Dispatch every batch first; fetch once at the end (no per-batch stalls).
+        outs = [
+            eval_step(params, batch, jax.random.fold_in(key, i))
+            for i, batch in enumerate(data.eval_batches(ds, mesh))
+        ]
+        outs = jax.device_get(outs)
+        return {k: float(np.mean([o[k] for o in outs])) for k in outs[0]}
 
-  return run
+    return run
 
 
-def _samples(cfg, *, data_cfg, mesh, key, family, sample_fn, reconstruct_fn,
-             **_) -> Evaluator:
-  """A grid of samples from the EMA params and, if the family can, of
-  reconstructions (originals in odd rows, reconstructions under them)."""
-  if cfg.num_samples % 8:
-    raise ValueError(f"evals.samples.num_samples={cfg.num_samples} must be a "
-                     "multiple of 8 (the grid has 8 columns)")
-  ds = data.make_eval(data_cfg, batch_size=cfg.num_samples, mesh=mesh)
+def _samples(
+    cfg, *, data_cfg, mesh, key, family, sample_fn, reconstruct_fn, **_
+) -> Evaluator:
+    """A grid of samples from the EMA params and, if the family can, of
+    reconstructions (originals in odd rows, reconstructions under them)."""
+    if cfg.num_samples % 8:
+        raise ValueError(
+            f"evals.samples.num_samples={cfg.num_samples} must be a "
+            "multiple of 8 (the grid has 8 columns)"
+        )
+    ds = data.make_eval(data_cfg, batch_size=cfg.num_samples, mesh=mesh)
 
-  def run(state: TrainState) -> dict:
-    images = np.asarray(sample_fn(state.ema_params, key, cfg.num_samples))
-    out = {"samples": metrics.image_grid(images)}
-    if family.reconstruct is not None:
-      batch = next(data.eval_batches(ds, mesh))
-      x = np.asarray(jax.device_get(reconstruct_fn(state.ema_params, batch, key)))
-      real = np.asarray(jax.experimental.multihost_utils.process_allgather(
-          batch["image"], tiled=True))
-      pairs = np.stack([real.reshape(-1, 8, *real.shape[1:]),
-                        x.reshape(-1, 8, *x.shape[1:])], axis=1)
-      out["reconstructions"] = metrics.image_grid(pairs.reshape(-1, *real.shape[1:]))
-    return out
+    def run(state: TrainState) -> dict:
+        images = np.asarray(sample_fn(state.ema_params, key, cfg.num_samples))
+        out = {"samples": metrics.image_grid(images)}
+        if family.reconstruct is not None:
+            batch = next(data.eval_batches(ds, mesh))
+            x = np.asarray(jax.device_get(reconstruct_fn(state.ema_params, batch, key)))
+            real = np.asarray(
+                jax.experimental.multihost_utils.process_allgather(
+                    batch["image"], tiled=True
+                )
+            )
+            pairs = np.stack(
+                [real.reshape(-1, 8, *real.shape[1:]), x.reshape(-1, 8, *x.shape[1:])],
+                axis=1,
+            )
+            out["reconstructions"] = metrics.image_grid(
+                pairs.reshape(-1, *real.shape[1:])
+            )
+        return out
 
-  return run
+    return run
 
 
 EVALUATORS = {"heldout": _heldout, "samples": _samples}
 
 
 def make(name: str, cfg: ml_collections.ConfigDict, **deps) -> Evaluator:
-  """Builds evaluator `name` of type `cfg.type`; `deps` are the jitted functions,
-  `family`, `data_cfg`, `mesh` and `key`."""
-  if cfg.type not in EVALUATORS:
-    raise ValueError(f"config.evals.{name}.type={cfg.type!r} is unknown; "
-                     f"valid: {sorted(EVALUATORS)}")
-  return EVALUATORS[cfg.type](cfg, **deps)
+    """Builds evaluator `name` of type `cfg.type`; `deps` are the jitted functions,
+    `family`, `data_cfg`, `mesh` and `key`."""
+    if cfg.type not in EVALUATORS:
+        raise ValueError(
+            f"config.evals.{name}.type={cfg.type!r} is unknown; "
+            f"valid: {sorted(EVALUATORS)}"
+        )
+    return EVALUATORS[cfg.type](cfg, **deps)

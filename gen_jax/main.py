@@ -13,118 +13,142 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, e.g. configs/vae_digits.py:smoke.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, "
-                               "metrics, samples. Reusing it resumes the run.")
+    "config",
+    None,
+    "Experiment config file, e.g. configs/vae_digits.py:smoke.",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Run directory: checkpoints, metrics, samples. Reusing it resumes the run.",
+)
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize(). With no address/"
-    "count/id flags JAX auto-detects the cluster (TPU VM slices, SLURM, ...).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0 (implies --distributed).")
+    "distributed",
+    False,
+    "Call jax.distributed.initialize(). With no address/"
+    "count/id flags JAX auto-detects the cluster (TPU VM slices, SLURM, ...).",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (implies --distributed)."
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Total processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-_TRACEBACK = flags.DEFINE_bool("traceback", False,
-                               "Show tracebacks for configuration errors.")
+_TRACEBACK = flags.DEFINE_bool(
+    "traceback", False, "Show tracebacks for configuration errors."
+)
 
 
 def _load_config_file(argv: list[str]):
-  """Imports the --config file as config_flags will, for error messages."""
-  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  if spec is None:
-    return None
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_gen_jax_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+    """Imports the --config file as config_flags will, for error messages."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None:
+        return None
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_gen_jax_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def _flat_keys(config, prefix: str = "") -> list[str]:
-  keys = []
-  for k, v in config.items():
-    keys.append(prefix + k)
-    if hasattr(v, "items"):
-      keys += _flat_keys(v, prefix + k + ".")
-  return keys
+    keys = []
+    for k, v in config.items():
+        keys.append(prefix + k)
+        if hasattr(v, "items"):
+            keys += _flat_keys(v, prefix + k + ".")
+    return keys
 
 
 def _config_error(argv: list[str], error: Exception) -> str:
-  """One line naming the bad override and the nearest valid key."""
-  try:
-    keys = _flat_keys(_load_config_file(argv) or {})
-  except Exception:  # the file itself is broken: report the original error
-    keys = []
-  for a in argv:
-    if a.startswith("--config.") and "=" in a:
-      key = a[len("--config."):].split("=", 1)[0]
-      if keys and key not in keys:
-        near = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
-        hint = f"; did you mean config.{near[0]}?" if near else ""
-        return f"unknown config key config.{key}{hint}"
-  return " ".join(str(error).split())  # flag type errors name the key already
+    """One line naming the bad override and the nearest valid key."""
+    try:
+        keys = _flat_keys(_load_config_file(argv) or {})
+    except Exception:  # noqa: BLE001 (a broken file: report the original error)
+        keys = []
+    for a in argv:
+        if a.startswith("--config.") and "=" in a:
+            key = a[len("--config.") :].split("=", 1)[0]
+            if keys and key not in keys:
+                near = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+                hint = f"; did you mean config.{near[0]}?" if near else ""
+                return f"unknown config key config.{key}{hint}"
+    return " ".join(str(error).split())  # flag type errors name the key already
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  # The configs/ directory imports `configs.base`: make its parent importable.
-  for a in argv:
-    if a.startswith("--config="):
-      path = a.split("=", 1)[1].partition(":")[0]
-      sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    print(f"error: {_config_error(argv, e)}", file=sys.stderr)
-    sys.exit(2)
+    # The configs/ directory imports `configs.base`: make its parent importable.
+    for a in argv:
+        if a.startswith("--config="):
+            path = a.split("=", 1)[1].partition(":")[0]
+            sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        print(f"error: {_config_error(argv, e)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _init_distributed() -> None:
-  import jax
+    import jax
 
-  if not (_DISTRIBUTED.value or _COORDINATOR.value):
-    return
-  # CPU hosts need a collectives backend for cross-process all-reduce.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                             num_processes=_NUM_PROCESSES.value,
-                             process_id=_PROCESS_ID.value)
-  logging.info("process %d of %d, %d local / %d global devices",
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+    if not (_DISTRIBUTED.value or _COORDINATOR.value):
+        return
+    # CPU hosts need a collectives backend for cross-process all-reduce.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+    )
+    logging.info(
+        "process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 def _quiet_libraries() -> None:
-  """Keeps INFO lines from gen_jax only (orbax logs each save in ~30 lines);
-  warnings and errors from every library still show. --v=1 shows all."""
-  if logging.get_verbosity() <= logging.INFO:
-    logging.get_absl_handler().addFilter(
-        lambda r: r.levelno > logging.converter.STANDARD_INFO
-        or f"{os.sep}gen_jax{os.sep}" in r.pathname)
+    """Keeps INFO lines from gen_jax only (orbax logs each save in ~30 lines);
+    warnings and errors from every library still show. --v=1 shows all."""
+    if logging.get_verbosity() <= logging.INFO:
+        logging.get_absl_handler().addFilter(
+            lambda r: (
+                r.levelno > logging.converter.STANDARD_INFO
+                or f"{os.sep}gen_jax{os.sep}" in r.pathname
+            )
+        )
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None or _WORKDIR.value is None:
-    raise app.UsageError("--config and --workdir are required")
-  _quiet_libraries()
-  _init_distributed()
-  from gen_jax import checkpoint, metrics, train  # after flags: keeps --help fast
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        raise app.UsageError("--config and --workdir are required")
+    _quiet_libraries()
+    _init_distributed()
+    from gen_jax import checkpoint, metrics, train  # after flags: keeps --help fast
 
-  try:
-    train.run(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, metrics.NonFiniteLossError,
-          checkpoint.CheckpointError) as e:
-    if _TRACEBACK.value:
-      raise
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    sys.exit(1)
+    try:
+        train.run(_CONFIG.value, _WORKDIR.value)
+    except (
+        ValueError,
+        FileNotFoundError,
+        metrics.NonFiniteLossError,
+        checkpoint.CheckpointError,
+    ) as e:
+        if _TRACEBACK.value:
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(1)
 
 
 def cli() -> None:
-  """The `gen-jax` console script."""
-  app.run(main, flags_parser=_parse_flags)
+    """The `gen-jax` console script."""
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
-  cli()
+    cli()

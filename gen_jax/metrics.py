@@ -9,72 +9,81 @@ import numpy as np
 
 
 class NonFiniteLossError(FloatingPointError):
-  """Raised when a step produced a non-finite loss or gradient norm."""
+    """Raised when a step produced a non-finite loss or gradient norm."""
 
 
 class Writer:
-  """Writes scalars to TensorBoard and `metrics.jsonl`, images to TensorBoard and PNG.
+    """Writes scalars to TensorBoard and `metrics.jsonl`, images to TensorBoard and PNG.
 
-  Only process 0 writes; other processes log nothing. TensorFlow is imported
-  here, lazily, so importing gen_jax never loads it.
-  """
+    Only process 0 writes; other processes log nothing. TensorFlow is imported
+    here, lazily, so importing gen_jax never loads it.
+    """
 
-  def __init__(self, workdir: str):
-    self.workdir = workdir
-    self.active = jax.process_index() == 0
-    if self.active:
-      from clu import metric_writers  # imports TensorFlow: only inside a run
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.active = jax.process_index() == 0
+        if self.active:
+            from clu import metric_writers  # imports TensorFlow: only inside a run
 
-      self._tb = metric_writers.create_default_writer(workdir, asynchronous=False)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self._tb = metric_writers.create_default_writer(workdir, asynchronous=False)
+            # Open for the whole run; closed in close().
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
 
-  def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
-    if not self.active:
-      return
-    scalars = {k: float(v) for k, v in scalars.items()}
-    self._tb.write_scalars(step, scalars)
-    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-    self._jsonl.flush()
+    def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.active:
+            return
+        scalars = {k: float(v) for k, v in scalars.items()}
+        self._tb.write_scalars(step, scalars)
+        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self._jsonl.flush()
 
-  def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
-    """Images are HWC uint8 grids; also saved as `<name>_<step>.png`."""
-    if not self.active:
-      return
-    from PIL import Image
+    def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
+        """Images are HWC uint8 grids; also saved as `<name>_<step>.png`."""
+        if not self.active:
+            return
+        from PIL import Image
 
-    self._tb.write_images(step, {k: v[None] for k, v in images.items()})
-    for name, image in images.items():
-      path = os.path.join(self.workdir, f"{name.replace('/', '_')}_{step}.png")
-      Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(path)
+        self._tb.write_images(step, {k: v[None] for k, v in images.items()})
+        for name, image in images.items():
+            path = os.path.join(self.workdir, f"{name.replace('/', '_')}_{step}.png")
+            Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
+                path
+            )
 
-  def close(self) -> None:
-    if self.active:
-      self._tb.close()
-      self._jsonl.close()
+    def close(self) -> None:
+        if self.active:
+            self._tb.close()
+            self._jsonl.close()
 
 
 def check_finite(step: int, metrics: dict[str, float]) -> None:
-  """Stops the run when a loss or gradient norm of `step` is not finite."""
-  bad = {k: v for k, v in metrics.items()
-         if (k.endswith("/loss") or k.endswith("grad_norm")) and not math.isfinite(v)}
-  if bad:
-    raise NonFiniteLossError(
-        f"non-finite values at step {step}: {bad}. The run stopped before saving this "
-        "state; the last good checkpoint is intact. Lower the learning rate (or "
-        "check the data) and restart with the same --workdir to resume from it.")
+    """Stops the run when a loss or gradient norm of `step` is not finite."""
+    bad = {
+        k: v
+        for k, v in metrics.items()
+        if k.endswith(("/loss", "grad_norm")) and not math.isfinite(v)
+    }
+    if bad:
+        raise NonFiniteLossError(
+            f"non-finite values at step {step}: {bad}. The run stopped before saving this "
+            "state; the last good checkpoint is intact. Lower the learning rate (or "
+            "check the data) and restart with the same --workdir to resume from it."
+        )
 
 
 def image_grid(images_NHWC: np.ndarray, columns: int = 8) -> np.ndarray:
-  """Tiles images in [-1, 1] into one uint8 HWC grid with a 1-pixel border;
-  images smaller than 32 px are enlarged (nearest) so the grid is legible."""
-  scale = max(1, 32 // images_NHWC.shape[1])
-  images_NHWC = np.repeat(np.repeat(images_NHWC, scale, axis=1), scale, axis=2)
-  n, h, w, c = images_NHWC.shape
-  rows = -(-n // columns)
-  grid = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1, c), 255, np.uint8)
-  pixels = np.clip((np.asarray(images_NHWC, np.float32) + 1) * 127.5, 0, 255)
-  for i in range(n):
-    r, col = divmod(i, columns)
-    grid[1 + r * (h + 1):1 + r * (h + 1) + h,
-         1 + col * (w + 1):1 + col * (w + 1) + w] = pixels[i].astype(np.uint8)
-  return grid
+    """Tiles images in [-1, 1] into one uint8 HWC grid with a 1-pixel border;
+    images smaller than 32 px are enlarged (nearest) so the grid is legible."""
+    scale = max(1, 32 // images_NHWC.shape[1])
+    images_NHWC = np.repeat(np.repeat(images_NHWC, scale, axis=1), scale, axis=2)
+    n, h, w, c = images_NHWC.shape
+    rows = -(-n // columns)
+    grid = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1, c), 255, np.uint8)
+    pixels = np.clip((np.asarray(images_NHWC, np.float32) + 1) * 127.5, 0, 255)
+    for i in range(n):
+        r, col = divmod(i, columns)
+        grid[
+            1 + r * (h + 1) : 1 + r * (h + 1) + h,
+            1 + col * (w + 1) : 1 + col * (w + 1) + w,
+        ] = pixels[i].astype(np.uint8)
+    return grid

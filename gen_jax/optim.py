@@ -5,25 +5,39 @@ import optax
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-  """Linear warmup from 0 to `lr`, then cosine decay to `lr * final_lr_ratio`."""
-  warmup = min(cfg.warmup_steps, max(num_steps - 1, 0))
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
-      decay_steps=max(num_steps, warmup + 1), end_value=cfg.lr * cfg.final_lr_ratio)
+    """Linear warmup from 0 to `lr`, then cosine decay to `lr * final_lr_ratio`."""
+    warmup = min(cfg.warmup_steps, max(num_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=cfg.lr,
+        warmup_steps=warmup,
+        decay_steps=max(num_steps, warmup + 1),
+        end_value=cfg.lr * cfg.final_lr_ratio,
+    )
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict,
-                   num_steps: int) -> optax.GradientTransformation:
-  """Global-norm clipping (off when clip_norm <= 0), then AdamW."""
-  adamw = optax.adamw(make_schedule(cfg, num_steps), b1=cfg.b1, b2=cfg.b2,
-                      weight_decay=cfg.weight_decay)
-  if cfg.clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
-  return adamw
+def make_optimizer(
+    cfg: ml_collections.ConfigDict, num_steps: int
+) -> optax.GradientTransformation:
+    """Global-norm clipping (off when clip_norm <= 0), then AdamW."""
+    adamw = optax.adamw(
+        make_schedule(cfg, num_steps),
+        b1=cfg.b1,
+        b2=cfg.b2,
+        weight_decay=cfg.weight_decay,
+    )
+    if cfg.clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
+    return adamw
 
 
-def make(config: ml_collections.ConfigDict,
-         roles: list[str]) -> dict[str, optax.GradientTransformation]:
-  """One transform per role; a role without its own section uses `optim.model`."""
-  return {role: make_optimizer(config.optim.get(role, config.optim.model),
-                               config.train.num_steps) for role in roles}
+def make(
+    config: ml_collections.ConfigDict, roles: list[str]
+) -> dict[str, optax.GradientTransformation]:
+    """One transform per role; a role without its own section uses `optim.model`."""
+    return {
+        role: make_optimizer(
+            config.optim.get(role, config.optim.model), config.train.num_steps
+        )
+        for role in roles
+    }

@@ -27,186 +27,235 @@ from gen_jax.train_state import TrainState
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-  """Everything a run (or a benchmark) needs, built without touching data or disk."""
+    """Everything a run (or a benchmark) needs, built without touching data or disk."""
 
-  family: families.Family
-  mesh: Mesh
-  abstract_state: TrainState  # ShapeDtypeStructs carrying their target shardings
-  state_shardings: TrainState
-  init: Callable[[jax.Array], TrainState]  # jitted: the state is born sharded
-  train_step: Callable  # jitted (state, batch, key) -> (state, metrics), donates state
-  init_key: jax.Array
-  step_key: jax.Array
-  eval_key: jax.Array
+    family: families.Family
+    mesh: Mesh
+    abstract_state: TrainState  # ShapeDtypeStructs carrying their target shardings
+    state_shardings: TrainState
+    init: Callable[[jax.Array], TrainState]  # jitted: the state is born sharded
+    train_step: (
+        Callable  # jitted (state, batch, key) -> (state, metrics), donates state
+    )
+    init_key: jax.Array
+    step_key: jax.Array
+    eval_key: jax.Array
 
 
 def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
-  """Family, mesh, sharded init and the jitted train step for `config`."""
-  family = families.make(config)
-  mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
-  tx = optim.make(config, list(family.losses))
-  dummy = data.dummy_batch(config.data)
+    """Family, mesh, sharded init and the jitted train step for `config`."""
+    family = families.make(config)
+    mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
+    tx = optim.make(config, list(family.losses))
+    dummy = data.dummy_batch(config.data)
 
-  def init_fn(key):
-    return TrainState.create(family.init(key, dummy), tx)
+    def init_fn(key):
+        return TrainState.create(family.init(key, dummy), tx)
 
-  repl = sharding.replicated(mesh)
-  # Keys made by jit with a replicated output are global arrays: valid jit
-  # inputs on every process of a multi-process mesh.
-  init_key, step_key, eval_key = jax.jit(
-      lambda: tuple(jax.random.fold_in(jax.random.key(config.seed), i)
-                    for i in range(3)), out_shardings=repl)()
-  abstract = jax.eval_shape(init_fn, init_key)
-  state_sh = sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
-  abstract = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract, state_sh)
-  train_step = jax.jit(
-      functools.partial(step.train_step, family=family,
-                        ema_decay=config.train.ema_decay),
-      in_shardings=(state_sh, sharding.batch_sharding(mesh), repl),
-      out_shardings=(state_sh, repl), donate_argnums=0)
-  return Setup(family, mesh, abstract, state_sh,
-               jax.jit(init_fn, out_shardings=state_sh), train_step,
-               init_key, step_key, eval_key)
+    repl = sharding.replicated(mesh)
+    # Keys made by jit with a replicated output are global arrays: valid jit
+    # inputs on every process of a multi-process mesh.
+    init_key, step_key, eval_key = jax.jit(
+        lambda: tuple(
+            jax.random.fold_in(jax.random.key(config.seed), i) for i in range(3)
+        ),
+        out_shardings=repl,
+    )()
+    abstract = jax.eval_shape(init_fn, init_key)
+    state_sh = sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract,
+        state_sh,
+    )
+    train_step = jax.jit(
+        functools.partial(
+            step.train_step, family=family, ema_decay=config.train.ema_decay
+        ),
+        in_shardings=(state_sh, sharding.batch_sharding(mesh), repl),
+        out_shardings=(state_sh, repl),
+        donate_argnums=0,
+    )
+    return Setup(
+        family,
+        mesh,
+        abstract,
+        state_sh,
+        jax.jit(init_fn, out_shardings=state_sh),
+        train_step,
+        init_key,
+        step_key,
+        eval_key,
+    )
 
 
 class _MetricsBuffer:
-  """Holds each step's device metrics until the next step is dispatched, then
-  fetches them (so the device never idles), checks them for NaN and keeps
-  them for averaging until the next log step."""
+    """Holds each step's device metrics until the next step is dispatched, then
+    fetches them (so the device never idles), checks them for NaN and keeps
+    them for averaging until the next log step."""
 
-  def __init__(self):
-    self.pending = None
-    self.rows = []
+    def __init__(self):
+        self.pending = None
+        self.rows = []
 
-  def push(self, step: int, device_metrics) -> None:
-    self.flush()
-    self.pending = (step, device_metrics)
+    def push(self, step: int, device_metrics) -> None:
+        self.flush()
+        self.pending = (step, device_metrics)
 
-  def flush(self) -> None:
-    if self.pending is not None:
-      step, device_metrics = self.pending
-      self.pending = None
-      values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-      metrics.check_finite(step, values)
-      self.rows.append(values)
+    def flush(self) -> None:
+        if self.pending is not None:
+            step, device_metrics = self.pending
+            self.pending = None
+            values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+            metrics.check_finite(step, values)
+            self.rows.append(values)
 
-  def mean(self) -> dict[str, float]:
-    self.flush()
-    out = {k: float(np.mean([r[k] for r in self.rows])) for k in self.rows[0]}
-    self.rows = []
-    return out
+    def mean(self) -> dict[str, float]:
+        self.flush()
+        out = {k: float(np.mean([r[k] for r in self.rows])) for k in self.rows[0]}
+        self.rows = []
+        return out
 
 
 def _sigterm_flag() -> tuple[list[bool], object]:
-  """Catches SIGTERM (preemption) into a flag the loop polls; returns the old handler."""
-  flag = [False]
+    """Catches SIGTERM (preemption) into a flag the loop polls; returns the old handler."""
+    flag = [False]
 
-  def handler(signum, frame):
-    logging.warning("SIGTERM: saving a checkpoint and stopping")
-    flag[0] = True
+    def handler(signum, frame):
+        logging.warning("SIGTERM: saving a checkpoint and stopping")
+        flag[0] = True
 
-  return flag, signal.signal(signal.SIGTERM, handler)
+    return flag, signal.signal(signal.SIGTERM, handler)
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(
+                json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True
+            )
 
 
 def _make_evaluators(config, family, mesh, key):
-  repl = sharding.replicated(mesh)
-  deps = dict(
-      family=family, data_cfg=config.data, mesh=mesh, key=key,
-      eval_step=jax.jit(functools.partial(step.eval_step, family=family),
-                        out_shardings=repl),
-      sample_fn=jax.jit(family.sample, static_argnums=2, out_shardings=repl),
-      reconstruct_fn=(jax.jit(family.reconstruct, out_shardings=repl)
-                      if family.reconstruct else None))
-  return {name: (cfg.every_steps, evaluate.make(name, cfg, **deps))
-          for name, cfg in config.evals.items()}
+    repl = sharding.replicated(mesh)
+    deps = {
+        "family": family,
+        "data_cfg": config.data,
+        "mesh": mesh,
+        "key": key,
+        "eval_step": jax.jit(
+            functools.partial(step.eval_step, family=family), out_shardings=repl
+        ),
+        "sample_fn": jax.jit(family.sample, static_argnums=2, out_shardings=repl),
+        "reconstruct_fn": (
+            jax.jit(family.reconstruct, out_shardings=repl)
+            if family.reconstruct
+            else None
+        ),
+    }
+    return {
+        name: (cfg.every_steps, evaluate.make(name, cfg, **deps))
+        for name, cfg in config.evals.items()
+    }
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains `config` in `workdir` (resuming if it holds checkpoints)."""
-  os.makedirs(workdir, exist_ok=True)
-  stop, old_handler = _sigterm_flag()  # early: a SIGTERM while compiling still saves
-  try:
-    return _run(config, workdir, stop)
-  finally:
-    signal.signal(signal.SIGTERM, old_handler)
+    """Trains `config` in `workdir` (resuming if it holds checkpoints)."""
+    os.makedirs(workdir, exist_ok=True)
+    stop, old_handler = _sigterm_flag()  # early: a SIGTERM while compiling still saves
+    try:
+        return _run(config, workdir, stop)
+    finally:
+        signal.signal(signal.SIGTERM, old_handler)
 
 
 def _run(config, workdir, stop) -> TrainState:
-  run_setup = setup(config)
-  mesh = run_setup.mesh
-  train_iter = data.make_train(config.data, batch_size=config.train.batch_size,
-                               mesh=mesh)
-  evaluators = _make_evaluators(config, run_setup.family, mesh, run_setup.eval_key)
-  manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
-  state = checkpoint.restore_latest(manager, run_setup.abstract_state,
-                                    train_iter.iterator)
-  if state is None:
-    state = run_setup.init(run_setup.init_key)
-    if config.train.init_from:
-      params = checkpoint.load_params(config.train.init_from,
-                                      run_setup.abstract_state)
-      state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
-    _write_config(config, workdir)
+    run_setup = setup(config)
+    mesh = run_setup.mesh
+    train_iter = data.make_train(
+        config.data, batch_size=config.train.batch_size, mesh=mesh
+    )
+    evaluators = _make_evaluators(config, run_setup.family, mesh, run_setup.eval_key)
+    manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
+    state = checkpoint.restore_latest(
+        manager, run_setup.abstract_state, train_iter.iterator
+    )
+    if state is None:
+        state = run_setup.init(run_setup.init_key)
+        if config.train.init_from:
+            params = checkpoint.load_params(
+                config.train.init_from, run_setup.abstract_state
+            )
+            state = state.replace(
+                params=params, ema_params=jax.tree.map(jnp.copy, params)
+            )
+        _write_config(config, workdir)
 
-  writer = metrics.Writer(workdir)
-  try:
-    state = _loop(config, state, run_setup.train_step, run_setup.step_key,
-                  train_iter, evaluators, manager, writer, stop)
-  finally:
-    manager.wait_until_finished()  # an async save must land before we exit
-    manager.close()
-    writer.close()
-  return state
+    writer = metrics.Writer(workdir)
+    try:
+        state = _loop(
+            config,
+            state,
+            run_setup.train_step,
+            run_setup.step_key,
+            train_iter,
+            evaluators,
+            manager,
+            writer,
+            stop,
+        )
+    finally:
+        manager.wait_until_finished()  # an async save must land before we exit
+        manager.close()
+        writer.close()
+    return state
 
 
-def _loop(config, state, train_step, key, train_iter, evaluators, manager, writer,
-          stop):
-  cfg = config.train
-  start = int(jax.device_get(state.step))
-  buffer = _MetricsBuffer()
-  last_log, last_time = start, time.perf_counter()
-  for s in range(start, cfg.num_steps):
-    state, step_metrics = train_step(state, next(train_iter), key)
-    done = s + 1
-    buffer.push(done, step_metrics)
-    if s == start:  # keep compilation out of the first steps/s reading
-      buffer.flush()
-      last_log, last_time = done, time.perf_counter()
-    if jax.process_count() > 1:  # all hosts must agree on when to stop
-      stop[0] = manager.reached_preemption(done)
-    if done % cfg.log_every_steps == 0 or done == cfg.num_steps:
-      scalars = buffer.mean()
-      if done > last_log:
-        scalars["steps_per_sec"] = (done - last_log) / (time.perf_counter() - last_time)
-        scalars["examples_per_sec"] = scalars["steps_per_sec"] * cfg.batch_size
-      writer.write_scalars(done, scalars)
-      logging.info("step %d: %s", done, {k: f"{v:.4g}" for k, v in scalars.items()})
-      last_log, last_time = done, time.perf_counter()
-    for name, (every, run_eval) in evaluators.items():
-      if done % every == 0 or done == cfg.num_steps:
-        _write_eval(writer, done, name, run_eval(state))
-    if done % cfg.ckpt_every_steps == 0 or done == cfg.num_steps or stop[0]:
-      buffer.flush()  # never save a state whose step went non-finite
-      checkpoint.save(manager, state, train_iter.iterator)
-    if stop[0]:
-      logging.warning("stopped by SIGTERM at step %d after saving", done)
-      break
-  return state
+def _loop(
+    config, state, train_step, key, train_iter, evaluators, manager, writer, stop
+):
+    cfg = config.train
+    start = int(jax.device_get(state.step))
+    buffer = _MetricsBuffer()
+    last_log, last_time = start, time.perf_counter()
+    for s in range(start, cfg.num_steps):
+        state, step_metrics = train_step(state, next(train_iter), key)
+        done = s + 1
+        buffer.push(done, step_metrics)
+        if s == start:  # keep compilation out of the first steps/s reading
+            buffer.flush()
+            last_log, last_time = done, time.perf_counter()
+        if jax.process_count() > 1:  # all hosts must agree on when to stop
+            stop[0] = manager.reached_preemption(done)
+        if done % cfg.log_every_steps == 0 or done == cfg.num_steps:
+            scalars = buffer.mean()
+            if done > last_log:
+                scalars["steps_per_sec"] = (done - last_log) / (
+                    time.perf_counter() - last_time
+                )
+                scalars["examples_per_sec"] = scalars["steps_per_sec"] * cfg.batch_size
+            writer.write_scalars(done, scalars)
+            logging.info(
+                "step %d: %s", done, {k: f"{v:.4g}" for k, v in scalars.items()}
+            )
+            last_log, last_time = done, time.perf_counter()
+        for name, (every, run_eval) in evaluators.items():
+            if done % every == 0 or done == cfg.num_steps:
+                _write_eval(writer, done, name, run_eval(state))
+        if done % cfg.ckpt_every_steps == 0 or done == cfg.num_steps or stop[0]:
+            buffer.flush()  # never save a state whose step went non-finite
+            checkpoint.save(manager, state, train_iter.iterator)
+        if stop[0]:
+            logging.warning("stopped by SIGTERM at step %d after saving", done)
+            break
+    return state
 
 
 def _write_eval(writer, step, name, results):
-  scalars = {f"eval/{name}/{k}": v for k, v in results.items() if np.ndim(v) == 0}
-  images = {f"eval/{name}/{k}": v for k, v in results.items() if np.ndim(v) == 3}
-  if scalars:
-    writer.write_scalars(step, scalars)
-    logging.info("step %d: %s", step, {k: f"{v:.4g}" for k, v in scalars.items()})
-  if images:
-    writer.write_images(step, images)
+    scalars = {f"eval/{name}/{k}": v for k, v in results.items() if np.ndim(v) == 0}
+    images = {f"eval/{name}/{k}": v for k, v in results.items() if np.ndim(v) == 3}
+    if scalars:
+        writer.write_scalars(step, scalars)
+        logging.info("step %d: %s", step, {k: f"{v:.4g}" for k, v in scalars.items()})
+    if images:
+        writer.write_images(step, images)

@@ -2,12 +2,13 @@
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=4")
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # XLA:CPU compiles dominate this suite (~2.5 s each, and every train.run builds
@@ -21,7 +22,7 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 @pytest.fixture
 def smoke_config():
-  """The VAE digits smoke config, a fresh copy per test."""
-  from configs import vae_digits
+    """The VAE digits smoke config, a fresh copy per test."""
+    from configs import vae_digits
 
-  return vae_digits.get_config("smoke")
+    return vae_digits.get_config("smoke")

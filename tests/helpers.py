@@ -9,25 +9,37 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cli_env(devices: int = 4) -> dict[str, str]:
-  """The environment for CLI subprocesses: simulated devices, shared compile cache."""
-  return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-          "JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, ".pytest_cache", "jax"),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    """The environment for CLI subprocesses: simulated devices, shared compile cache."""
+    return {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, ".pytest_cache", "jax"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
 
 
-def cli(*args: str, devices: int = 4, timeout: int = 300) -> subprocess.CompletedProcess:
-  """Runs `python -m gen_jax.main ARGS` from the repository root."""
-  return subprocess.run([sys.executable, "-m", "gen_jax.main", *args], cwd=ROOT,
-                        env=cli_env(devices), capture_output=True, text=True,
-                        timeout=timeout)
+def cli(
+    *args: str, devices: int = 4, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Runs `python -m gen_jax.main ARGS` from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "gen_jax.main", *args],
+        cwd=ROOT,
+        env=cli_env(devices),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
 
 
 def train_losses(workdir: str) -> dict[int, float]:
-  return {r["step"]: r["model/loss"] for r in read_metrics(workdir)
-          if "model/loss" in r}
+    return {
+        r["step"]: r["model/loss"] for r in read_metrics(workdir) if "model/loss" in r
+    }

@@ -15,130 +15,163 @@ from tests import helpers
 
 
 def _assert_trees_equal(a, b):
-  # Paths, not treedefs: the static optimizer differs between two setups.
-  a, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(a))
-  b, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(b))
-  assert [p for p, _ in a] == [p for p, _ in b]
-  for (path, x), (_, y) in zip(a, b):
-    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+    # Paths, not treedefs: the static optimizer differs between two setups.
+    a, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(a))
+    b, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(b))
+    assert [p for p, _ in a] == [p for p, _ in b]
+    for (path, x), (_, y) in zip(a, b):
+        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
 
 
 def _restore(config, workdir, mesh=None):
-  """(state, iterator state) of the newest checkpoint in `workdir`."""
-  s = train.setup(config, mesh)
-  it = data.make_train(config.data, batch_size=config.train.batch_size, mesh=s.mesh)
-  manager = checkpoint.make_manager(workdir, keep=10)
-  state = checkpoint.restore_latest(manager, s.abstract_state, it.iterator)
-  manager.close()
-  return state, it.iterator.get_state()
+    """(state, iterator state) of the newest checkpoint in `workdir`."""
+    s = train.setup(config, mesh)
+    it = data.make_train(config.data, batch_size=config.train.batch_size, mesh=s.mesh)
+    manager = checkpoint.make_manager(workdir, keep=10)
+    state = checkpoint.restore_latest(manager, s.abstract_state, it.iterator)
+    manager.close()
+    return state, it.iterator.get_state()
 
 
 def test_round_trip_is_bitwise(smoke_config, tmp_path):
-  s = train.setup(smoke_config)
-  state = s.init(s.init_key)
-  it = data.make_train(smoke_config.data, batch_size=16, mesh=s.mesh)
-  state, _ = s.train_step(state, next(it), s.step_key)  # non-trivial opt_state
-  manager = checkpoint.make_manager(str(tmp_path), keep=2)
-  checkpoint.save(manager, state, it.iterator)
-  manager.wait_until_finished()
-  manager.close()
-  restored, it_state = _restore(smoke_config, str(tmp_path))
-  _assert_trees_equal(restored, state)
-  assert it_state == it.iterator.get_state()
+    s = train.setup(smoke_config)
+    state = s.init(s.init_key)
+    it = data.make_train(smoke_config.data, batch_size=16, mesh=s.mesh)
+    state, _ = s.train_step(state, next(it), s.step_key)  # non-trivial opt_state
+    manager = checkpoint.make_manager(str(tmp_path), keep=2)
+    checkpoint.save(manager, state, it.iterator)
+    manager.wait_until_finished()
+    manager.close()
+    restored, it_state = _restore(smoke_config, str(tmp_path))
+    _assert_trees_equal(restored, state)
+    assert it_state == it.iterator.get_state()
 
 
 def test_exact_resume_matches_uninterrupted_run(smoke_config, tmp_path):
-  full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
-  reference = train.run(smoke_config, full)
-  train.run(smoke_config, resumed)
-  # As if killed right after the step-3 save: drop the step-6 checkpoint, rerun.
-  os.rename(os.path.join(resumed, "checkpoints", "6"), str(tmp_path / "dropped"))
-  final = train.run(smoke_config, resumed)
-  assert int(final.step) == smoke_config.train.num_steps
-  _assert_trees_equal(final.params, reference.params)
-  _assert_trees_equal(final.opt_state, reference.opt_state)
-  _assert_trees_equal(final.ema_params, reference.ema_params)
+    full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+    reference = train.run(smoke_config, full)
+    train.run(smoke_config, resumed)
+    # As if killed right after the step-3 save: drop the step-6 checkpoint, rerun.
+    os.rename(os.path.join(resumed, "checkpoints", "6"), str(tmp_path / "dropped"))
+    final = train.run(smoke_config, resumed)
+    assert int(final.step) == smoke_config.train.num_steps
+    _assert_trees_equal(final.params, reference.params)
+    _assert_trees_equal(final.opt_state, reference.opt_state)
+    _assert_trees_equal(final.ema_params, reference.ema_params)
 
 
 def test_damaged_latest_checkpoint_falls_back_to_previous(smoke_config, tmp_path):
-  workdir = str(tmp_path)
-  train.run(smoke_config, workdir)
-  state_dir = os.path.join(workdir, "checkpoints", "6", "state")
-  for root, _, files in os.walk(state_dir):
-    for name in files:
-      with open(os.path.join(root, name), "wb") as f:
-        f.write(b"not a checkpoint")
-  restored, _ = _restore(smoke_config, workdir)
-  assert int(restored.step) == 3
-  assert os.listdir(os.path.join(workdir, "checkpoints_damaged")) == ["6.0"]
-  # The run resumes from step 3 and can save step 6 again.
-  assert int(train.run(smoke_config, workdir).step) == 6
+    workdir = str(tmp_path)
+    train.run(smoke_config, workdir)
+    state_dir = os.path.join(workdir, "checkpoints", "6", "state")
+    for root, _, files in os.walk(state_dir):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"not a checkpoint")
+    restored, _ = _restore(smoke_config, workdir)
+    assert int(restored.step) == 3
+    assert os.listdir(os.path.join(workdir, "checkpoints_damaged")) == ["6.0"]
+    # The run resumes from step 3 and can save step 6 again.
+    assert int(train.run(smoke_config, workdir).step) == 6
 
 
 def test_restore_onto_a_different_device_count(smoke_config, tmp_path):
-  smoke_config.mesh.fsdp = 2
-  smoke_config.mesh.fsdp_min_size = 256
-  saved = train.run(smoke_config, str(tmp_path))
-  assert any("fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(saved.params))
-  smoke_config.mesh.fsdp = 1
-  mesh1 = sharding.make_mesh(smoke_config.mesh, jax.devices()[:1])
-  restored, _ = _restore(smoke_config, str(tmp_path), mesh1)
-  assert all(len(x.sharding.device_set) == 1 for x in jax.tree.leaves(restored))
-  _assert_trees_equal(restored, saved)
+    smoke_config.mesh.fsdp = 2
+    smoke_config.mesh.fsdp_min_size = 256
+    saved = train.run(smoke_config, str(tmp_path))
+    assert any("fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(saved.params))
+    smoke_config.mesh.fsdp = 1
+    mesh1 = sharding.make_mesh(smoke_config.mesh, jax.devices()[:1])
+    restored, _ = _restore(smoke_config, str(tmp_path), mesh1)
+    assert all(len(x.sharding.device_set) == 1 for x in jax.tree.leaves(restored))
+    _assert_trees_equal(restored, saved)
 
 
 def _nan_family(config) -> Family:
-  """Adam moves w up by ~lr per step; log(2.5 - w) is NaN once w passes 2.5."""
+    """Adam moves w up by ~lr per step; log(2.5 - w) is NaN once w passes 2.5."""
 
-  def loss(params, batch, key):
-    return jnp.log(2.5 - params["model"]["w"]), {}
+    def loss(params, batch, key):
+        return jnp.log(2.5 - params["model"]["w"]), {}
 
-  return Family(init=lambda key, batch: {"model": {"w": jnp.zeros(())}},
-                losses={"model": loss}, sample=lambda p, key, n: jnp.zeros((n, 1, 1, 1)))
+    return Family(
+        init=lambda key, batch: {"model": {"w": jnp.zeros(())}},
+        losses={"model": loss},
+        sample=lambda p, key, n: jnp.zeros((n, 1, 1, 1)),
+    )
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(
-    smoke_config, tmp_path, monkeypatch):
-  monkeypatch.setattr(families, "make", _nan_family)
-  smoke_config.optim.model.update(lr=1.0, warmup_steps=0, final_lr_ratio=1.0,
-                                  clip_norm=0.0)
-  smoke_config.train.update(num_steps=10, ckpt_every_steps=2, log_every_steps=1)
-  smoke_config.evals = {}
-  with pytest.raises(metrics.NonFiniteLossError, match="at step 4"):
-    train.run(smoke_config, str(tmp_path))
-  manager = checkpoint.make_manager(str(tmp_path), keep=10)
-  assert manager.all_steps() == [2]
-  manager.close()
-  restored, _ = _restore(smoke_config, str(tmp_path))
-  assert np.isfinite(float(restored.params["model"]["w"]))
+    smoke_config, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(families, "make", _nan_family)
+    smoke_config.optim.model.update(
+        lr=1.0, warmup_steps=0, final_lr_ratio=1.0, clip_norm=0.0
+    )
+    smoke_config.train.update(num_steps=10, ckpt_every_steps=2, log_every_steps=1)
+    smoke_config.evals = {}
+    with pytest.raises(metrics.NonFiniteLossError, match="at step 4"):
+        train.run(smoke_config, str(tmp_path))
+    manager = checkpoint.make_manager(str(tmp_path), keep=10)
+    assert manager.all_steps() == [2]
+    manager.close()
+    restored, _ = _restore(smoke_config, str(tmp_path))
+    assert np.isfinite(float(restored.params["model"]["w"]))
 
 
 def test_sigterm_saves_exits_cleanly_and_resumes_exactly(smoke_config, tmp_path):
-  overrides = ["--config=configs/vae_digits.py:smoke",
-               "--config.train.num_steps=200", "--config.train.ckpt_every_steps=100",
-               "--config.train.log_every_steps=1"]
-  workdir = str(tmp_path / "run")
-  env = helpers.cli_env()
-  proc = subprocess.Popen([sys.executable, "-m", "gen_jax.main", *overrides,
-                           f"--workdir={workdir}"], cwd=helpers.ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  # config.json is written before compilation; the handler is already installed.
-  deadline = time.time() + 240
-  while not os.path.exists(os.path.join(workdir, "config.json")):
-    assert proc.poll() is None and time.time() < deadline, "the run never started"
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGTERM)
-  _, stderr = proc.communicate(timeout=240)
-  assert proc.returncode == 0, stderr[-2000:]
-  stopped = helpers.read_metrics(workdir)[-1]["step"]
-  manager = checkpoint.make_manager(workdir, keep=10)
-  assert manager.latest_step() == stopped < 200
-  manager.close()
+    overrides = [
+        "--config=configs/vae_digits.py:smoke",
+        "--config.train.num_steps=200",
+        "--config.train.ckpt_every_steps=100",
+        "--config.train.log_every_steps=1",
+    ]
+    workdir = str(tmp_path / "run")
+    env = helpers.cli_env()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gen_jax.main", *overrides, f"--workdir={workdir}"],
+        cwd=helpers.ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # config.json is written before compilation; the handler is already installed.
+    deadline = time.time() + 240
+    while not os.path.exists(os.path.join(workdir, "config.json")):
+        assert proc.poll() is None and time.time() < deadline, "the run never started"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr[-2000:]
+    stopped = helpers.read_metrics(workdir)[-1]["step"]
+    manager = checkpoint.make_manager(workdir, keep=10)
+    assert manager.latest_step() == stopped < 200
+    manager.close()
 
-  resumed = helpers.cli(*overrides, f"--workdir={workdir}")
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
-  smoke_config.train.update(num_steps=200, ckpt_every_steps=100, log_every_steps=1)
-  want = train.run(smoke_config, str(tmp_path / "reference"))
-  got, _ = _restore(smoke_config, workdir)
-  assert int(got.step) == 200
-  _assert_trees_equal(got.params, want.params)
+    resumed = helpers.cli(*overrides, f"--workdir={workdir}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    smoke_config.train.update(num_steps=200, ckpt_every_steps=100, log_every_steps=1)
+    want = train.run(smoke_config, str(tmp_path / "reference"))
+    got, _ = _restore(smoke_config, workdir)
+    assert int(got.step) == 200
+    _assert_trees_equal(got.params, want.params)
+
+
+def test_changed_config_fails_clearly_and_moves_nothing(smoke_config, tmp_path):
+    workdir = str(tmp_path)
+    train.run(smoke_config, workdir)
+    smoke_config.model.hidden = 48
+    with pytest.raises(checkpoint.CheckpointError, match="use a new --workdir"):
+        train.run(smoke_config, workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+    assert not os.path.exists(os.path.join(workdir, "checkpoints_damaged"))
+
+
+def test_init_from_loads_params_only(smoke_config, tmp_path):
+    source = train.run(smoke_config, str(tmp_path / "source"))
+    smoke_config.train.update(init_from=str(tmp_path / "source"), num_steps=1)
+    smoke_config.optim.model.lr = 0.0  # so the params stay as loaded
+    smoke_config.evals = {}
+    tuned = train.run(smoke_config, str(tmp_path / "tuned"))
+    assert int(tuned.step) == 1
+    _assert_trees_equal(tuned.params, source.params)

@@ -6,95 +6,98 @@ from gen_jax import data, sharding
 
 
 def test_digits_batches_are_global_sharded_images(smoke_config):
-  mesh = sharding.make_mesh(smoke_config.mesh)
-  batch = next(data.make_train(smoke_config.data, batch_size=16, mesh=mesh))
-  assert batch["image"].shape == (16, 8, 8, 1) and batch["image"].dtype == np.float32
-  assert batch["label"].dtype == np.int32
-  assert len(batch["image"].sharding.device_set) == 4
-  x = np.asarray(batch["image"])
-  assert x.min() >= -1 and x.max() <= 1 and x.min() < 0 < x.max()
+    mesh = sharding.make_mesh(smoke_config.mesh)
+    batch = next(data.make_train(smoke_config.data, batch_size=16, mesh=mesh))
+    assert batch["image"].shape == (16, 8, 8, 1) and batch["image"].dtype == np.float32
+    assert batch["label"].dtype == np.int32
+    assert len(batch["image"].sharding.device_set) == 4
+    x = np.asarray(batch["image"])
+    assert x.min() >= -1 and x.max() <= 1 and x.min() < 0 < x.max()
 
 
 def test_shuffling_is_deterministic_by_seed(smoke_config):
-  mesh = sharding.make_mesh(smoke_config.mesh)
+    mesh = sharding.make_mesh(smoke_config.mesh)
 
-  def first(seed):
-    smoke_config.data.shuffle_seed = seed
-    return np.asarray(next(data.make_train(smoke_config.data, batch_size=16,
-                                           mesh=mesh))["image"])
+    def first(seed):
+        smoke_config.data.shuffle_seed = seed
+        return np.asarray(
+            next(data.make_train(smoke_config.data, batch_size=16, mesh=mesh))["image"]
+        )
 
-  np.testing.assert_array_equal(first(0), first(0))
-  assert not np.array_equal(first(0), first(1))
+    np.testing.assert_array_equal(first(0), first(0))
+    assert not np.array_equal(first(0), first(1))
 
 
 def _local_batches(cfg, local: int, index: int, count: int, n: int):
-  """What make_train's grain pipeline yields on process `index` of `count`."""
-  ds = data.make_source(cfg, cfg.train_split).seed(cfg.shuffle_seed)
-  ds = ds.shuffle().repeat().batch(local, drop_remainder=True)[index::count]
-  it = iter(ds.to_iter_dataset())
-  return [next(it)["image"] for _ in range(n)]
+    """What make_train's grain pipeline yields on process `index` of `count`."""
+    ds = data.make_source(cfg, cfg.train_split).seed(cfg.shuffle_seed)
+    ds = ds.shuffle().repeat().batch(local, drop_remainder=True)[index::count]
+    it = iter(ds.to_iter_dataset())
+    return [next(it)["image"] for _ in range(n)]
 
 
 def test_global_batches_do_not_depend_on_process_count(smoke_config):
-  # Mirrors make_train's slicing; 12 batches of 128 cross an epoch (1497).
-  one = _local_batches(smoke_config.data, 128, 0, 1, 12)
-  p0 = _local_batches(smoke_config.data, 64, 0, 2, 12)
-  p1 = _local_batches(smoke_config.data, 64, 1, 2, 12)
-  for k in range(12):
-    np.testing.assert_array_equal(one[k], np.concatenate([p0[k], p1[k]]))
-  # Disjoint shards within an epoch: no example repeats in the first 11 batches.
-  first_epoch = np.concatenate(one[:11]).reshape(11 * 128, -1)
-  assert len(np.unique(first_epoch, axis=0)) > 0.95 * len(first_epoch)
+    # Mirrors make_train's slicing; 12 batches of 128 cross an epoch (1497).
+    one = _local_batches(smoke_config.data, 128, 0, 1, 12)
+    p0 = _local_batches(smoke_config.data, 64, 0, 2, 12)
+    p1 = _local_batches(smoke_config.data, 64, 1, 2, 12)
+    for k in range(12):
+        np.testing.assert_array_equal(one[k], np.concatenate([p0[k], p1[k]]))
+    # Disjoint shards within an epoch: no example repeats in the first 11 batches.
+    first_epoch = np.concatenate(one[:11]).reshape(11 * 128, -1)
+    assert len(np.unique(first_epoch, axis=0)) > 0.95 * len(first_epoch)
 
 
 def test_iterator_state_resumes_exactly(smoke_config):
-  mesh = sharding.make_mesh(smoke_config.mesh)
-  a = data.make_train(smoke_config.data, batch_size=16, mesh=mesh)
-  for _ in range(3):
-    next(a)
-  state = a.iterator.get_state()
-  want = np.asarray(next(a)["image"])
-  b = data.make_train(smoke_config.data, batch_size=16, mesh=mesh)
-  b.iterator.set_state(state)
-  np.testing.assert_array_equal(np.asarray(next(b)["image"]), want)
+    mesh = sharding.make_mesh(smoke_config.mesh)
+    a = data.make_train(smoke_config.data, batch_size=16, mesh=mesh)
+    for _ in range(3):
+        next(a)
+    state = a.iterator.get_state()
+    want = np.asarray(next(a)["image"])
+    b = data.make_train(smoke_config.data, batch_size=16, mesh=mesh)
+    b.iterator.set_state(state)
+    np.testing.assert_array_equal(np.asarray(next(b)["image"]), want)
 
 
 def test_shape_mismatch_names_the_fix(smoke_config):
-  smoke_config.data.image_size = 28
-  with pytest.raises(ValueError, match=r"--config.data.image_size=8"):
-    data.make_source(smoke_config.data, "train")
+    smoke_config.data.image_size = 28
+    with pytest.raises(ValueError, match=r"--config.data.image_size=8"):
+        data.make_source(smoke_config.data, "train")
 
 
 def test_batch_must_divide_devices(smoke_config):
-  mesh = sharding.make_mesh(smoke_config.mesh)
-  with pytest.raises(ValueError, match="not divisible by the 4 devices"):
-    data.make_train(smoke_config.data, batch_size=6, mesh=mesh)
+    mesh = sharding.make_mesh(smoke_config.mesh)
+    with pytest.raises(ValueError, match="not divisible by the 4 devices"):
+        data.make_train(smoke_config.data, batch_size=6, mesh=mesh)
 
 
 def test_synthetic_twin_has_identical_shapes(smoke_config):
-  real = data.make_source(smoke_config.data, "train")[0]
-  smoke_config.data.name = "synthetic"
-  fake = data.make_source(smoke_config.data, "train")[0]
-  assert {k: (v.shape, v.dtype) for k, v in real.items()} == {
-      k: (np.asarray(v).shape, np.asarray(v).dtype) for k, v in fake.items()}
+    real = data.make_source(smoke_config.data, "train")[0]
+    smoke_config.data.name = "synthetic"
+    fake = data.make_source(smoke_config.data, "train")[0]
+    assert {k: (v.shape, v.dtype) for k, v in real.items()} == {
+        k: (np.asarray(v).shape, np.asarray(v).dtype) for k, v in fake.items()
+    }
 
 
 def test_tfds_mnist_path_under_mock_data():
-  import tensorflow_datasets as tfds
-  from configs import vae_mnist
+    import tensorflow_datasets as tfds
 
-  config = vae_mnist.get_config()
-  mesh = sharding.make_mesh(config.mesh)
-  with tfds.testing.mock_data(num_examples=64):
-    batch = next(data.make_train(config.data, batch_size=16, mesh=mesh))
-    evals = data.make_eval(config.data, batch_size=16, mesh=mesh)
-    assert isinstance(evals, grain.MapDataset) and len(evals) >= 1
-  assert batch["image"].shape == (16, 28, 28, 1)
-  x = np.asarray(batch["image"])
-  assert x.min() >= -1 and x.max() <= 1
+    from configs import vae_mnist
+
+    config = vae_mnist.get_config()
+    mesh = sharding.make_mesh(config.mesh)
+    with tfds.testing.mock_data(num_examples=64):
+        batch = next(data.make_train(config.data, batch_size=16, mesh=mesh))
+        evals = data.make_eval(config.data, batch_size=16, mesh=mesh)
+        assert isinstance(evals, grain.MapDataset) and len(evals) >= 1
+    assert batch["image"].shape == (16, 28, 28, 1)
+    x = np.asarray(batch["image"])
+    assert x.min() >= -1 and x.max() <= 1
 
 
 def test_unprepared_tfds_dataset_says_how_to_prepare(smoke_config, tmp_path):
-  smoke_config.data.update(name="mnist", data_dir=str(tmp_path))
-  with pytest.raises(FileNotFoundError, match="download_and_prepare"):
-    data.make_source(smoke_config.data, "train")
+    smoke_config.data.update(name="mnist", data_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="download_and_prepare"):
+        data.make_source(smoke_config.data, "train")

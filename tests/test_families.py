@@ -11,64 +11,67 @@ from gen_jax.train_state import TrainState
 
 
 def test_kl_is_zero_when_posterior_equals_prior():
-  kl = vae.gaussian_kl(jnp.zeros((3, 5)), jnp.zeros((3, 5)))
-  np.testing.assert_array_equal(kl, np.zeros(3))
-  assert float(vae.gaussian_kl(jnp.ones((1, 2)), jnp.zeros((1, 2)))[0]) == 1.0
+    kl = vae.gaussian_kl(jnp.zeros((3, 5)), jnp.zeros((3, 5)))
+    np.testing.assert_array_equal(kl, np.zeros(3))
+    assert float(vae.gaussian_kl(jnp.ones((1, 2)), jnp.zeros((1, 2)))[0]) == 1.0
 
 
 def test_reconstruction_nll_matches_hand_values():
-  x = jnp.full((1, 1, 1, 1), 1.0)  # grey level 1 -> Bernoulli target 1
-  nll = vae.reconstruction_nll(jnp.zeros((1, 1, 1, 1)), x, "bernoulli", 0.1)
-  np.testing.assert_allclose(nll, [math.log(2)], rtol=1e-6)
-  nll = vae.reconstruction_nll(jnp.zeros((1, 1, 1, 1)), x, "gaussian", 0.5)
-  want = 0.5 * (1 / 0.5) ** 2 + math.log(0.5) + 0.5 * math.log(2 * math.pi)
-  np.testing.assert_allclose(nll, [want], rtol=1e-6)
-  with pytest.raises(ValueError, match="likelihood"):
-    vae.reconstruction_nll(x, x, "poisson", 0.1)
+    x = jnp.full((1, 1, 1, 1), 1.0)  # grey level 1 -> Bernoulli target 1
+    nll = vae.reconstruction_nll(jnp.zeros((1, 1, 1, 1)), x, "bernoulli", 0.1)
+    np.testing.assert_allclose(nll, [math.log(2)], rtol=1e-6)
+    nll = vae.reconstruction_nll(jnp.zeros((1, 1, 1, 1)), x, "gaussian", 0.5)
+    want = 0.5 * (1 / 0.5) ** 2 + math.log(0.5) + 0.5 * math.log(2 * math.pi)
+    np.testing.assert_allclose(nll, [want], rtol=1e-6)
+    with pytest.raises(ValueError, match="likelihood"):
+        vae.reconstruction_nll(x, x, "poisson", 0.1)
 
 
 def test_vae_loss_metrics_are_consistent(smoke_config):
-  family = families.make(smoke_config)
-  batch = {"image": jax.random.uniform(jax.random.key(1), (4, 8, 8, 1), minval=-1)}
-  params = family.init(jax.random.key(0), batch)
-  loss, aux = family.losses["model"](params, batch, jax.random.key(2))
-  np.testing.assert_allclose(aux["nelbo"], aux["nll"] + aux["kl"], rtol=1e-6)
-  np.testing.assert_allclose(aux["bits_per_dim"], aux["nelbo"] / (64 * math.log(2)),
-                             rtol=1e-6)
-  np.testing.assert_allclose(loss, aux["nelbo"], rtol=1e-6)  # beta = 1
+    family = families.make(smoke_config)
+    batch = {"image": jax.random.uniform(jax.random.key(1), (4, 8, 8, 1), minval=-1)}
+    params = family.init(jax.random.key(0), batch)
+    loss, aux = family.losses["model"](params, batch, jax.random.key(2))
+    np.testing.assert_allclose(aux["nelbo"], aux["nll"] + aux["kl"], rtol=1e-6)
+    np.testing.assert_allclose(
+        aux["bits_per_dim"], aux["nelbo"] / (64 * math.log(2)), rtol=1e-6
+    )
+    np.testing.assert_allclose(loss, aux["nelbo"], rtol=1e-6)  # beta = 1
 
 
 def test_vae_samples_and_reconstructions_are_images(smoke_config):
-  family = families.make(smoke_config)
-  batch = {"image": jnp.zeros((4, 8, 8, 1))}
-  params = family.init(jax.random.key(0), batch)
-  samples = family.sample(params, jax.random.key(1), 6)
-  recons = family.reconstruct(params, batch, jax.random.key(1))
-  for images, n in ((samples, 6), (recons, 4)):
-    assert images.shape == (n, 8, 8, 1)
-    assert float(images.min()) >= -1 and float(images.max()) <= 1
+    family = families.make(smoke_config)
+    batch = {"image": jnp.zeros((4, 8, 8, 1))}
+    params = family.init(jax.random.key(0), batch)
+    samples = family.sample(params, jax.random.key(1), 6)
+    recons = family.reconstruct(params, batch, jax.random.key(1))
+    for images, n in ((samples, 6), (recons, 4)):
+        assert images.shape == (n, 8, 8, 1)
+        assert float(images.min()) >= -1 and float(images.max()) <= 1
 
 
 def test_vae_loss_falls_when_overfitting_one_batch(smoke_config):
-  smoke_config.optim.model.warmup_steps = 0
-  smoke_config.optim.model.lr = 3e-3
-  smoke_config.train.num_steps = 150
-  family = families.make(smoke_config)
-  # Binary pixels: the Bernoulli NLL can approach 0 (grey levels have a floor).
-  x = jax.random.bernoulli(jax.random.key(1), 0.5, (8, 8, 8, 1))
-  batch = {"image": jnp.where(x, 1.0, -1.0)}
-  state = TrainState.create(family.init(jax.random.key(0), batch),
-                            optim.make(smoke_config, ["model"]))
-  train_step = jax.jit(lambda s, b, k: step.train_step(s, b, k, family=family,
-                                                       ema_decay=0.9))
-  losses = []
-  for _ in range(150):
-    state, metrics = train_step(state, batch, jax.random.key(3))
-    losses.append(float(metrics["model/loss"]))
-  assert losses[-1] < 0.9 * losses[0], (losses[0], losses[-1])
+    smoke_config.optim.model.warmup_steps = 0
+    smoke_config.optim.model.lr = 3e-3
+    smoke_config.train.num_steps = 150
+    family = families.make(smoke_config)
+    # Binary pixels: the Bernoulli NLL can approach 0 (grey levels have a floor).
+    x = jax.random.bernoulli(jax.random.key(1), 0.5, (8, 8, 8, 1))
+    batch = {"image": jnp.where(x, 1.0, -1.0)}
+    state = TrainState.create(
+        family.init(jax.random.key(0), batch), optim.make(smoke_config, ["model"])
+    )
+    train_step = jax.jit(
+        lambda s, b, k: step.train_step(s, b, k, family=family, ema_decay=0.9)
+    )
+    losses = []
+    for _ in range(150):
+        state, metrics = train_step(state, batch, jax.random.key(3))
+        losses.append(float(metrics["model/loss"]))
+    assert losses[-1] < 0.9 * losses[0], (losses[0], losses[-1])
 
 
 def test_unknown_family_is_named(smoke_config):
-  smoke_config.family = "vea"
-  with pytest.raises(ValueError, match="unknown config.family 'vea'"):
-    families.make(smoke_config)
+    smoke_config.family = "vea"
+    with pytest.raises(ValueError, match="unknown config.family 'vea'"):
+        families.make(smoke_config)

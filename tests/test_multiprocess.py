@@ -12,36 +12,52 @@ from tests.test_checkpoint import _restore
 
 
 def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(smoke_config, tmp_path):
-  import subprocess
-  import sys
+    import subprocess
+    import sys
 
-  smoke_config.train.log_every_steps = 1
-  reference = train.run(smoke_config, str(tmp_path / "one"))
-  workdir = str(tmp_path / "two")
-  port = _free_port()
-  args = ["--config=configs/vae_digits.py:smoke", "--config.train.log_every_steps=1",
-          f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
-          "--num_processes=2"]
-  env = helpers.cli_env(devices=2)
-  procs = [subprocess.Popen([sys.executable, "-m", "gen_jax.main", *args,
-                             f"--process_id={i}"], cwd=helpers.ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
-  errors = [p.communicate(timeout=300)[1] for p in procs]
-  for p, err in zip(procs, errors):
-    assert p.returncode == 0, err[-3000:]
+    smoke_config.train.log_every_steps = 1
+    reference = train.run(smoke_config, str(tmp_path / "one"))
+    workdir = str(tmp_path / "two")
+    port = _free_port()
+    args = [
+        "--config=configs/vae_digits.py:smoke",
+        "--config.train.log_every_steps=1",
+        f"--workdir={workdir}",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+    ]
+    env = helpers.cli_env(devices=2)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "gen_jax.main", *args, f"--process_id={i}"],
+            cwd=helpers.ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    for p, err in zip(procs, errors):
+        assert p.returncode == 0, err[-3000:]
 
-  one, two = helpers.train_losses(str(tmp_path / "one")), helpers.train_losses(workdir)
-  assert sorted(one) == sorted(two) == list(range(1, 7))
-  np.testing.assert_allclose([two[s] for s in one], [one[s] for s in one], rtol=1e-5)
-  # The checkpoint written by two processes restores in one (onto 4 devices).
-  restored, _ = _restore(smoke_config, workdir)
-  for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(reference.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    one, two = (
+        helpers.train_losses(str(tmp_path / "one")),
+        helpers.train_losses(workdir),
+    )
+    assert sorted(one) == sorted(two) == list(range(1, 7))
+    np.testing.assert_allclose([two[s] for s in one], [one[s] for s in one], rtol=1e-5)
+    # The checkpoint written by two processes restores in one (onto 4 devices).
+    restored, _ = _restore(smoke_config, workdir)
+    for a, b in zip(
+        jax.tree.leaves(restored.params), jax.tree.leaves(reference.params)
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -10,99 +10,113 @@ from gen_jax.train_state import TrainState
 
 
 def _two_role_family() -> Family:
-  """A toy adversarial pair: "disc" fits the data mean, "gen" chases the disc.
+    """A toy adversarial pair: "disc" fits the data mean, "gen" chases the disc.
 
-  It also keeps a non-trainable counter beside the roles, updated through
-  aux["new_state"], as spectral-norm vectors will be.
-  """
+    It also keeps a non-trainable counter beside the roles, updated through
+    aux["new_state"], as spectral-norm vectors will be.
+    """
 
-  def init(key, batch):
-    return {"disc": {"w": jnp.zeros(3)}, "gen": {"w": jnp.ones(3)},
-            "counter": jnp.zeros((), jnp.int32)}
+    def init(key, batch):
+        return {
+            "disc": {"w": jnp.zeros(3)},
+            "gen": {"w": jnp.ones(3)},
+            "counter": jnp.zeros((), jnp.int32),
+        }
 
-  def disc_loss(params, batch, key):
-    target = jnp.mean(batch["x"], axis=0)
-    loss = jnp.sum((params["disc"]["w"] - target) ** 2)
-    return loss, {"new_state": {"counter": params["counter"] + 1}}
+    def disc_loss(params, batch, key):
+        target = jnp.mean(batch["x"], axis=0)
+        loss = jnp.sum((params["disc"]["w"] - target) ** 2)
+        return loss, {"new_state": {"counter": params["counter"] + 1}}
 
-  def gen_loss(params, batch, key):
-    # Uses the disc params, already updated in this step; no gradient flows to them.
-    return jnp.sum((params["gen"]["w"] - params["disc"]["w"]) ** 2), {}
+    def gen_loss(params, batch, key):
+        # Uses the disc params, already updated in this step; no gradient flows to them.
+        return jnp.sum((params["gen"]["w"] - params["disc"]["w"]) ** 2), {}
 
-  return Family(init=init, losses={"disc": disc_loss, "gen": gen_loss},
-                sample=lambda params, key, n: jnp.zeros((n, 1, 1, 1)))
+    return Family(
+        init=init,
+        losses={"disc": disc_loss, "gen": gen_loss},
+        sample=lambda params, key, n: jnp.zeros((n, 1, 1, 1)),
+    )
 
 
 def _sgd_state(family, batch, lr=0.1):
-  params = family.init(jax.random.key(0), batch)
-  return TrainState.create(params, {r: optax.sgd(lr) for r in family.losses})
+    params = family.init(jax.random.key(0), batch)
+    return TrainState.create(params, {r: optax.sgd(lr) for r in family.losses})
 
 
 def test_two_roles_update_in_order_and_only_their_own_params():
-  family = _two_role_family()
-  batch = {"x": jnp.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])}
-  state = _sgd_state(family, batch)
-  new, metrics = jax.jit(lambda s, b, k: step.train_step(
-      s, b, k, family=family, ema_decay=0.5))(state, batch, jax.random.key(0))
-  # disc: w - lr * 2 (w - mean) = 0 - 0.1 * 2 * (0 - 2) = 0.4
-  np.testing.assert_allclose(new.params["disc"]["w"], [0.4] * 3, rtol=1e-6)
-  # gen sees the *updated* disc: 1 - 0.1 * 2 * (1 - 0.4) = 0.88
-  np.testing.assert_allclose(new.params["gen"]["w"], [0.88] * 3, rtol=1e-6)
-  assert int(new.params["counter"]) == 1 and int(new.step) == 1
-  np.testing.assert_allclose(new.ema_params["disc"]["w"], [0.2] * 3, rtol=1e-6)
-  assert set(metrics) == {"disc/loss", "disc/grad_norm", "gen/loss", "gen/grad_norm"}
-  assert set(new.opt_state) == {"disc", "gen"}
+    family = _two_role_family()
+    batch = {"x": jnp.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])}
+    state = _sgd_state(family, batch)
+    new, metrics = jax.jit(
+        lambda s, b, k: step.train_step(s, b, k, family=family, ema_decay=0.5)
+    )(state, batch, jax.random.key(0))
+    # disc: w - lr * 2 (w - mean) = 0 - 0.1 * 2 * (0 - 2) = 0.4
+    np.testing.assert_allclose(new.params["disc"]["w"], [0.4] * 3, rtol=1e-6)
+    # gen sees the *updated* disc: 1 - 0.1 * 2 * (1 - 0.4) = 0.88
+    np.testing.assert_allclose(new.params["gen"]["w"], [0.88] * 3, rtol=1e-6)
+    assert int(new.params["counter"]) == 1 and int(new.step) == 1
+    np.testing.assert_allclose(new.ema_params["disc"]["w"], [0.2] * 3, rtol=1e-6)
+    assert set(metrics) == {"disc/loss", "disc/grad_norm", "gen/loss", "gen/grad_norm"}
+    assert set(new.opt_state) == {"disc", "gen"}
 
 
 def test_disc_update_leaves_gen_unchanged():
-  family = _two_role_family()
-  disc_only = Family(family.init, {"disc": family.losses["disc"]}, family.sample)
-  batch = {"x": jnp.ones((2, 3))}
-  state = _sgd_state(disc_only, batch)
-  new, _ = step.train_step(state, batch, jax.random.key(0), family=disc_only,
-                           ema_decay=0.0)
-  np.testing.assert_array_equal(new.params["gen"]["w"], state.params["gen"]["w"])
-  assert not np.array_equal(new.params["disc"]["w"], state.params["disc"]["w"])
+    family = _two_role_family()
+    disc_only = Family(family.init, {"disc": family.losses["disc"]}, family.sample)
+    batch = {"x": jnp.ones((2, 3))}
+    state = _sgd_state(disc_only, batch)
+    new, _ = step.train_step(
+        state, batch, jax.random.key(0), family=disc_only, ema_decay=0.0
+    )
+    np.testing.assert_array_equal(new.params["gen"]["w"], state.params["gen"]["w"])
+    assert not np.array_equal(new.params["disc"]["w"], state.params["disc"]["w"])
 
 
 def test_two_role_family_trains_to_its_fixed_point():
-  family = _two_role_family()
-  batch = {"x": jnp.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])}
-  state = _sgd_state(family, batch, lr=0.2)
-  fn = jax.jit(lambda s, b, k: step.train_step(s, b, k, family=family,
-                                               ema_decay=0.9))
-  for _ in range(60):
-    state, metrics = fn(state, batch, jax.random.key(0))
-  np.testing.assert_allclose(state.params["gen"]["w"], [2.0] * 3, atol=1e-3)
-  assert float(metrics["disc/loss"]) < 1e-6
+    family = _two_role_family()
+    batch = {"x": jnp.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])}
+    state = _sgd_state(family, batch, lr=0.2)
+    fn = jax.jit(lambda s, b, k: step.train_step(s, b, k, family=family, ema_decay=0.9))
+    for _ in range(60):
+        state, metrics = fn(state, batch, jax.random.key(0))
+    np.testing.assert_allclose(state.params["gen"]["w"], [2.0] * 3, atol=1e-3)
+    assert float(metrics["disc/loss"]) < 1e-6
 
 
 def _run_steps(config, mesh, batches):
-  s = train.setup(config, mesh)
-  state = s.init(s.init_key)
-  for b in batches:
-    state, metrics = s.train_step(state, b, s.step_key)
-  return jax.device_get(state), metrics
+    s = train.setup(config, mesh)
+    state = s.init(s.init_key)
+    for b in batches:
+        state, metrics = s.train_step(state, b, s.step_key)
+    return jax.device_get(state), metrics
 
 
 def test_sharded_and_single_device_steps_agree(smoke_config):
-  smoke_config.mesh.fsdp = 2
-  smoke_config.mesh.fsdp_min_size = 256  # so some of the tiny leaves get sharded
-  mesh4 = sharding.make_mesh(smoke_config.mesh)
-  s4 = train.setup(smoke_config, mesh4)
-  sharded = [x for x in jax.tree.leaves(s4.state_shardings)
-             if isinstance(x, NamedSharding) and "fsdp" in str(x.spec)]
-  assert sharded, "expected some fsdp-sharded leaves"
-  smoke_config.mesh.fsdp = 1
-  mesh1 = sharding.make_mesh(smoke_config.mesh, jax.devices()[:1])
-  local = [next(iter(data.make_eval(smoke_config.data, batch_size=16, mesh=mesh1)))
-           for _ in range(1)]
-  local = local * 3
-  got4, m4 = _run_steps(smoke_config, mesh4,
-                        [data._to_global(b, mesh4) for b in local])
-  got1, m1 = _run_steps(smoke_config, mesh1,
-                        [data._to_global(b, mesh1) for b in local])
-  assert int(got4.step) == int(got1.step) == 3
-  for a, b in zip(jax.tree.leaves(got4), jax.tree.leaves(got1)):
-    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
-  np.testing.assert_allclose(m4["model/loss"], m1["model/loss"], rtol=1e-5)
+    smoke_config.mesh.fsdp = 2
+    smoke_config.mesh.fsdp_min_size = 256  # so some of the tiny leaves get sharded
+    mesh4 = sharding.make_mesh(smoke_config.mesh)
+    s4 = train.setup(smoke_config, mesh4)
+    sharded = [
+        x
+        for x in jax.tree.leaves(s4.state_shardings)
+        if isinstance(x, NamedSharding) and "fsdp" in str(x.spec)
+    ]
+    assert sharded, "expected some fsdp-sharded leaves"
+    smoke_config.mesh.fsdp = 1
+    mesh1 = sharding.make_mesh(smoke_config.mesh, jax.devices()[:1])
+    local = [
+        next(iter(data.make_eval(smoke_config.data, batch_size=16, mesh=mesh1)))
+        for _ in range(1)
+    ]
+    local = local * 3
+    got4, m4 = _run_steps(
+        smoke_config, mesh4, [data._to_global(b, mesh4) for b in local]
+    )
+    got1, m1 = _run_steps(
+        smoke_config, mesh1, [data._to_global(b, mesh1) for b in local]
+    )
+    assert int(got4.step) == int(got1.step) == 3
+    for a, b in zip(jax.tree.leaves(got4), jax.tree.leaves(got1)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(m4["model/loss"], m1["model/loss"], rtol=1e-5)

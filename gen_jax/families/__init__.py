@@ -16,28 +16,29 @@ LossFn = Callable[[Params, Batch, jax.Array], tuple[jax.Array, Metrics]]
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-  """What the shared loop needs from a family.
+    """What the shared loop needs from a family.
 
-  `losses` maps a role to its loss; its order is the update order inside one
-  step. A loss gets the whole params dict and is differentiated only with
-  respect to its own role. Params entries that are not roles (no loss) are
-  non-trainable state, e.g. spectral-norm vectors: a loss may return their
-  new values in `aux["new_state"]` ({name: tree}), and the step stores them.
-  """
+    `losses` maps a role to its loss; its order is the update order inside one
+    step. A loss gets the whole params dict and is differentiated only with
+    respect to its own role. Params entries that are not roles (no loss) are
+    non-trainable state, e.g. spectral-norm vectors: a loss may return their
+    new values in `aux["new_state"]` ({name: tree}), and the step stores them.
+    """
 
-  init: Callable[[jax.Array, Batch], Params]
-  losses: dict[str, LossFn]
-  sample: Callable[[Params, jax.Array, int], jax.Array]  # -> images in [-1, 1]
-  # Optional: batch -> reconstructed images, for families with an encoder.
-  reconstruct: Callable[[Params, Batch, jax.Array], jax.Array] | None = None
+    init: Callable[[jax.Array, Batch], Params]
+    losses: dict[str, LossFn]
+    sample: Callable[[Params, jax.Array, int], jax.Array]  # -> images in [-1, 1]
+    # Optional: batch -> reconstructed images, for families with an encoder.
+    reconstruct: Callable[[Params, Batch, jax.Array], jax.Array] | None = None
 
 
 def make(config: ml_collections.ConfigDict) -> Family:
-  """Builds the family named by `config.family`."""
-  from gen_jax.families import vae  # explicit imports, no registration side effects
+    """Builds the family named by `config.family`."""
+    from gen_jax.families import vae  # explicit imports, no registration side effects
 
-  families = {"vae": vae.make}
-  if config.family not in families:
-    raise ValueError(
-        f"unknown config.family {config.family!r}; valid: {sorted(families)}")
-  return families[config.family](config)
+    families = {"vae": vae.make}
+    if config.family not in families:
+        raise ValueError(
+            f"unknown config.family {config.family!r}; valid: {sorted(families)}"
+        )
+    return families[config.family](config)

@@ -12,75 +12,84 @@ from gen_jax.models import MODELS
 
 
 def gaussian_kl(mean_BZ: jax.Array, logvar_BZ: jax.Array) -> jax.Array:
-  """KL(N(mean, exp(logvar)) || N(0, I)) per example, in nats."""
-  return 0.5 * jnp.sum(jnp.exp(logvar_BZ) + mean_BZ**2 - 1.0 - logvar_BZ, axis=-1)
+    """KL(N(mean, exp(logvar)) || N(0, I)) per example, in nats."""
+    return 0.5 * jnp.sum(jnp.exp(logvar_BZ) + mean_BZ**2 - 1.0 - logvar_BZ, axis=-1)
 
 
-def reconstruction_nll(out_BHWC: jax.Array, x_BHWC: jax.Array, likelihood: str,
-                       gaussian_scale: float) -> jax.Array:
-  """-log p(x | z) per example, in nats; `x` in [-1, 1]."""
-  if likelihood == "bernoulli":
-    # Targets are grey levels in [0, 1], the usual (unnormalised) Bernoulli VAE.
-    nll = optax.sigmoid_binary_cross_entropy(out_BHWC, (x_BHWC + 1) / 2)
-  elif likelihood == "gaussian":
-    nll = (0.5 * ((x_BHWC - out_BHWC) / gaussian_scale) ** 2
-           + math.log(gaussian_scale) + 0.5 * math.log(2 * math.pi))
-  else:
-    raise ValueError(f"unknown vae.likelihood {likelihood!r}; use bernoulli|gaussian")
-  return jnp.sum(nll, axis=(1, 2, 3))
+def reconstruction_nll(
+    out_BHWC: jax.Array, x_BHWC: jax.Array, likelihood: str, gaussian_scale: float
+) -> jax.Array:
+    """-log p(x | z) per example, in nats; `x` in [-1, 1]."""
+    if likelihood == "bernoulli":
+        # Targets are grey levels in [0, 1], the usual (unnormalised) Bernoulli VAE.
+        nll = optax.sigmoid_binary_cross_entropy(out_BHWC, (x_BHWC + 1) / 2)
+    elif likelihood == "gaussian":
+        nll = (
+            0.5 * ((x_BHWC - out_BHWC) / gaussian_scale) ** 2
+            + math.log(gaussian_scale)
+            + 0.5 * math.log(2 * math.pi)
+        )
+    else:
+        raise ValueError(
+            f"unknown vae.likelihood {likelihood!r}; use bernoulli|gaussian"
+        )
+    return jnp.sum(nll, axis=(1, 2, 3))
 
 
 def decoded_image(out_BHWC: jax.Array, likelihood: str) -> jax.Array:
-  """The decoder's mean image, mapped to [-1, 1]."""
-  if likelihood == "bernoulli":
-    return 2 * jax.nn.sigmoid(out_BHWC) - 1
-  return jnp.clip(out_BHWC, -1, 1)
+    """The decoder's mean image, mapped to [-1, 1]."""
+    if likelihood == "bernoulli":
+        return 2 * jax.nn.sigmoid(out_BHWC) - 1
+    return jnp.clip(out_BHWC, -1, 1)
 
 
 def make(config: ml_collections.ConfigDict) -> Family:
-  """Builds the VAE family from `config.model`, `config.vae` and `config.data`."""
-  kwargs = {k: v for k, v in config.model.items() if k != "name"}
-  model = MODELS[config.model.name](
-      **kwargs, image_size=config.data.image_size, out_channels=config.data.channels)
-  likelihood, beta = config.vae.likelihood, config.vae.beta
-  scale = config.vae.gaussian_scale
-  reconstruction_nll(jnp.zeros((1, 1, 1, 1)), jnp.zeros((1, 1, 1, 1)), likelihood,
-                     scale)  # fail fast on a bad likelihood name
+    """Builds the VAE family from `config.model`, `config.vae` and `config.data`."""
+    kwargs = {k: v for k, v in config.model.items() if k != "name"}
+    model = MODELS[config.model.name](
+        **kwargs, image_size=config.data.image_size, out_channels=config.data.channels
+    )
+    likelihood, beta = config.vae.likelihood, config.vae.beta
+    scale = config.vae.gaussian_scale
+    reconstruction_nll(
+        jnp.zeros((1, 1, 1, 1)), jnp.zeros((1, 1, 1, 1)), likelihood, scale
+    )  # fail fast on a bad likelihood name
 
-  def init(key: jax.Array, batch: Batch) -> Params:
-    z_BZ = jnp.zeros((1, config.model.latents))
-    return {"model": model.init(key, batch["image"][:1], z_BZ)["params"]}
+    def init(key: jax.Array, batch: Batch) -> Params:
+        z_BZ = jnp.zeros((1, config.model.latents))
+        return {"model": model.init(key, batch["image"][:1], z_BZ)["params"]}
 
-  def loss(params: Params, batch: Batch, key: jax.Array) -> tuple[jax.Array, Metrics]:
-    x_BHWC = batch["image"]
-    p = {"params": params["model"]}
-    mean_BZ, logvar_BZ = model.apply(p, x_BHWC, method=model.encode)
-    # Reparameterisation trick: z = mean + sigma * eps keeps z differentiable.
-    eps_BZ = jax.random.normal(key, mean_BZ.shape)
-    z_BZ = mean_BZ + jnp.exp(0.5 * logvar_BZ) * eps_BZ
-    out_BHWC = model.apply(p, z_BZ, method=model.decode)
-    nll_B = reconstruction_nll(out_BHWC, x_BHWC, likelihood, scale)
-    kl_B = gaussian_kl(mean_BZ, logvar_BZ)
-    nelbo_B = nll_B + kl_B
-    dims = math.prod(x_BHWC.shape[1:])
-    metrics = {
-        "nll": jnp.mean(nll_B),
-        "kl": jnp.mean(kl_B),
-        "nelbo": jnp.mean(nelbo_B),  # nats per image
-        "bits_per_dim": jnp.mean(nelbo_B) / (dims * math.log(2)),
-    }
-    return jnp.mean(nll_B + beta * kl_B), metrics
+    def loss(params: Params, batch: Batch, key: jax.Array) -> tuple[jax.Array, Metrics]:
+        x_BHWC = batch["image"]
+        p = {"params": params["model"]}
+        mean_BZ, logvar_BZ = model.apply(p, x_BHWC, method=model.encode)
+        # Reparameterisation trick: z = mean + sigma * eps keeps z differentiable.
+        eps_BZ = jax.random.normal(key, mean_BZ.shape)
+        z_BZ = mean_BZ + jnp.exp(0.5 * logvar_BZ) * eps_BZ
+        out_BHWC = model.apply(p, z_BZ, method=model.decode)
+        nll_B = reconstruction_nll(out_BHWC, x_BHWC, likelihood, scale)
+        kl_B = gaussian_kl(mean_BZ, logvar_BZ)
+        nelbo_B = nll_B + kl_B
+        dims = math.prod(x_BHWC.shape[1:])
+        metrics = {
+            "nll": jnp.mean(nll_B),
+            "kl": jnp.mean(kl_B),
+            "nelbo": jnp.mean(nelbo_B),  # nats per image
+            "bits_per_dim": jnp.mean(nelbo_B) / (dims * math.log(2)),
+        }
+        return jnp.mean(nll_B + beta * kl_B), metrics
 
-  def sample(params: Params, key: jax.Array, num: int) -> jax.Array:
-    z_BZ = jax.random.normal(key, (num, config.model.latents))
-    out = model.apply({"params": params["model"]}, z_BZ, method=model.decode)
-    return decoded_image(out, likelihood)
+    def sample(params: Params, key: jax.Array, num: int) -> jax.Array:
+        z_BZ = jax.random.normal(key, (num, config.model.latents))
+        out = model.apply({"params": params["model"]}, z_BZ, method=model.decode)
+        return decoded_image(out, likelihood)
 
-  def reconstruct(params: Params, batch: Batch, key: jax.Array) -> jax.Array:
-    del key  # the posterior mean: reconstructions are deterministic
-    p = {"params": params["model"]}
-    mean_BZ, _ = model.apply(p, batch["image"], method=model.encode)
-    return decoded_image(model.apply(p, mean_BZ, method=model.decode), likelihood)
+    def reconstruct(params: Params, batch: Batch, key: jax.Array) -> jax.Array:
+        del key  # the posterior mean: reconstructions are deterministic
+        p = {"params": params["model"]}
+        mean_BZ, _ = model.apply(p, batch["image"], method=model.encode)
+        return decoded_image(model.apply(p, mean_BZ, method=model.decode), likelihood)
 
-  return Family(init=init, losses={"model": loss}, sample=sample,
-                reconstruct=reconstruct)
+    return Family(
+        init=init, losses={"model": loss}, sample=sample, reconstruct=reconstruct
+    )

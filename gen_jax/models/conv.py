@@ -10,82 +10,92 @@ from gen_jax.models import layers
 
 
 class ConvEncoder(nn.Module):
-  """Stride-2 convs, then an MLP to `2 * latents` (mean and log-variance)."""
+    """Stride-2 convs, then an MLP to `2 * latents` (mean and log-variance)."""
 
-  channels: Sequence[int]
-  kernel_size: int
-  hidden: int
-  latents: int
-  dtype: str = "float32"
+    channels: Sequence[int]
+    kernel_size: int
+    hidden: int
+    latents: int
+    dtype: str = "float32"
 
-  @nn.compact
-  def __call__(self, x_BHWC: jax.Array) -> tuple[jax.Array, jax.Array]:
-    dtype = layers.compute_dtype(self.dtype)
-    k = (self.kernel_size, self.kernel_size)
-    h = x_BHWC.astype(dtype)
-    for c in self.channels:
-      h = nn.gelu(nn.Conv(c, k, strides=2, padding="SAME", dtype=dtype)(h))
-    h = h.reshape(h.shape[0], -1)
-    h = nn.gelu(nn.Dense(self.hidden, dtype=dtype)(h))
-    # float32 for the posterior parameters: the KL and sampling are sensitive.
-    out = nn.Dense(2 * self.latents, dtype=jnp.float32)(h).astype(jnp.float32)
-    mean_BZ, logvar_BZ = jnp.split(out, 2, axis=-1)
-    return mean_BZ, logvar_BZ
+    @nn.compact
+    def __call__(self, x_BHWC: jax.Array) -> tuple[jax.Array, jax.Array]:
+        dtype = layers.compute_dtype(self.dtype)
+        k = (self.kernel_size, self.kernel_size)
+        h = x_BHWC.astype(dtype)
+        for c in self.channels:
+            h = nn.gelu(nn.Conv(c, k, strides=2, padding="SAME", dtype=dtype)(h))
+        h = h.reshape(h.shape[0], -1)
+        h = nn.gelu(nn.Dense(self.hidden, dtype=dtype)(h))
+        # float32 for the posterior parameters: the KL and sampling are sensitive.
+        out = nn.Dense(2 * self.latents, dtype=jnp.float32)(h).astype(jnp.float32)
+        mean_BZ, logvar_BZ = jnp.split(out, 2, axis=-1)
+        return mean_BZ, logvar_BZ
 
 
 class ConvDecoder(nn.Module):
-  """MLP to a coarse grid, then stride-2 transposed convs up to the image."""
+    """MLP to a coarse grid, then stride-2 transposed convs up to the image."""
 
-  channels: Sequence[int]  # encoder order; the decoder runs them reversed
-  kernel_size: int
-  hidden: int
-  image_size: int
-  out_channels: int
-  dtype: str = "float32"
+    channels: Sequence[int]  # encoder order; the decoder runs them reversed
+    kernel_size: int
+    hidden: int
+    image_size: int
+    out_channels: int
+    dtype: str = "float32"
 
-  @nn.compact
-  def __call__(self, z_BZ: jax.Array) -> jax.Array:
-    dtype = layers.compute_dtype(self.dtype)
-    k = (self.kernel_size, self.kernel_size)
-    coarse = self.image_size // 2 ** len(self.channels)
-    h = nn.gelu(nn.Dense(self.hidden, dtype=dtype)(z_BZ.astype(dtype)))
-    h = nn.gelu(nn.Dense(coarse * coarse * self.channels[-1], dtype=dtype)(h))
-    h = h.reshape(h.shape[0], coarse, coarse, self.channels[-1])
-    for c in reversed(self.channels[:-1]):
-      h = nn.gelu(nn.ConvTranspose(c, k, strides=(2, 2), padding="SAME",
-                                   dtype=dtype)(h))
-    out_BHWC = nn.ConvTranspose(self.out_channels, k, strides=(2, 2),
-                                padding="SAME", dtype=dtype)(h)
-    return out_BHWC.astype(jnp.float32)
+    @nn.compact
+    def __call__(self, z_BZ: jax.Array) -> jax.Array:
+        dtype = layers.compute_dtype(self.dtype)
+        k = (self.kernel_size, self.kernel_size)
+        coarse = self.image_size // 2 ** len(self.channels)
+        h = nn.gelu(nn.Dense(self.hidden, dtype=dtype)(z_BZ.astype(dtype)))
+        h = nn.gelu(nn.Dense(coarse * coarse * self.channels[-1], dtype=dtype)(h))
+        h = h.reshape(h.shape[0], coarse, coarse, self.channels[-1])
+        for c in reversed(self.channels[:-1]):
+            h = nn.gelu(
+                nn.ConvTranspose(c, k, strides=(2, 2), padding="SAME", dtype=dtype)(h)
+            )
+        out_BHWC = nn.ConvTranspose(
+            self.out_channels, k, strides=(2, 2), padding="SAME", dtype=dtype
+        )(h)
+        return out_BHWC.astype(jnp.float32)
 
 
 class ConvVAE(nn.Module):
-  """Encoder and decoder in one module; families call `encode` and `decode`."""
+    """Encoder and decoder in one module; families call `encode` and `decode`."""
 
-  channels: Sequence[int]
-  kernel_size: int
-  hidden: int
-  latents: int
-  image_size: int
-  out_channels: int
-  dtype: str = "float32"
+    channels: Sequence[int]
+    kernel_size: int
+    hidden: int
+    latents: int
+    image_size: int
+    out_channels: int
+    dtype: str = "float32"
 
-  def setup(self):
-    if self.image_size % 2 ** len(self.channels):
-      raise ValueError(
-          f"image_size {self.image_size} is not divisible by 2**{len(self.channels)}"
-          f" (one stride-2 conv per entry of model.channels={tuple(self.channels)})")
-    self.encoder = ConvEncoder(self.channels, self.kernel_size, self.hidden,
-                               self.latents, self.dtype)
-    self.decoder = ConvDecoder(self.channels, self.kernel_size, self.hidden,
-                               self.image_size, self.out_channels, self.dtype)
+    def setup(self):
+        if self.image_size % 2 ** len(self.channels):
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by 2**{len(self.channels)}"
+                f" (one stride-2 conv per entry of model.channels={tuple(self.channels)})"
+            )
+        self.encoder = ConvEncoder(
+            self.channels, self.kernel_size, self.hidden, self.latents, self.dtype
+        )
+        self.decoder = ConvDecoder(
+            self.channels,
+            self.kernel_size,
+            self.hidden,
+            self.image_size,
+            self.out_channels,
+            self.dtype,
+        )
 
-  def encode(self, x_BHWC: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return self.encoder(x_BHWC)
+    def encode(self, x_BHWC: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.encoder(x_BHWC)
 
-  def decode(self, z_BZ: jax.Array) -> jax.Array:
-    return self.decoder(z_BZ)
+    def decode(self, z_BZ: jax.Array) -> jax.Array:
+        return self.decoder(z_BZ)
 
-  def __call__(self, x_BHWC: jax.Array, z_BZ: jax.Array):
-    """Runs both halves (used by init, so every parameter is created)."""
-    return self.encode(x_BHWC), self.decode(z_BZ)
+    def __call__(self, x_BHWC: jax.Array, z_BZ: jax.Array):
+        """Runs both halves (used by init, so every parameter is created)."""
+        return self.encode(x_BHWC), self.decode(z_BZ)

@@ -10,7 +10,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 
 def compute_dtype(name: str) -> jnp.dtype:
-  """Maps a config string to a compute dtype (params always stay float32)."""
-  if name not in DTYPES:
-    raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}")
-  return DTYPES[name]
+    """Maps a config string to a compute dtype (params always stay float32)."""
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[name]
