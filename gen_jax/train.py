@@ -34,9 +34,8 @@ class Setup:
     abstract_state: TrainState  # ShapeDtypeStructs carrying their target shardings
     state_shardings: TrainState
     init: Callable[[jax.Array], TrainState]  # jitted: the state is born sharded
-    train_step: (
-        Callable  # jitted (state, batch, key) -> (state, metrics), donates state
-    )
+    # jitted (state, batch, key) -> (state, metrics); donates the state.
+    train_step: Callable
     init_key: jax.Array
     step_key: jax.Array
     eval_key: jax.Array
@@ -194,15 +193,7 @@ def _run(config, workdir, stop) -> TrainState:
     writer = metrics.Writer(workdir)
     try:
         state = _loop(
-            config,
-            state,
-            run_setup.train_step,
-            run_setup.step_key,
-            train_iter,
-            evaluators,
-            manager,
-            writer,
-            stop,
+            config, run_setup, state, train_iter, evaluators, manager, writer, stop
         )
     finally:
         manager.wait_until_finished()  # an async save must land before we exit
@@ -211,15 +202,15 @@ def _run(config, workdir, stop) -> TrainState:
     return state
 
 
-def _loop(
-    config, state, train_step, key, train_iter, evaluators, manager, writer, stop
-):
+def _loop(config, run_setup, state, train_iter, evaluators, manager, writer, stop):
+    """Steps from `state.step` to `train.num_steps`; returns the last state."""
     cfg = config.train
     start = int(jax.device_get(state.step))
     buffer = _MetricsBuffer()
     last_log, last_time = start, time.perf_counter()
     for s in range(start, cfg.num_steps):
-        state, step_metrics = train_step(state, next(train_iter), key)
+        batch = next(train_iter)
+        state, step_metrics = run_setup.train_step(state, batch, run_setup.step_key)
         done = s + 1
         buffer.push(done, step_metrics)
         if s == start:  # keep compilation out of the first steps/s reading

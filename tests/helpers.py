@@ -34,6 +34,18 @@ def cli(
     )
 
 
+def start_cli(*args: str, devices: int = 4) -> subprocess.Popen:
+    """Starts `python -m gen_jax.main ARGS` in the background; stderr is piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gen_jax.main", *args],
+        cwd=ROOT,
+        env=cli_env(devices),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def read_metrics(workdir: str) -> list[dict]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]

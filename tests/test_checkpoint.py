@@ -1,7 +1,5 @@
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import jax
@@ -118,6 +116,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(
     assert np.isfinite(float(restored.params["model"]["w"]))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_cleanly_and_resumes_exactly(smoke_config, tmp_path):
     overrides = [
         "--config=configs/vae_digits.py:smoke",
@@ -126,15 +125,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(smoke_config, tmp_path)
         "--config.train.log_every_steps=1",
     ]
     workdir = str(tmp_path / "run")
-    env = helpers.cli_env()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gen_jax.main", *overrides, f"--workdir={workdir}"],
-        cwd=helpers.ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = helpers.start_cli(*overrides, f"--workdir={workdir}")
     # config.json is written before compilation; the handler is already installed.
     deadline = time.time() + 240
     while not os.path.exists(os.path.join(workdir, "config.json")):

@@ -19,9 +19,6 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(smoke_config, tmp_path):
-    import subprocess
-    import sys
-
     smoke_config.train.log_every_steps = 1
     reference = train.run(smoke_config, str(tmp_path / "one"))
     workdir = str(tmp_path / "two")
@@ -33,18 +30,7 @@ def test_two_processes_match_one_process(smoke_config, tmp_path):
         f"--coordinator_address=127.0.0.1:{port}",
         "--num_processes=2",
     ]
-    env = helpers.cli_env(devices=2)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "gen_jax.main", *args, f"--process_id={i}"],
-            cwd=helpers.ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
+    procs = [helpers.start_cli(*args, f"--process_id={i}", devices=2) for i in range(2)]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     for p, err in zip(procs, errors):
         assert p.returncode == 0, err[-3000:]
