@@ -2,8 +2,9 @@
 
   python -m gen_jax.main --config=configs/vae_digits.py --workdir=runs/vae_digits
 
-Expected: a few minutes on 2 CPU cores; held-out negative ELBO around 25 nats
-per 8x8 image (Bernoulli likelihood), a grid of recognisable reconstructions.
+Expected (2-core CPU, measured 2026-11-23): about 1 minute, ~113 steps/s,
+held-out negative ELBO 23.65 nats per 8x8 image (0.533 bits/dim, Bernoulli
+likelihood on grey levels), recognisable reconstructions in the PNG grid.
 `:smoke` runs a few steps on the same data in seconds.
 """
 
