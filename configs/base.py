@@ -17,6 +17,27 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return out
 
 
+def diffusion_defaults() -> ml_collections.ConfigDict:
+    """`config.diffusion` with DDPM's process (T=1000, linear betas 1e-4..0.02)."""
+    return ml_collections.ConfigDict(
+        {
+            "num_timesteps": 1000,
+            "schedule": "linear",  # linear | cosine
+            "beta_start": 1e-4,
+            "beta_end": 0.02,
+            "prediction": "eps",  # eps | x0 | v
+            "loss": "simple",  # simple | vlb
+            "variance": "small",  # p(x_{t-1}|x_t) variance: small (beta~) | large
+            "label_dropout": 0.1,  # null-label rate, for classifier-free guidance
+            "guidance_scale": 1.0,  # 1 = the conditional model
+            "sampler": "ddim",  # ddpm | ddim | dpm_solver_pp_2m
+            "sample_steps": 50,  # ddim / dpm_solver_pp_2m (ddpm always uses T)
+            "ddim_eta": 0.0,
+            "eval_timesteps": 50,  # stratified timesteps per image for bits/dim
+        }
+    )
+
+
 def get_config() -> ml_collections.ConfigDict:
     """Defaults shared by all families; experiment files override what differs."""
     c = ml_collections.ConfigDict()

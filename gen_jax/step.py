@@ -50,7 +50,10 @@ def _ema(e: jax.Array, p: jax.Array, decay: float) -> jax.Array:
 def eval_step(
     params: Params, batch: Batch, key: jax.Array, *, family: Family
 ) -> Metrics:
-    """Every role's loss and metrics on one batch, without updates."""
+    """Every role's loss and metrics on one batch, without updates (or the
+    family's own held-out metrics, when it defines them)."""
+    if family.evaluate is not None:
+        return family.evaluate(params, batch, key)
     metrics = {}
     for role, loss_fn in family.losses.items():
         key, subkey = jax.random.split(key)

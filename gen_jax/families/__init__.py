@@ -30,13 +30,17 @@ class Family:
     sample: Callable[[Params, jax.Array, int], jax.Array]  # -> images in [-1, 1]
     # Optional: batch -> reconstructed images, for families with an encoder.
     reconstruct: Callable[[Params, Batch, jax.Array], jax.Array] | None = None
+    # Optional: held-out metrics ("<role>/<name>") when they differ from the
+    # training losses (e.g. a diffusion bound over many timesteps).
+    evaluate: Callable[[Params, Batch, jax.Array], Metrics] | None = None
 
 
 def make(config: ml_collections.ConfigDict) -> Family:
     """Builds the family named by `config.family`."""
-    from gen_jax.families import vae  # explicit imports, no registration side effects
+    # Explicit imports, no registration side effects.
+    from gen_jax.families import diffusion, vae
 
-    families = {"vae": vae.make}
+    families = {"diffusion": diffusion.make, "vae": vae.make}
     if config.family not in families:
         raise ValueError(
             f"unknown config.family {config.family!r}; valid: {sorted(families)}"

@@ -1,0 +1,160 @@
+"""Diffusion family: DDPM training (simple loss or VLB), guided samplers, bits/dim.
+
+Ho et al. 2020 (DDPM); classifier-free guidance from Ho & Salimans 2022. The
+process math is in gaussian_diffusion.py, the samplers in samplers.py.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from gen_jax.families import Batch, Family, Metrics, Params, samplers
+from gen_jax.families import gaussian_diffusion as gd
+from gen_jax.models import MODELS
+
+SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp_2m")
+
+
+def _model_and_schedule(config: ml_collections.ConfigDict):
+    kwargs = {k: v for k, v in config.model.items() if k != "name"}
+    model = MODELS[config.model.name](**kwargs, out_channels=config.data.channels)
+    d = config.diffusion
+    schedule = gd.make_schedule(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
+    return model, schedule
+
+
+def make_guided_sampler(config: ml_collections.ConfigDict):
+    """(params, key, labels_B, guidance) -> images in [-1, 1], with the sampler,
+    its steps and eta fixed by `config.diffusion` and `guidance` a traced
+    scalar (changing it does not recompile). Labels are ignored when the model
+    is unconditional."""
+    model, s = _model_and_schedule(config)
+    d = config.diffusion
+    conditional = config.model.num_classes > 0
+    shape = (config.data.image_size, config.data.image_size, config.data.channels)
+    if d.sampler not in SAMPLERS:
+        raise ValueError(f"unknown diffusion.sampler {d.sampler!r}; valid: {SAMPLERS}")
+    run = {
+        "ddpm": functools.partial(samplers.ddpm, variance=d.variance),
+        "ddim": functools.partial(samplers.ddim, steps=d.sample_steps, eta=d.ddim_eta),
+        "dpm_solver_pp_2m": functools.partial(
+            samplers.dpm_solver_pp_2m, steps=d.sample_steps
+        ),
+    }[d.sampler]
+
+    def sample(params: Params, key: jax.Array, labels_B: jax.Array, guidance):
+        p = {"params": params["model"]}
+
+        def denoise(x_t, t_B):
+            if not conditional:
+                out = model.apply(p, x_t, t_B)
+            else:  # one batched pass for the conditional and the null label
+                null_B = jnp.full_like(labels_B, config.model.num_classes)
+                both = model.apply(
+                    p,
+                    jnp.concatenate([x_t, x_t]),
+                    jnp.concatenate([t_B, t_B]),
+                    jnp.concatenate([labels_B, null_B]),
+                )
+                cond, uncond = jnp.split(both, 2)
+                out = uncond + guidance * (cond - uncond)
+            return gd.to_x0_eps(s, d.prediction, x_t, t_B, out)
+
+        noise_key, sampler_key = jax.random.split(key)
+        x_T = jax.random.normal(noise_key, (labels_B.shape[0], *shape))
+        return run(s, denoise, x_T, sampler_key)
+
+    return sample
+
+
+def make(config: ml_collections.ConfigDict) -> Family:
+    """Builds the diffusion family from `config.model`, `config.diffusion`, `config.data`."""
+    model, s = _model_and_schedule(config)
+    d = config.diffusion
+    num_classes = config.model.num_classes
+    guided_sample = make_guided_sampler(config)
+    gd.target(s, d.prediction, 0.0, jnp.zeros((1,), jnp.int32), 0.0)  # fail fast
+    gd.model_log_variance(s, d.variance, jnp.zeros((1,), jnp.int32))
+
+    def labels_of(batch, key):
+        if not num_classes:
+            return None
+        # Label dropout: the null label trains the unconditional model for guidance.
+        drop = jax.random.bernoulli(key, d.label_dropout, batch["label"].shape)
+        return jnp.where(drop, num_classes, batch["label"])
+
+    def init(key: jax.Array, batch: Batch) -> Params:
+        x = batch["image"][:1]
+        label = jnp.zeros((1,), jnp.int32) if num_classes else None
+        return {
+            "model": model.init(key, x, jnp.zeros((1,), jnp.int32), label)["params"]
+        }
+
+    def loss(params: Params, batch: Batch, key: jax.Array) -> tuple[jax.Array, Metrics]:
+        x0 = batch["image"]
+        t_key, eps_key, label_key, dropout_key = jax.random.split(key, 4)
+        t_B = jax.random.randint(t_key, (x0.shape[0],), 0, d.num_timesteps)
+        eps = jax.random.normal(eps_key, x0.shape)
+        x_t = gd.q_sample(s, x0, t_B, eps)
+        out = model.apply(
+            {"params": params["model"]},
+            x_t,
+            t_B,
+            labels_of(batch, label_key),
+            train=True,
+            rngs={"dropout": dropout_key},
+        )
+        mse = jnp.mean((out - gd.target(s, d.prediction, x0, t_B, eps)) ** 2)
+        if d.loss == "simple":
+            return mse, {"mse": mse}
+        if d.loss != "vlb":
+            raise ValueError(f"unknown diffusion.loss {d.loss!r}; use simple|vlb")
+        # One-sample estimate of the bound: T * L_t + L_T, in nats per dim.
+        x0_pred, _ = gd.to_x0_eps(s, d.prediction, x_t, t_B, out)
+        vlb = d.num_timesteps * gd.vlb_term(s, d.variance, x0, x_t, t_B, x0_pred)
+        dims = math.prod(x0.shape[1:])
+        return jnp.mean(vlb + gd.prior_kl(s, x0)) / dims, {"mse": mse}
+
+    def evaluate(params: Params, batch: Batch, key: jax.Array) -> Metrics:
+        """Held-out -VLB in nats/image and bits/dim (as DDPM reports it), from
+        `eval_timesteps` stratified timesteps per image, and the simple loss."""
+        x0 = batch["image"]
+        k = d.eval_timesteps
+        if d.num_timesteps % k:
+            raise ValueError(
+                f"diffusion.eval_timesteps={k} must divide "
+                f"num_timesteps={d.num_timesteps}"
+            )
+        p = {"params": params["model"]}
+        labels = batch["label"] if num_classes else None
+
+        def term(i):
+            t_key, eps_key = jax.random.split(jax.random.fold_in(key, i))
+            # Stratum i covers timesteps [i T/k, (i+1) T/k): unbiased for the sum.
+            t_B = i * (d.num_timesteps // k) + jax.random.randint(
+                t_key, (x0.shape[0],), 0, d.num_timesteps // k
+            )
+            eps = jax.random.normal(eps_key, x0.shape)
+            x_t = gd.q_sample(s, x0, t_B, eps)
+            out = model.apply(p, x_t, t_B, labels)
+            x0_pred, _ = gd.to_x0_eps(s, d.prediction, x_t, t_B, out)
+            mse = jnp.mean((out - gd.target(s, d.prediction, x0, t_B, eps)) ** 2)
+            return gd.vlb_term(s, d.variance, x0, x_t, t_B, x0_pred), mse
+
+        terms_KB, mse_K = jax.lax.map(term, jnp.arange(k))
+        nelbo_B = d.num_timesteps / k * jnp.sum(terms_KB, 0) + gd.prior_kl(s, x0)
+        dims = math.prod(x0.shape[1:])
+        return {
+            "model/loss": jnp.mean(mse_K),
+            "model/nelbo": jnp.mean(nelbo_B),
+            "model/bits_per_dim": jnp.mean(nelbo_B) / (dims * math.log(2)),
+        }
+
+    def sample(params: Params, key: jax.Array, num: int) -> jax.Array:
+        labels_B = jnp.arange(num) % max(num_classes, 1)
+        return guided_sample(params, key, labels_B, jnp.float32(d.guidance_scale))
+
+    return Family(init=init, losses={"model": loss}, sample=sample, evaluate=evaluate)
