@@ -61,7 +61,8 @@ def restore_latest(
     manager: ocp.CheckpointManager, abstract_state: TrainState, iterator
 ) -> TrainState | None:
     """The newest restorable state (placed as `abstract_state`'s shardings say),
-    with `iterator` set to the matching data position; None if there is none."""
+    with `iterator` (if given) set to the matching data position; None if there
+    is none."""
     failed = []
     for step in sorted(manager.all_steps(), reverse=True):
         args = ocp.args.Composite(
@@ -81,7 +82,8 @@ def restore_latest(
             continue
         for bad, _ in failed:  # out of the way of the saves that will redo them
             _quarantine(manager, bad)
-        iterator.set_state(restored.data)
+        if iterator is not None:
+            iterator.set_state(restored.data)
         logging.info("resumed from step %d", step)
         return restored.state
     if failed:  # none restores: more likely a changed config than damage everywhere

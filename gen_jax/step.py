@@ -35,8 +35,11 @@ def train_step(
         metrics[f"{role}/loss"] = loss
         metrics[f"{role}/grad_norm"] = optax.tree.norm(grads)
         metrics |= {f"{role}/{k}": v for k, v in aux.items()}
+    # EMA warmup: with a fixed 0.999 the init would still weigh e^-1 after 1000
+    # steps; (1 + n) / (10 + n) lets early EMAs follow the params closely.
+    decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
     ema = jax.tree.map(
-        functools.partial(_ema, decay=ema_decay), state.ema_params, state.params
+        functools.partial(_ema, decay=decay), state.ema_params, state.params
     )
     return state.replace(step=state.step + 1, ema_params=ema), metrics
 

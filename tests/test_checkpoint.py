@@ -1,3 +1,4 @@
+import importlib
 import os
 import signal
 import time
@@ -45,7 +46,10 @@ def test_round_trip_is_bitwise(smoke_config, tmp_path):
     assert it_state == it.iterator.get_state()
 
 
-def test_exact_resume_matches_uninterrupted_run(smoke_config, tmp_path):
+@pytest.mark.parametrize("name", ["vae_digits", "ddpm_digits"])
+def test_exact_resume_matches_uninterrupted_run(name, tmp_path):
+    smoke_config = importlib.import_module(f"configs.{name}").get_config("smoke")
+    smoke_config.train.update(num_steps=6, ckpt_every_steps=3)
     full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
     reference = train.run(smoke_config, full)
     train.run(smoke_config, resumed)

@@ -1,0 +1,186 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import ddpm_digits
+from gen_jax import families, optim, sample, step, train
+from gen_jax.families import diffusion, samplers
+from gen_jax.families import gaussian_diffusion as gd
+from gen_jax.train_state import TrainState
+
+
+@pytest.fixture
+def config():
+    return ddpm_digits.get_config("smoke")
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_schedule_invariants(kind):
+    s = gd.make_schedule(kind, 1000)
+    abar = np.asarray(s.alphas_cumprod, np.float64)
+    assert np.all(np.diff(abar) < 0) and abar[0] < 1 and abar[-1] > 0
+    assert np.all((np.asarray(s.betas) > 0) & (np.asarray(s.betas) < 1))
+    assert abar[0] > 0.9998 and abar[-1] < 1e-4
+    if kind == "cosine":  # f(t)/f(0) with s = 0.008 (Nichol & Dhariwal eq. 17)
+        want0 = (
+            np.cos((0.001 + 0.008) / 1.008 * np.pi / 2) ** 2
+            / np.cos(0.008 / 1.008 * np.pi / 2) ** 2
+        )
+        np.testing.assert_allclose(abar[0], want0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["eps", "x0", "v"])
+def test_prediction_conversions_round_trip(kind):
+    s = gd.make_schedule("cosine", 1000)
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    x0 = jax.random.uniform(k1, (16, 4, 4, 3), minval=-1, maxval=1)
+    eps = jax.random.normal(k2, x0.shape)
+    t_B = jax.random.randint(k3, (16,), 0, 1000)
+    x_t = gd.q_sample(s, x0, t_B, eps)
+    got_x0, got_eps = gd.to_x0_eps(s, kind, x_t, t_B, gd.target(s, kind, x0, t_B, eps))
+    np.testing.assert_allclose(got_eps, eps, atol=2e-3)
+    np.testing.assert_allclose(got_x0, x0, atol=2e-3, rtol=1e-3)
+
+
+def test_vlb_pieces_are_proper():
+    mean = jnp.full((1, 1, 1, 1), 0.1)
+    np.testing.assert_allclose(gd.normal_kl(mean, 0.3, mean, 0.3), 0.0, atol=1e-7)
+    # The discretised decoder is a distribution over the 256 levels.
+    levels = jnp.linspace(-1, 1, 256).reshape(256, 1, 1, 1)
+    probs = jnp.exp(-gd.discretized_gaussian_nll(levels, mean, jnp.log(0.05)))
+    np.testing.assert_allclose(jnp.sum(probs), 1.0, rtol=1e-5)
+
+
+def test_vlb_of_an_oracle_denoiser():
+    # With x0_pred = x0 every KL term (t > 0) vanishes, and L_0 is exactly the
+    # mass the decoder N(x0, beta~_1) leaves outside the 1/127.5-wide bin.
+    s = gd.make_schedule("linear", 1000)
+    x0 = (
+        jnp.round(jax.random.uniform(jax.random.key(0), (4, 4, 4, 1)) * 255) / 127.5 - 1
+    )
+    for t in (1, 10, 500, 999):
+        t_B = jnp.full((4,), t)
+        x_t = gd.q_sample(s, x0, t_B, jax.random.normal(jax.random.key(t), x0.shape))
+        np.testing.assert_allclose(
+            gd.vlb_term(s, "small", x0, x_t, t_B, x0), 0.0, atol=1e-4
+        )
+    z = (1 / 255) / float(jnp.sqrt(s.posterior_variance[1]))
+    ndtr = jax.scipy.special.ndtr
+    edge = (x0 < -0.999) | (x0 > 0.999)
+    want = jnp.sum(
+        jnp.where(edge, -jnp.log(ndtr(z)), -jnp.log(2 * ndtr(z) - 1)), axis=(1, 2, 3)
+    )
+    t_B = jnp.zeros((4,), jnp.int32)
+    np.testing.assert_allclose(
+        gd.vlb_term(s, "small", x0, x0, t_B, x0), want, rtol=1e-3
+    )
+    np.testing.assert_array_less(gd.prior_kl(s, x0), 1e-3)
+
+
+def _setup(config):
+    family = families.make(config)
+    batch = {
+        "image": jax.random.uniform(jax.random.key(1), (8, 8, 8, 1), minval=-1),
+        "label": jnp.arange(8) % 10,
+    }
+    params = family.init(jax.random.key(0), batch)
+    return family, batch, params
+
+
+def test_loss_falls_when_overfitting_one_batch(config):
+    config.optim.model.update(warmup_steps=0, lr=3e-3)
+    config.train.num_steps = 200
+    family, batch, params = _setup(config)
+    state = TrainState.create(params, optim.make(config, ["model"]))
+    fn = jax.jit(lambda s, b, k: step.train_step(s, b, k, family=family, ema_decay=0.9))
+    losses = []
+    for _ in range(200):
+        state, metrics = fn(state, batch, jax.random.key(3))
+        losses.append(float(metrics["model/loss"]))
+    assert np.mean(losses[-20:]) < 0.7 * np.mean(losses[:20]), (losses[:3], losses[-3:])
+
+
+def _denoise_fn(config, params, labels):
+    """The conditional model alone, as the samplers see it."""
+    model, s = diffusion._model_and_schedule(config)
+
+    def denoise(x_t, t_B):
+        out = model.apply({"params": params["model"]}, x_t, t_B, labels)
+        return gd.to_x0_eps(s, config.diffusion.prediction, x_t, t_B, out)
+
+    return s, denoise
+
+
+def test_ddim_eta0_is_deterministic_and_eta1_full_equals_ddpm(config):
+    _, batch, params = _setup(config)
+    s, denoise = _denoise_fn(config, params, batch["label"])
+    x_T = jax.random.normal(jax.random.key(5), batch["image"].shape)
+    a = samplers.ddim(s, denoise, x_T, jax.random.key(1), steps=7, eta=0.0)
+    b = samplers.ddim(s, denoise, x_T, jax.random.key(2), steps=7, eta=0.0)
+    np.testing.assert_array_equal(a, b)
+    # DDIM with eta=1 on the full grid is the DDPM posterior-mean path with the
+    # posterior variance, step for step (same noise draws).
+    t = config.diffusion.num_timesteps
+    full = samplers.ddim(s, denoise, x_T, jax.random.key(3), steps=t, eta=1.0)
+    ddpm = samplers.ddpm(s, denoise, x_T, jax.random.key(3), variance="small")
+    assert full.shape == ddpm.shape == x_T.shape
+    np.testing.assert_allclose(full, ddpm, atol=5e-4)  # two float32 algebraic forms
+
+
+def test_guidance_one_equals_conditional_model_and_does_not_recompile(config):
+    _, batch, params = _setup(config)
+    guided = jax.jit(diffusion.make_guided_sampler(config))
+    key, labels = jax.random.key(7), batch["label"]
+    got = guided(params, key, labels, 1.0)
+    s, denoise = _denoise_fn(config, params, labels)
+    noise_key, sampler_key = jax.random.split(key)
+    x_T = jax.random.normal(noise_key, batch["image"].shape)
+    want = samplers.ddim(
+        s, denoise, x_T, sampler_key, steps=config.diffusion.sample_steps, eta=0.0
+    )
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    guided(params, key, labels, 3.0)
+    guided(params, key, labels, 0.0)
+    assert guided._cache_size() == 1
+
+
+@pytest.mark.parametrize("name", diffusion.SAMPLERS)
+def test_every_sampler_returns_finite_images_in_range(config, name):
+    config.diffusion.sampler = name
+    _, _, params = _setup(config)
+    images = jax.jit(families.make(config).sample, static_argnums=2)(
+        params, jax.random.key(0), 6
+    )
+    assert images.shape == (6, 8, 8, 1)
+    assert np.isfinite(images).all() and images.min() >= -1 and images.max() <= 1
+
+
+def test_heldout_bound_is_positive_and_consistent(config):
+    family, batch, params = _setup(config)
+    metrics = family.evaluate(params, batch, jax.random.key(0))
+    np.testing.assert_allclose(
+        metrics["model/bits_per_dim"],
+        metrics["model/nelbo"] / (64 * np.log(2)),
+        rtol=1e-5,
+    )
+    assert float(metrics["model/nelbo"]) > 0
+
+
+def test_sample_entry_point_writes_grid_and_npz(config, tmp_path):
+    train.run(config, str(tmp_path))
+    prefix = sample.run(
+        str(tmp_path),
+        num_samples=8,
+        seed=1,
+        diffusion_overrides={
+            "sampler": "dpm_solver_pp_2m",
+            "sample_steps": 3,
+            "guidance_scale": 2.0,
+        },
+    )
+    images = np.load(prefix + ".npz")["images"]
+    assert images.shape == (8, 8, 8, 1) and np.isfinite(images).all()
+    assert (tmp_path / "samples").is_dir() and (prefix + ".png").endswith(".png")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        sample.run(str(tmp_path / "nowhere"), num_samples=8)
