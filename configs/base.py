@@ -17,6 +17,22 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return out
 
 
+def shrink_for_smoke(c: ml_collections.ConfigDict, num_steps: int = 4) -> None:
+    """The training side of every `:smoke` variant: a few steps with tiny batches
+    that still pass through every log, checkpoint and eval path."""
+    for role in c.optim:
+        c.optim[role].warmup_steps = 2
+    c.train.update(
+        num_steps=num_steps,
+        batch_size=16,
+        log_every_steps=2,
+        ckpt_every_steps=num_steps // 2,
+    )
+    for e in c.evals.values():
+        e.every_steps = num_steps
+        e.update({"batch_size": 16} if "batch_size" in e else {"num_samples": 16})
+
+
 def diffusion_defaults() -> ml_collections.ConfigDict:
     """`config.diffusion` with DDPM's process (T=1000, linear betas 1e-4..0.02)."""
     return ml_collections.ConfigDict(

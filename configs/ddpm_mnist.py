@@ -51,14 +51,5 @@ def get_config(arg: str | None = None):
             norm_groups=8,
         )
         c.diffusion.update(num_timesteps=20, sample_steps=4, eval_timesteps=4)
-        c.optim.model.warmup_steps = 2
-        c.train.update(
-            num_steps=4,
-            batch_size=16,
-            log_every_steps=2,
-            ckpt_every_steps=2,
-            ema_decay=0.9,
-        )
-        c.evals.heldout.update(every_steps=4, batch_size=16)
-        c.evals.samples.update(every_steps=4, num_samples=16)
+        base.shrink_for_smoke(c)
     return c

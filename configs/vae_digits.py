@@ -40,13 +40,5 @@ def get_config(arg: str | None = None):
         c.model.channels = (8, 16)
         c.model.hidden = 32
         c.model.latents = 4
-        c.optim.model.warmup_steps = 2
-        c.train.num_steps = 6
-        c.train.batch_size = 16
-        c.train.log_every_steps = 2
-        c.train.ckpt_every_steps = 3
-        c.evals.heldout.every_steps = 6
-        c.evals.heldout.batch_size = 20
-        c.evals.samples.every_steps = 6
-        c.evals.samples.num_samples = 16
+        base.shrink_for_smoke(c, num_steps=6)
     return c
