@@ -184,3 +184,13 @@ def test_sample_entry_point_writes_grid_and_npz(config, tmp_path):
     assert (tmp_path / "samples").is_dir() and (prefix + ".png").endswith(".png")
     with pytest.raises(FileNotFoundError, match="config.json"):
         sample.run(str(tmp_path / "nowhere"), num_samples=8)
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_vlb_loss_and_other_targets_give_finite_gradients(config, prediction):
+    config.diffusion.update(loss="vlb", prediction=prediction, variance="large")
+    family, batch, params = _setup(config)
+    grad_fn = jax.jit(jax.value_and_grad(family.losses["model"], has_aux=True))
+    (loss, _), grads = grad_fn(params, batch, jax.random.key(0))
+    assert np.isfinite(float(loss)) and float(loss) > 0
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))

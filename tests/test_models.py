@@ -45,3 +45,34 @@ def test_conv_vae_rejects_indivisible_image_size():
         _vae(image_size=10).init(
             jax.random.key(0), jnp.ones((1, 10, 10, 1)), jnp.ones((1, 4))
         )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_unet_shapes_finite_and_float32_params(dtype):
+    model = MODELS["unet"](
+        out_channels=3,
+        channels=16,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        dropout=0.1,
+        num_classes=10,
+        norm_groups=8,
+        dtype=dtype,
+    )
+    x_BHWC = jnp.ones((2, 8, 8, 3))
+    t_B, label_B = jnp.array([0, 999]), jnp.array([3, 10])  # 10: the null label
+    params = model.init(jax.random.key(0), x_BHWC, t_B, label_B)["params"]
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+    out = jax.jit(model.apply)({"params": params}, x_BHWC, t_B, label_B)
+    assert out.shape == (2, 8, 8, 3) and out.dtype == jnp.float32
+    assert np.isfinite(out).all()
+    train_out = model.apply(
+        {"params": params},
+        x_BHWC,
+        t_B,
+        label_B,
+        train=True,
+        rngs={"dropout": jax.random.key(1)},
+    )
+    assert train_out.shape == out.shape
