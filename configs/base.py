@@ -33,6 +33,37 @@ def shrink_for_smoke(c: ml_collections.ConfigDict, num_steps: int = 4) -> None:
         e.update({"batch_size": 16} if "batch_size" in e else {"num_samples": 16})
 
 
+def lm_defaults(c: ml_collections.ConfigDict) -> None:
+    """The LM's model and data fields (a small GPT on the embedded text)."""
+    c.family = "lm"
+    c.model = ml_collections.ConfigDict(
+        {
+            "name": "transformer",
+            "num_layers": 4,
+            "num_heads": 4,
+            "embed_dim": 128,
+            "mlp_dim": 512,
+            "dropout": 0.0,
+            "norm": "rms",
+            "mlp": "gelu",
+            "tie_embeddings": True,
+            "remat": False,
+            "dtype": "float32",
+        }
+    )
+    c.data.name = "pydoc"  # pydoc | synthetic | tiny_shakespeare | lm1b
+    c.data.tokenizer = "byte"  # byte | char | sentencepiece
+    c.data.sentencepiece_model = ""
+    c.data.seq_len = 129  # tokens per row: 128 inputs, targets shifted by one
+    c.optim.model.update(weight_decay=0.1, b2=0.99)
+    c.evals.heldout = {
+        "type": "heldout",
+        "every_steps": 1000,
+        "batch_size": 32,
+        "perplexity": True,
+    }
+
+
 def diffusion_defaults() -> ml_collections.ConfigDict:
     """`config.diffusion` with DDPM's process (T=1000, linear betas 1e-4..0.02)."""
     return ml_collections.ConfigDict(
@@ -95,10 +126,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.ema_decay = 0.999
     c.train.init_from = ""  # a workdir or checkpoint dir: load params only
+    # For MFU (families that count FLOPs): datasheet peak FLOP/s per device,
+    # or -1 to time a float32 matmul once at start.
+    c.train.peak_flops_per_device = -1.0
 
     c.evals = ml_collections.ConfigDict()
 
-    # -1 takes all remaining devices. Batches split over (data, fsdp); params
-    # of at least fsdp_min_size elements are sharded over fsdp.
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "fsdp_min_size": 2**14})
+    # -1 takes all remaining devices. Batches split over (data, fsdp). Params
+    # with logical axis names follow sharding.LOGICAL_RULES (fsdp, tensor); the
+    # others are sharded over fsdp when they have >= fsdp_min_size elements.
+    c.mesh = ml_collections.ConfigDict(
+        {"data": -1, "fsdp": 1, "tensor": 1, "fsdp_min_size": 2**14}
+    )
     return c

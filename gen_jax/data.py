@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from gen_jax import sharding
+from gen_jax import sharding, text
 
 DIGITS_TEST_SIZE = 300  # of 1797; the split is fixed, independent of config.seed
 
@@ -122,12 +122,44 @@ class Batches:
         return _to_global(next(self.iterator), self.mesh)
 
 
+def _token_stream(cfg: ml_collections.ConfigDict, split: str, *, train: bool):
+    """Documents -> tokens -> packed `seq_len` rows: {"tokens", "mask"} (mask is 0
+    on the padding of a final partial row)."""
+    tokenizer = text.make_tokenizer(cfg)
+    ds = text.documents(cfg, split)
+    if train:
+        ds = ds.seed(cfg.shuffle_seed).shuffle().repeat()  # reshuffled per epoch
+    ds = ds.map(lambda doc: {"tokens": tokenizer.encode(doc + text.SEPARATOR)})
+    options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=cfg.prefetch)
+    packed = grain.experimental.ConcatThenSplitIterDataset(
+        ds.to_iter_dataset(options), length_struct={"tokens": cfg.seq_len}
+    )
+    return packed.map(
+        lambda r: {
+            "tokens": r["tokens"],
+            "mask": (r["tokens_segment_ids"] > 0).astype(np.int32),
+        }
+    )
+
+
+def _process_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This process's rows of a global batch (every process reads the same stream,
+    so the data state is identical on all of them and exact under any count)."""
+    local = len(next(iter(batch.values()))) // jax.process_count()
+    rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+    return {k: v[rows] for k, v in batch.items()}
+
+
 def make_train(
     cfg: ml_collections.ConfigDict, *, batch_size: int, mesh: Mesh
 ) -> Batches:
     """Shuffled, repeated training batches; the global sequence is the same for
     any process count: process p takes local batches p, p + P, p + 2P, ..."""
     local = _local_batch_size(batch_size, mesh)
+    if is_text(cfg):
+        ds = _token_stream(cfg, cfg.train_split, train=True)
+        ds = ds.batch(batch_size, drop_remainder=True).map(_process_rows)
+        return Batches(ds, mesh)
     ds = make_source(cfg, cfg.train_split).seed(cfg.shuffle_seed)
     ds = ds.shuffle().repeat().batch(local, drop_remainder=True)  # reshuffled per epoch
     ds = ds[jax.process_index() :: jax.process_count()]
@@ -141,6 +173,9 @@ def make_eval(
     """One ordered pass over the eval split (the remainder is dropped), as a
     re-iterable sequence of this process's local batches."""
     local = _local_batch_size(batch_size, mesh)
+    if is_text(cfg):
+        ds = _token_stream(cfg, cfg.eval_split, train=False)
+        return ds.batch(batch_size, drop_remainder=True).map(_process_rows)
     ds = make_source(cfg, cfg.eval_split).batch(local, drop_remainder=True)
     n = len(ds) // jax.process_count()
     if n == 0:
@@ -156,7 +191,16 @@ def eval_batches(ds: grain.MapDataset, mesh: Mesh) -> Iterator[dict[str, jax.Arr
         yield _to_global(local, mesh)
 
 
+def is_text(cfg: ml_collections.ConfigDict) -> bool:
+    return "tokenizer" in cfg
+
+
 def dummy_batch(cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     """A one-example batch with the configured shapes, for initialising params."""
+    if is_text(cfg):
+        return {
+            "tokens": np.zeros((1, cfg.seq_len), np.int32),
+            "mask": np.ones((1, cfg.seq_len), np.int32),
+        }
     shape = (1, cfg.image_size, cfg.image_size, cfg.channels)
     return {"image": np.zeros(shape, np.float32), "label": np.zeros((1,), np.int32)}

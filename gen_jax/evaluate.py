@@ -28,7 +28,11 @@ def _heldout(cfg, *, data_cfg, mesh, key, eval_step, **_) -> Evaluator:
             for i, batch in enumerate(data.eval_batches(ds, mesh))
         ]
         outs = jax.device_get(outs)
-        return {k: float(np.mean([o[k] for o in outs])) for k in outs[0]}
+        means = {k: float(np.mean([o[k] for o in outs])) for k in outs[0]}
+        if cfg.get("perplexity", False):  # of the mean loss, not a mean of exps
+            for k in [k for k in means if k.endswith("/loss")]:
+                means[k.replace("/loss", "/perplexity")] = float(np.exp(means[k]))
+        return means
 
     return run
 

@@ -71,6 +71,35 @@ def check_finite(step: int, metrics: dict[str, float]) -> None:
         )
 
 
+def measure_matmul_flops(n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a jitted float32 n x n matmul on the default device (median)."""
+    import time
+
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / float(np.median(times))
+
+
+def peak_flops(per_device: float) -> float:
+    """Peak FLOP/s of the whole job, for MFU. `per_device` > 0 is a datasheet
+    value (e.g. 989e12 for an H100's dense bf16); otherwise a matmul is timed
+    once. XLA:CPU runs one matmul on all cores, so on CPU that is per host."""
+    if per_device > 0:
+        return per_device * jax.device_count()
+    measured = measure_matmul_flops()
+    if jax.default_backend() == "cpu":
+        return measured * jax.process_count()
+    return measured * jax.device_count()
+
+
 def image_grid(images_NHWC: np.ndarray, columns: int = 8) -> np.ndarray:
     """Tiles images in [-1, 1] into one uint8 HWC grid with a 1-pixel border;
     images smaller than 32 px are enlarged (nearest) so the grid is legible."""

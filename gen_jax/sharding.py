@@ -3,14 +3,24 @@
 import math
 from collections.abc import Sequence
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-AXES = ("data", "fsdp")
-BATCH_AXES = ("data", "fsdp")  # batches split over every axis (FSDP is data-parallel)
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # FSDP is data-parallel too; "tensor" splits the model
+# Logical axis names used by models -> mesh axes. A dimension that the mesh axis
+# does not divide stays unsharded.
+LOGICAL_RULES = {
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "mlp": "tensor",
+    "heads": "tensor",
+    "kv": None,
+}
 
 
 def make_mesh(
@@ -18,7 +28,7 @@ def make_mesh(
 ) -> Mesh:
     """A (data, fsdp) mesh over `devices` (default: all); -1 takes what is left."""
     devices = list(jax.devices() if devices is None else devices)
-    shape = [cfg[a] for a in AXES]
+    shape = [cfg.get(a, 1) for a in AXES]  # configs older than an axis lack it
     if shape.count(-1) > 1:
         raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(cfg)}")
     known = math.prod(s for s in shape if s != -1)
@@ -55,15 +65,36 @@ def _fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
     return P()
 
 
+def _logical_spec(shape: tuple[int, ...], names: P, mesh: Mesh) -> P:
+    """Mesh axes for a leaf whose dimensions carry logical names."""
+    out, used = [], set()
+    for size, name in zip(shape, tuple(names) + (None,) * len(shape)):
+        axis = LOGICAL_RULES.get(name) if name else None
+        ok = axis and axis not in used and size % mesh.shape[axis] == 0
+        out.append(axis if ok and mesh.shape[axis] > 1 else None)
+        used.add(axis)
+    return P(*out)
+
+
 def state_shardings(abstract_state, mesh: Mesh, fsdp_min_size: int):
-    """Shardings for every leaf of a (abstract) train state, by shape; leaves
-    under `fsdp_min_size` elements stay replicated (sharding them saves nothing).
+    """Shardings for every leaf of an abstract train state whose params may be
+    boxed with logical axis names (flax `with_logical_partitioning`).
+
+    Named leaves follow LOGICAL_RULES; the others are sharded by shape: the
+    largest dimension the fsdp axis divides, for leaves of at least
+    `fsdp_min_size` elements (sharding smaller ones saves nothing).
 
     Params, their optimizer moments and their EMA have equal shapes, so they get
     equal shardings and the update needs no communication beyond FSDP's gathers.
     """
     fsdp = mesh.shape["fsdp"]
+    names = nn.get_partition_spec(abstract_state)
+
+    def leaf(name: P, x) -> NamedSharding:
+        if any(name):
+            return NamedSharding(mesh, _logical_spec(x.shape, name, mesh))
+        return NamedSharding(mesh, _fsdp_spec(x.shape, fsdp, fsdp_min_size))
+
     return jax.tree.map(
-        lambda x: NamedSharding(mesh, _fsdp_spec(x.shape, fsdp, fsdp_min_size)),
-        abstract_state,
+        leaf, names, nn.unbox(abstract_state), is_leaf=lambda x: isinstance(x, P)
     )

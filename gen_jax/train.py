@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -60,11 +61,12 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
         ),
         out_shardings=repl,
     )()
-    abstract = jax.eval_shape(init_fn, init_key)
-    state_sh = sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
+    # Params may come boxed with logical axis names: shard by them, then unbox.
+    boxed = jax.eval_shape(init_fn, init_key)
+    state_sh = sharding.state_shardings(boxed, mesh, config.mesh.fsdp_min_size)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        abstract,
+        nn.unbox(boxed),
         state_sh,
     )
     train_step = jax.jit(
@@ -80,7 +82,7 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
         mesh,
         abstract,
         state_sh,
-        jax.jit(init_fn, out_shardings=state_sh),
+        jax.jit(lambda key: nn.unbox(init_fn(key)), out_shardings=state_sh),
         train_step,
         init_key,
         step_key,
@@ -207,6 +209,11 @@ def _loop(config, run_setup, state, train_iter, evaluators, manager, writer, sto
     cfg = config.train
     start = int(jax.device_get(state.step))
     buffer = _MetricsBuffer()
+    peak = (
+        metrics.peak_flops(cfg.peak_flops_per_device)
+        if ("flops" in run_setup.family.per_example)
+        else 0.0
+    )
     last_log, last_time = start, time.perf_counter()
     for s in range(start, cfg.num_steps):
         batch = next(train_iter)
@@ -221,10 +228,10 @@ def _loop(config, run_setup, state, train_iter, evaluators, manager, writer, sto
         if done % cfg.log_every_steps == 0 or done == cfg.num_steps:
             scalars = buffer.mean()
             if done > last_log:
-                scalars["steps_per_sec"] = (done - last_log) / (
-                    time.perf_counter() - last_time
+                steps_per_sec = (done - last_log) / (time.perf_counter() - last_time)
+                scalars |= _rates(
+                    steps_per_sec, cfg.batch_size, run_setup.family.per_example, peak
                 )
-                scalars["examples_per_sec"] = scalars["steps_per_sec"] * cfg.batch_size
             writer.write_scalars(done, scalars)
             logging.info(
                 "step %d: %s", done, {k: f"{v:.4g}" for k, v in scalars.items()}
@@ -240,6 +247,19 @@ def _loop(config, run_setup, state, train_iter, evaluators, manager, writer, sto
             logging.warning("stopped by SIGTERM at step %d after saving", done)
             break
     return state
+
+
+def _rates(steps_per_sec, batch_size, per_example, peak) -> dict[str, float]:
+    """steps/s, examples/s, <count>/s for the family's per-example counts, MFU."""
+    out = {
+        "steps_per_sec": steps_per_sec,
+        "examples_per_sec": steps_per_sec * batch_size,
+    }
+    for name, count in per_example.items():
+        out[f"{name}_per_sec"] = count * out["examples_per_sec"]
+    if peak:
+        out["mfu"] = out["flops_per_sec"] / peak
+    return out
 
 
 def _write_eval(writer, step, name, results):

@@ -33,14 +33,17 @@ class Family:
     # Optional: held-out metrics ("<role>/<name>") when they differ from the
     # training losses (e.g. a diffusion bound over many timesteps).
     evaluate: Callable[[Params, Batch, jax.Array], Metrics] | None = None
+    # Per-example counts the loop turns into rates: {"tokens": L} logs
+    # tokens_per_sec; {"flops": F} logs model FLOP/s and MFU.
+    per_example: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def make(config: ml_collections.ConfigDict) -> Family:
     """Builds the family named by `config.family`."""
     # Explicit imports, no registration side effects.
-    from gen_jax.families import diffusion, vae
+    from gen_jax.families import diffusion, lm, vae
 
-    families = {"diffusion": diffusion.make, "vae": vae.make}
+    families = {"diffusion": diffusion.make, "lm": lm.make, "vae": vae.make}
     if config.family not in families:
         raise ValueError(
             f"unknown config.family {config.family!r}; valid: {sorted(families)}"

@@ -1,0 +1,152 @@
+"""Decoder-only LM family: next-token cross-entropy, held-out bits per byte/char,
+and KV-cache decoding (greedy, temperature, top-k, top-p) in a `lax` loop."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from gen_jax import text
+from gen_jax.families import Batch, Family, Metrics, Params
+from gen_jax.models import MODELS, transformer
+
+
+def make_model(config: ml_collections.ConfigDict):
+    """The Transformer for `config` and the tokenizer that sets its vocabulary."""
+    tokenizer = text.make_tokenizer(config.data)
+    kwargs = {k: v for k, v in config.model.items() if k != "name"}
+    return MODELS[config.model.name](
+        vocab_size=tokenizer.vocab_size, **kwargs
+    ), tokenizer
+
+
+def flops_per_token(num_params: int, model, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the matmuls of forward + backward, plus
+    the attention scores and values, 12 * layers * width * length (PaLM, App. B)."""
+    return 6 * num_params + 12 * model.num_layers * model.embed_dim * seq_len
+
+
+def sample_logits(logits_BV, key_B, temperature, top_k, top_p):
+    """One token per row. temperature 0 is greedy; top_k 0 and top_p 1 are off.
+    All three may be traced values, so changing them does not recompile."""
+    logits_BV = logits_BV.astype(jnp.float32)
+    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+    vocab = logits_BV.shape[-1]
+    kth_B1 = jnp.take(
+        sorted_BV, jnp.clip(jnp.where(top_k > 0, top_k, vocab), 1, vocab) - 1, axis=-1
+    )[:, None]
+    logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+    # top-p: keep the smallest prefix of sorted tokens whose mass reaches top_p.
+    probs_BV = jax.nn.softmax(
+        jnp.where(sorted_BV < kth_B1, -jnp.inf, sorted_BV)
+        / jnp.maximum(temperature, 1e-6),
+        axis=-1,
+    )
+    before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+    cutoff_B1 = jnp.min(
+        jnp.where(before_BV < top_p, sorted_BV, jnp.inf), axis=-1, keepdims=True
+    )
+    logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+    sampled_B = jax.vmap(jax.random.categorical)(
+        key_B, logits_BV / jnp.maximum(temperature, 1e-6)
+    )
+    return jnp.where(temperature > 0, sampled_B, jnp.argmax(logits_BV, axis=-1))
+
+
+def make_generate(model, *, use_cache: bool = True):
+    """(params, prompt_BP, seeds_B, max_len, temperature, top_k, top_p) -> tokens
+    [B, max_len]: the prompt, then sampled tokens. Jit with max_len static: one
+    compile per (batch, prompt length, max_len)."""
+
+    def generate(
+        params, prompt_BP, seeds_B, max_len, temperature=1.0, top_k=0, top_p=1.0
+    ):
+        b, p = prompt_BP.shape
+        tokens_BL = jnp.zeros((b, max_len), jnp.int32).at[:, :p].set(prompt_BP)
+        keys_B = jax.vmap(jax.random.key)(seeds_B)  # one stream per request
+        apply = lambda *a: model.apply({"params": params["model"]}, *a)
+        if use_cache:
+            positions = jnp.broadcast_to(jnp.arange(p), (b, p))
+            logits_BPV, cache = apply(
+                prompt_BP, positions, transformer.init_cache(model, b, max_len)
+            )
+            carry = (tokens_BL, logits_BPV[:, -1], cache)
+        else:
+            carry = (tokens_BL, None, None)
+
+        def body(i, carry):
+            tokens_BL, logits_BV, cache = carry
+            if not use_cache:  # recompute everything; causal masking hides the rest
+                logits_BV = jnp.take(apply(tokens_BL)[0], i - 1, axis=1)
+            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys_B)
+            token_B = sample_logits(logits_BV, step_keys, temperature, top_k, top_p)
+            tokens_BL = tokens_BL.at[:, i].set(token_B)
+            if use_cache:
+                logits_B1V, cache = apply(token_B[:, None], jnp.full((b, 1), i), cache)
+                logits_BV = logits_B1V[:, 0]
+            return tokens_BL, logits_BV, cache
+
+        return jax.lax.fori_loop(p, max_len, body, carry)[0]
+
+    return generate
+
+
+def make(config: ml_collections.ConfigDict) -> Family:
+    """Builds the LM family from `config.model` and `config.data` (tokenizer, seq_len)."""
+    model, tokenizer = make_model(config)
+    length = config.data.seq_len - 1  # inputs per row; targets are shifted by one
+    bits_name = {"byte": "bits_per_byte", "char": "bits_per_char"}.get(
+        tokenizer.name, "bits_per_token"
+    )
+    abstract = jax.eval_shape(
+        model.init, jax.random.key(0), jnp.zeros((1, length), jnp.int32)
+    )
+    num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract))
+    generate = make_generate(model)
+
+    def init(key: jax.Array, batch: Batch) -> Params:
+        # Params stay boxed with logical axis names; the spine shards and unboxes.
+        return {"model": model.init(key, batch["tokens"][:, :-1])["params"]}
+
+    def nll(params, batch, key, train: bool) -> jax.Array:
+        tokens_BL = batch["tokens"]
+        mask_BL = (
+            batch["mask"][:, 1:] if "mask" in batch else jnp.ones_like(tokens_BL[:, 1:])
+        )
+        logits_BLV, _ = model.apply(
+            {"params": params["model"]},
+            tokens_BL[:, :-1],
+            train=train,
+            rngs={"dropout": key},
+        )
+        nll_BL = optax.softmax_cross_entropy_with_integer_labels(
+            logits_BLV, tokens_BL[:, 1:]
+        )
+        return jnp.sum(nll_BL * mask_BL) / jnp.maximum(jnp.sum(mask_BL), 1)
+
+    def loss(params: Params, batch: Batch, key: jax.Array) -> tuple[jax.Array, Metrics]:
+        value = nll(params, batch, key, train=True)
+        return value, {bits_name: value / math.log(2)}
+
+    def evaluate(params: Params, batch: Batch, key: jax.Array) -> Metrics:
+        value = nll(params, batch, key, train=False)
+        return {"model/loss": value, f"model/{bits_name}": value / math.log(2)}
+
+    def sample(params: Params, key: jax.Array, num: int) -> jax.Array:
+        """`num` rows of `seq_len` tokens continued from a newline."""
+        prompt = jnp.broadcast_to(jnp.asarray(tokenizer.encode("\n")), (num, 1))
+        seeds = jax.random.randint(key, (num,), 0, 2**31 - 1)
+        return generate(params, prompt, seeds, config.data.seq_len)
+
+    return Family(
+        init=init,
+        losses={"model": loss},
+        sample=sample,
+        evaluate=evaluate,
+        per_example={
+            "tokens": length,
+            "flops": length * flops_per_token(num_params, model, length),
+        },
+    )
