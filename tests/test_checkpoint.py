@@ -46,7 +46,7 @@ def test_round_trip_is_bitwise(smoke_config, tmp_path):
     assert it_state == it.iterator.get_state()
 
 
-@pytest.mark.parametrize("name", ["vae_digits", "ddpm_digits"])
+@pytest.mark.parametrize("name", ["vae_digits", "ddpm_digits", "lm_pydoc"])
 def test_exact_resume_matches_uninterrupted_run(name, tmp_path):
     smoke_config = importlib.import_module(f"configs.{name}").get_config("smoke")
     smoke_config.train.update(num_steps=6, ckpt_every_steps=3)

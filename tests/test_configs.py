@@ -22,18 +22,18 @@ def test_config_loads_and_smoke_variant_runs_end_to_end(name, tmp_path):
     assert full.family and full.model.name and full.train.num_steps > 100
     assert module.__doc__ and "--workdir" in module.__doc__  # the command to run it
     config = module.get_config("smoke")
-    config.data.name = "synthetic" if config.data.name != "digits" else "digits"
+    if config.data.name not in ("digits", "pydoc"):  # embedded data stays
+        config.data.name = "synthetic"
     workdir = str(tmp_path)
     state = train.run(config, workdir)
     assert int(state.step) == config.train.num_steps
     files = os.listdir(workdir)
     assert {"checkpoints", "config.json", "metrics.jsonl"} <= set(files)
     assert any(f.startswith("events.out.tfevents") for f in files)
-    assert any(
-        f.startswith("eval_samples_samples") and f.endswith(".png") for f in files
-    )
+    if "samples" in config.evals:
+        assert any(f.startswith("eval_samples_samples") for f in files)
     last = helpers.read_metrics(workdir)
-    assert any("eval/heldout/model/nelbo" in r for r in last)
+    assert any(k.startswith("eval/heldout/model/") for r in last for k in r)
     assert all("model/loss" in r for r in last if "steps_per_sec" in r)
 
 

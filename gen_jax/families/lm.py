@@ -86,7 +86,8 @@ def make_generate(model, *, use_cache: bool = True):
             if use_cache:
                 logits_B1V, cache = apply(token_B[:, None], jnp.full((b, 1), i), cache)
                 logits_BV = logits_B1V[:, 0]
-            return tokens_BL, logits_BV, cache
+                return tokens_BL, logits_BV, cache
+            return tokens_BL, None, None
 
         return jax.lax.fori_loop(p, max_len, body, carry)[0]
 

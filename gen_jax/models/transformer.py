@@ -153,6 +153,9 @@ class Transformer(nn.Module):
             ),
         )
         x_BLD = nn.Dropout(self.dropout, deterministic=not train)(embed(tokens_BL))
+        # A no-op unless a "perturbations" collection is passed: lets tests take
+        # gradients with respect to the embedded inputs (causality).
+        x_BLD = self.perturb("embedded", x_BLD)
         block = nn.remat(Block, static_argnums=(4,)) if self.remat else Block
         new_cache = []
         for i in range(self.num_layers):
