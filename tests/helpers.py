@@ -46,6 +46,25 @@ def start_cli(*args: str, devices: int = 4) -> subprocess.Popen:
     )
 
 
+def overfit_losses(config, family, params, batch, steps: int) -> list[float]:
+    """The losses of `steps` shared train steps on one fixed batch."""
+    import functools
+
+    import flax.linen as nn
+    import jax
+
+    from gen_jax import optim, step
+    from gen_jax.train_state import TrainState
+
+    state = TrainState.create(nn.unbox(params), optim.make(config, ["model"]))
+    fn = jax.jit(functools.partial(step.train_step, family=family, ema_decay=0.9))
+    losses = []
+    for _ in range(steps):
+        state, metrics = fn(state, batch, jax.random.key(3))
+        losses.append(float(metrics["model/loss"]))
+    return losses
+
+
 def read_metrics(workdir: str) -> list[dict]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]

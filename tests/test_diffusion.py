@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from configs import ddpm_digits
-from gen_jax import families, optim, sample, step, train
+from gen_jax import families, sample, train
 from gen_jax.families import diffusion, samplers
 from gen_jax.families import gaussian_diffusion as gd
-from gen_jax.train_state import TrainState
+from tests import helpers
 
 
 @pytest.fixture
@@ -92,12 +92,7 @@ def test_loss_falls_when_overfitting_one_batch(config):
     config.optim.model.update(warmup_steps=0, lr=3e-3)
     config.train.num_steps = 200
     family, batch, params = _setup(config)
-    state = TrainState.create(params, optim.make(config, ["model"]))
-    fn = jax.jit(lambda s, b, k: step.train_step(s, b, k, family=family, ema_decay=0.9))
-    losses = []
-    for _ in range(200):
-        state, metrics = fn(state, batch, jax.random.key(3))
-        losses.append(float(metrics["model/loss"]))
+    losses = helpers.overfit_losses(config, family, params, batch, 200)
     assert np.mean(losses[-20:]) < 0.7 * np.mean(losses[:20]), (losses[:3], losses[-3:])
 
 

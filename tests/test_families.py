@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gen_jax import families, optim, step
+from gen_jax import families
 from gen_jax.families import vae
-from gen_jax.train_state import TrainState
+from tests import helpers
 
 
 def test_kl_is_zero_when_posterior_equals_prior():
@@ -58,16 +58,8 @@ def test_vae_loss_falls_when_overfitting_one_batch(smoke_config):
     # Binary pixels: the Bernoulli NLL can approach 0 (grey levels have a floor).
     x = jax.random.bernoulli(jax.random.key(1), 0.5, (8, 8, 8, 1))
     batch = {"image": jnp.where(x, 1.0, -1.0)}
-    state = TrainState.create(
-        family.init(jax.random.key(0), batch), optim.make(smoke_config, ["model"])
-    )
-    train_step = jax.jit(
-        lambda s, b, k: step.train_step(s, b, k, family=family, ema_decay=0.9)
-    )
-    losses = []
-    for _ in range(150):
-        state, metrics = train_step(state, batch, jax.random.key(3))
-        losses.append(float(metrics["model/loss"]))
+    params = family.init(jax.random.key(0), batch)
+    losses = helpers.overfit_losses(smoke_config, family, params, batch, 150)
     assert losses[-1] < 0.9 * losses[0], (losses[0], losses[-1])
 
 

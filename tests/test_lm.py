@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from configs import lm_pydoc
-from gen_jax import data, families, optim, sharding, step, text, train
+from gen_jax import data, families, sharding, text, train
 from gen_jax.families import lm
 from gen_jax.models import transformer
-from gen_jax.train_state import TrainState
+from tests import helpers
 
 
 @pytest.fixture
@@ -110,12 +110,7 @@ def test_loss_falls_when_overfitting_and_bits_per_byte_arithmetic(config):
     metrics = family.evaluate(zero, batch, jax.random.key(2))
     np.testing.assert_allclose(metrics["model/loss"], np.log(256), rtol=1e-6)
     np.testing.assert_allclose(metrics["model/bits_per_byte"], 8.0, rtol=1e-6)
-    state = TrainState.create(params, optim.make(config, ["model"]))
-    fn = jax.jit(lambda s, b, k: step.train_step(s, b, k, family=family, ema_decay=0.9))
-    losses = []
-    for _ in range(100):
-        state, m = fn(state, batch, jax.random.key(3))
-        losses.append(float(m["model/loss"]))
+    losses = helpers.overfit_losses(config, family, params, batch, 100)
     assert losses[-1] < 0.7 * losses[0], (losses[0], losses[-1])
 
 
@@ -173,3 +168,16 @@ def test_tokenizers_round_trip(config, tmp_path):
     sp = text.make_tokenizer(config.data)
     assert sp.vocab_size == 300
     assert sp.decode(sp.encode("return the value")) == "return the value"
+
+
+@pytest.mark.parametrize("name", ["tiny_shakespeare", "lm1b"])
+def test_tfds_text_path_under_mock_data(config, name):
+    import tensorflow_datasets as tfds
+
+    config.data.update(name=name, tokenizer="byte", eval_split="test")
+    mesh = sharding.make_mesh(config.mesh)
+    with tfds.testing.mock_data(num_examples=8):
+        batch = next(data.make_train(config.data, batch_size=4, mesh=mesh))
+        evals = list(data.make_eval(config.data, batch_size=4, mesh=mesh))
+    assert batch["tokens"].shape == (4, 17) and batch["mask"].shape == (4, 17)
+    assert evals and evals[0]["tokens"].shape == (4, 17)
