@@ -17,9 +17,34 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return out
 
 
+# The tiny model of each family that `:smoke` variants train.
+SMOKE_MODELS = {
+    "vae": {"channels": (8, 16), "hidden": 32, "latents": 4},
+    "diffusion": {
+        "channels": 8,
+        "channel_mults": (1, 2),
+        "num_res_blocks": 1,
+        "norm_groups": 8,
+    },
+    "lm": {
+        "num_layers": 1,
+        "num_heads": 2,
+        "embed_dim": 16,
+        "mlp_dim": 32,
+        "dtype": "float32",
+    },
+}
+
+
 def shrink_for_smoke(c: ml_collections.ConfigDict, num_steps: int = 4) -> None:
-    """The training side of every `:smoke` variant: a few steps with tiny batches
-    that still pass through every log, checkpoint and eval path."""
+    """Every `:smoke` variant: the family's tiny model and a few steps with tiny
+    batches that still pass through every log, checkpoint and eval path."""
+    c.model.update(SMOKE_MODELS[c.family])
+    if c.family == "diffusion":
+        c.model.attention_resolutions = (c.data.image_size // 2,)
+        c.diffusion.update(num_timesteps=20, sample_steps=4, eval_timesteps=4)
+    if c.family == "lm":
+        c.data.seq_len = 17
     for role in c.optim:
         c.optim[role].warmup_steps = 2
     c.train.update(

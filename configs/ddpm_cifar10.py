@@ -57,13 +57,5 @@ def get_config(arg: str | None = None):
 
     if arg.smoke:
         c.data.name = "synthetic"
-        c.model.update(
-            channels=8,
-            channel_mults=(1, 2),
-            num_res_blocks=1,
-            attention_resolutions=(16,),
-            norm_groups=8,
-        )
-        c.diffusion.update(num_timesteps=20, sample_steps=4, eval_timesteps=4)
         base.shrink_for_smoke(c)
     return c

@@ -45,10 +45,5 @@ def get_config(arg: str | None = None):
     c.evals.samples = {"type": "samples", "every_steps": 1000, "num_samples": 80}
 
     if arg.smoke:
-        c.model.channels = 8
-        c.model.attention_resolutions = (4,)
-        c.diffusion.num_timesteps = 20
-        c.diffusion.sample_steps = 4
-        c.diffusion.eval_timesteps = 4
         base.shrink_for_smoke(c)
     return c

@@ -34,9 +34,5 @@ def get_config(arg: str | None = None):
 
     if arg.smoke:
         c.data.name = "synthetic"
-        c.model.update(
-            num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32, dtype="float32"
-        )
-        c.data.seq_len = 17
         base.shrink_for_smoke(c)
     return c

@@ -27,7 +27,5 @@ def get_config(arg: str | None = None):
     c.evals.heldout.update(every_steps=500, batch_size=32)
 
     if arg.smoke:
-        c.model.update(num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32)
-        c.data.seq_len = 17
         base.shrink_for_smoke(c)
     return c

@@ -51,9 +51,6 @@ def get_config(arg: str | None = None):
     c.evals.heldout.update(every_steps=250, batch_size=64)
 
     if arg.smoke:
-        c.data.name = "synthetic"
-        c.data.eval_split = "test"
-        c.model.update(num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32)
-        c.data.seq_len = 17
+        c.data.update(name="synthetic", eval_split="test")
         base.shrink_for_smoke(c)
     return c

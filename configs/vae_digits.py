@@ -37,8 +37,5 @@ def get_config(arg: str | None = None):
     c.evals.samples = {"type": "samples", "every_steps": 5000, "num_samples": 64}
 
     if arg.smoke:
-        c.model.channels = (8, 16)
-        c.model.hidden = 32
-        c.model.latents = 4
         base.shrink_for_smoke(c, num_steps=6)
     return c

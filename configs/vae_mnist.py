@@ -39,8 +39,5 @@ def get_config(arg: str | None = None):
 
     if arg.smoke:
         c.data.name = "synthetic"
-        c.model.channels = (8, 16)
-        c.model.hidden = 32
-        c.model.latents = 4
         base.shrink_for_smoke(c)
     return c
