@@ -237,9 +237,11 @@ def _loop(config, run_setup, state, train_iter, evaluators, manager, writer, sto
                 "step %d: %s", done, {k: f"{v:.4g}" for k, v in scalars.items()}
             )
             last_log, last_time = done, time.perf_counter()
+        eval_start = time.perf_counter()
         for name, (every, run_eval) in evaluators.items():
             if done % every == 0 or done == cfg.num_steps:
                 _write_eval(writer, done, name, run_eval(state))
+        last_time += time.perf_counter() - eval_start  # rates count training only
         if done % cfg.ckpt_every_steps == 0 or done == cfg.num_steps or stop[0]:
             buffer.flush()  # never save a state whose step went non-finite
             checkpoint.save(manager, state, train_iter.iterator)

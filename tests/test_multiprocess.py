@@ -1,5 +1,6 @@
 """2 processes x 2 CPU devices (gloo collectives) train like 1 process x 4 devices."""
 
+import importlib
 import socket
 
 import jax
@@ -18,13 +19,15 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(smoke_config, tmp_path):
+@pytest.mark.parametrize("name", ["vae_digits", "lm_pydoc"])  # image and text paths
+def test_two_processes_match_one_process(name, tmp_path):
+    smoke_config = importlib.import_module(f"configs.{name}").get_config("smoke")
     smoke_config.train.log_every_steps = 1
     reference = train.run(smoke_config, str(tmp_path / "one"))
     workdir = str(tmp_path / "two")
     port = _free_port()
     args = [
-        "--config=configs/vae_digits.py:smoke",
+        f"--config=configs/{name}.py:smoke",
         "--config.train.log_every_steps=1",
         f"--workdir={workdir}",
         f"--coordinator_address=127.0.0.1:{port}",
@@ -39,7 +42,8 @@ def test_two_processes_match_one_process(smoke_config, tmp_path):
         helpers.train_losses(str(tmp_path / "one")),
         helpers.train_losses(workdir),
     )
-    assert sorted(one) == sorted(two) == list(range(1, 7))
+    steps = smoke_config.train.num_steps
+    assert sorted(one) == sorted(two) == list(range(1, steps + 1))
     np.testing.assert_allclose([two[s] for s in one], [one[s] for s in one], rtol=1e-5)
     # The checkpoint written by two processes restores in one (onto 4 devices).
     restored, _ = _restore(smoke_config, workdir)
