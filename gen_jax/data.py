@@ -169,9 +169,9 @@ def make_train(
 
 def make_eval(
     cfg: ml_collections.ConfigDict, *, batch_size: int, mesh: Mesh
-) -> list[dict[str, np.ndarray]] | grain.MapDataset:
+) -> grain.MapDataset | grain.IterDataset:
     """One ordered pass over the eval split (the remainder is dropped), as a
-    re-iterable sequence of this process's local batches."""
+    re-iterable dataset of this process's local batches."""
     local = _local_batch_size(batch_size, mesh)
     if is_text(cfg):
         ds = _token_stream(cfg, cfg.eval_split, train=False)
@@ -186,12 +186,16 @@ def make_eval(
     return ds[jax.process_index() : n * jax.process_count() : jax.process_count()]
 
 
-def eval_batches(ds: grain.MapDataset, mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
+def eval_batches(
+    ds: grain.MapDataset | grain.IterDataset, mesh: Mesh
+) -> Iterator[dict[str, jax.Array]]:
+    """The global batches of one pass over `ds` (from `make_eval`)."""
     for local in ds:
         yield _to_global(local, mesh)
 
 
 def is_text(cfg: ml_collections.ConfigDict) -> bool:
+    """Text configs name a tokenizer; image configs do not."""
     return "tokenizer" in cfg
 
 

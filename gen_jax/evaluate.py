@@ -27,6 +27,12 @@ def _heldout(cfg, *, data_cfg, mesh, key, eval_step, **_) -> Evaluator:
             eval_step(params, batch, jax.random.fold_in(key, i))
             for i, batch in enumerate(data.eval_batches(ds, mesh))
         ]
+        if not outs:
+            raise ValueError(
+                f"evals.{cfg.type}: the eval split {data_cfg.eval_split!r} "
+                f"holds less than one batch of {cfg.batch_size}; lower "
+                "its batch_size"
+            )
         outs = jax.device_get(outs)
         means = {k: float(np.mean([o[k] for o in outs])) for k in outs[0]}
         if cfg.get("perplexity", False):  # of the mean loss, not a mean of exps
