@@ -155,8 +155,8 @@ def make_train(
 ) -> Batches:
     """Shuffled, repeated training batches; the global sequence is the same for
     any process count: process p takes local batches p, p + P, p + 2P, ..."""
-    local = _local_batch_size(batch_size, mesh)
-    if is_text(cfg):
+    local = _local_batch_size(batch_size, mesh)  # also checks divisibility
+    if is_text(cfg):  # global batches, then this process's rows (same state everywhere)
         ds = _token_stream(cfg, cfg.train_split, train=True)
         ds = ds.batch(batch_size, drop_remainder=True).map(_process_rows)
         return Batches(ds, mesh)
@@ -172,7 +172,7 @@ def make_eval(
 ) -> grain.MapDataset | grain.IterDataset:
     """One ordered pass over the eval split (the remainder is dropped), as a
     re-iterable dataset of this process's local batches."""
-    local = _local_batch_size(batch_size, mesh)
+    local = _local_batch_size(batch_size, mesh)  # also checks divisibility
     if is_text(cfg):
         ds = _token_stream(cfg, cfg.eval_split, train=False)
         return ds.batch(batch_size, drop_remainder=True).map(_process_rows)

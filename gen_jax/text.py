@@ -7,6 +7,7 @@ read with `tfds.data_source`. Documents are joined by a blank line.
 
 import dataclasses
 import functools
+import json
 from collections.abc import Callable
 
 import grain
@@ -122,7 +123,14 @@ def documents(cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
 
 def make_tokenizer(cfg: ml_collections.ConfigDict) -> Tokenizer:
     """The tokenizer named by `cfg.tokenizer`; a char vocabulary is built from
-    the train split (plus the document separator)."""
+    the train split (plus the document separator). Built once per data config:
+    the family, the train pipeline and each evaluator all ask for it."""
+    return _cached_tokenizer(cfg.to_json(sort_keys=True))
+
+
+@functools.cache
+def _cached_tokenizer(cfg_json: str) -> Tokenizer:
+    cfg = ml_collections.ConfigDict(json.loads(cfg_json))
     if cfg.tokenizer == "byte":
         return _byte_tokenizer()
     if cfg.tokenizer == "char":
