@@ -26,6 +26,8 @@ SMOKE_MODELS = {
         "num_res_blocks": 1,
         "norm_groups": 8,
     },
+    "classifier": {"channels": (8, 16), "features": 16},
+    "gan": {"z_dim": 8, "gen_channels": 8, "disc_channels": 8},
     "lm": {
         "num_layers": 1,
         "num_heads": 2,
@@ -53,9 +55,12 @@ def shrink_for_smoke(c: ml_collections.ConfigDict, num_steps: int = 4) -> None:
         log_every_steps=2,
         ckpt_every_steps=num_steps // 2,
     )
+    for name in [n for n, e in c.evals.items() if e.type == "quality"]:
+        if c.evals[name].features != "digits_classifier":
+            del c.evals[name]  # their weights are files the user supplies
     for e in c.evals.values():
         e.every_steps = num_steps
-        e.update({"batch_size": 16} if "batch_size" in e else {"num_samples": 16})
+        e.update({k: 16 for k in ("batch_size", "num_samples") if k in e})
 
 
 def lm_defaults(c: ml_collections.ConfigDict) -> None:
@@ -87,6 +92,30 @@ def lm_defaults(c: ml_collections.ConfigDict) -> None:
         "batch_size": 32,
         "perplexity": True,
     }
+
+
+def gan_defaults(c: ml_collections.ConfigDict) -> None:
+    """The GAN's loss fields, and one optimizer per role (no `optim.model`)."""
+    c.family = "gan"
+    c.gan = ml_collections.ConfigDict(
+        {
+            "loss": "hinge",  # non_saturating | hinge | wgan_gp
+            "disc_steps": 1,  # discriminator updates per generator update
+            "r1_gamma": 0.0,  # R1 weight (0: off); penalty = gamma / 2 E|grad D|^2
+            "r1_every": 1,  # > 1: lazy R1, its own update every n steps
+            "gp_weight": 10.0,  # WGAN-GP's lambda
+        }
+    )
+    # DCGAN's Adam (lr 2e-4, beta1 0.5), constant rate, no clipping.
+    role = dict(c.optim.model) | {
+        "lr": 2e-4,
+        "b1": 0.5,
+        "warmup_steps": 0,
+        "final_lr_ratio": 1.0,
+        "clip_norm": 0.0,
+    }
+    del c.optim["model"]
+    c.optim.disc, c.optim.gen = dict(role), dict(role)
 
 
 def diffusion_defaults() -> ml_collections.ConfigDict:

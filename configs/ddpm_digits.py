@@ -11,6 +11,7 @@ bits/dim (215.5 nats / image). `:smoke` runs a few steps in seconds.
 """
 
 from configs import base
+from gen_jax import evaluate
 
 
 def get_config(arg: str | None = None):
@@ -43,6 +44,8 @@ def get_config(arg: str | None = None):
     c.train.ema_decay = 0.999
     c.evals.heldout = {"type": "heldout", "every_steps": 1000, "batch_size": 100}
     c.evals.samples = {"type": "samples", "every_steps": 1000, "num_samples": 80}
+
+    c.evals.quality = evaluate.quality_config(every_steps=2000)
 
     if arg.smoke:
         base.shrink_for_smoke(c)

@@ -9,6 +9,7 @@ likelihood on grey levels), recognisable reconstructions in the PNG grid.
 """
 
 from configs import base
+from gen_jax import evaluate
 
 
 def get_config(arg: str | None = None):
@@ -35,6 +36,8 @@ def get_config(arg: str | None = None):
     c.train.ckpt_every_steps = 1000
     c.evals.heldout = {"type": "heldout", "every_steps": 1000, "batch_size": 100}
     c.evals.samples = {"type": "samples", "every_steps": 5000, "num_samples": 64}
+
+    c.evals.quality = evaluate.quality_config(every_steps=5000)
 
     if arg.smoke:
         base.shrink_for_smoke(c, num_steps=6)

@@ -146,7 +146,12 @@ def main(argv: list[str]) -> None:
 
 
 def cli() -> None:
-    """The `gen-jax` console script."""
+    """The `gen-jax` console script: trains, or `gen-jax evaluate ...` scores a run."""
+    if len(sys.argv) > 1 and sys.argv[1] == "evaluate":
+        from gen_jax import evaluate
+
+        evaluate.cli(sys.argv[:1] + sys.argv[2:])
+        return
     app.run(main, flags_parser=_parse_flags)
 
 

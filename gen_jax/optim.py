@@ -35,9 +35,13 @@ def make(
     config: ml_collections.ConfigDict, roles: list[str]
 ) -> dict[str, optax.GradientTransformation]:
     """One transform per role; a role without its own section uses `optim.model`."""
-    return {
-        role: make_optimizer(
-            config.optim.get(role, config.optim.model), config.train.num_steps
-        )
-        for role in roles
-    }
+    out = {}
+    for role in roles:
+        cfg = config.optim.get(role) or config.optim.get("model")
+        if cfg is None:
+            raise ValueError(
+                f"config.optim has no section for role {role!r} (and no "
+                f"`optim.model` fallback); sections: {sorted(config.optim)}"
+            )
+        out[role] = make_optimizer(cfg, config.train.num_steps)
+    return out

@@ -65,7 +65,7 @@ def run(
     if overrides:
         config.diffusion.update(overrides)
     run_setup = train.setup(config)
-    state, step = _restore(workdir, run_setup)
+    state, step = restore(workdir, run_setup)
     repl = jax.sharding.NamedSharding(run_setup.mesh, jax.sharding.PartitionSpec())
     sample_fn = jax.jit(run_setup.family.sample, static_argnums=2, out_shardings=repl)
     key = jax.random.key(seed)
@@ -110,7 +110,7 @@ def complete(
         raise ValueError(
             f"--prompt completes LM runs; {workdir!r} trains {config.family!r}"
         )
-    state, step = _restore(workdir, train.setup(config))
+    state, step = restore(workdir, train.setup(config))
     model, tokenizer = lm.make_model(config)
     ids = tokenizer.encode(prompt)
     if not 0 < len(ids) < max_len:
@@ -135,7 +135,8 @@ def complete(
     return texts
 
 
-def _restore(workdir, run_setup):
+def restore(workdir, run_setup):
+    """The newest restorable state of `workdir` and its step."""
     from gen_jax import checkpoint
 
     manager = checkpoint.make_manager(workdir, 1)

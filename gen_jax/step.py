@@ -6,35 +6,34 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gen_jax.families import Batch, Family, Metrics, Params
+from gen_jax.families import Batch, Family, Metrics, Params, role_of
 from gen_jax.train_state import TrainState
 
 
 def train_step(
     state: TrainState, batch: Batch, key: jax.Array, *, family: Family, ema_decay: float
 ) -> tuple[TrainState, Metrics]:
-    """Updates each role in `family.losses` order, then the EMA of all params."""
+    """Runs each phase of `family.losses` in order (those due this step), then
+    the EMA of all params."""
     # Keys never enter the state: a resumed run repeats the same randomness.
     key = jax.random.fold_in(key, state.step)
     metrics = {}
-    for role, loss_fn in family.losses.items():  # unrolled while tracing
+    for phase, loss_fn in family.losses.items():  # unrolled while tracing
         key, subkey = jax.random.split(key)
-
-        def role_loss(
-            p, role=role, loss_fn=loss_fn, subkey=subkey, params=state.params
-        ):
-            return loss_fn({**params, role: p}, batch, subkey)
-
-        (loss, aux), grads = jax.value_and_grad(role_loss, has_aux=True)(
-            state.params[role]
+        update = functools.partial(
+            _update, phase=phase, loss_fn=loss_fn, batch=batch, key=subkey
         )
-        state = state.apply_gradients(role, grads)
-        if "new_state" in aux:  # non-trainable entries (e.g. spectral-norm vectors)
-            aux = dict(aux)
-            state = state.replace(params={**state.params, **aux.pop("new_state")})
-        metrics[f"{role}/loss"] = loss
-        metrics[f"{role}/grad_norm"] = optax.tree.norm(grads)
-        metrics |= {f"{role}/{k}": v for k, v in aux.items()}
+        every = family.every.get(phase, 1)
+        if every == 1:
+            state, phase_metrics = update(state)
+        else:
+            state, phase_metrics = jax.lax.cond(
+                state.step % every == every - 1,
+                functools.partial(_scaled, update, every),
+                functools.partial(_skipped, update),
+                state,
+            )
+        metrics |= phase_metrics
     # EMA warmup: with a fixed 0.999 the init would still weigh e^-1 after 1000
     # steps; (1 + n) / (10 + n) lets early EMAs follow the params closely.
     decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
@@ -42,6 +41,35 @@ def train_step(
         functools.partial(_ema, decay=decay), state.ema_params, state.params
     )
     return state.replace(step=state.step + 1, ema_params=ema), metrics
+
+
+def _update(state, *, phase, loss_fn, batch, key) -> tuple[TrainState, Metrics]:
+    """One optimizer update of the phase's role, and the phase's metrics."""
+    role = role_of(phase)
+
+    def role_loss(p):
+        return loss_fn({**state.params, role: p}, batch, key)
+
+    (loss, aux), grads = jax.value_and_grad(role_loss, has_aux=True)(state.params[role])
+    state = state.apply_gradients(role, grads)
+    aux = dict(aux)
+    if "new_state" in aux:  # non-trainable entries (e.g. spectral-norm vectors)
+        state = state.replace(params={**state.params, **aux.pop("new_state")})
+    metrics = {f"{phase}/loss": loss, f"{phase}/grad_norm": optax.tree.norm(grads)}
+    return state, metrics | {f"{phase}/{k}": v for k, v in aux.items()}
+
+
+# A phase run every n steps (under lax.cond, so skipped steps cost nothing)
+# reports its metrics times n on its steps and 0 between: a log window whose
+# length is a multiple of n then averages to the mean over its updates.
+def _scaled(update, every, state):
+    state, metrics = update(state)
+    return state, jax.tree.map(lambda v: v * every, metrics)
+
+
+def _skipped(update, state):
+    metrics = jax.eval_shape(update, state)[1]
+    return state, jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), metrics)
 
 
 def _ema(e: jax.Array, p: jax.Array, decay: float) -> jax.Array:
@@ -58,10 +86,10 @@ def eval_step(
     if family.evaluate is not None:
         return family.evaluate(params, batch, key)
     metrics = {}
-    for role, loss_fn in family.losses.items():
+    for phase, loss_fn in family.losses.items():
         key, subkey = jax.random.split(key)
         loss, aux = loss_fn(params, batch, subkey)
         aux = {k: v for k, v in aux.items() if k != "new_state"}
-        metrics[f"{role}/loss"] = loss
-        metrics |= {f"{role}/{k}": v for k, v in aux.items()}
+        metrics[f"{phase}/loss"] = loss
+        metrics |= {f"{phase}/{k}": v for k, v in aux.items()}
     return metrics

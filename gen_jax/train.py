@@ -46,7 +46,7 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
     """Family, mesh, sharded init and the jitted train step for `config`."""
     family = families.make(config)
     mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
-    tx = optim.make(config, list(family.losses))
+    tx = optim.make(config, family.roles)
     dummy = data.dummy_batch(config.data)
 
     def init_fn(key):
@@ -137,9 +137,12 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
             )
 
 
-def _make_evaluators(config, family, mesh, key):
+def make_evaluators(config, family, mesh, key, workdir) -> dict:
+    """{name: (every_steps, evaluator)} for `config.evals`, given the jitted
+    functions they need."""
     repl = sharding.replicated(mesh)
     deps = {
+        "workdir": workdir,
         "family": family,
         "data_cfg": config.data,
         "mesh": mesh,
@@ -147,7 +150,11 @@ def _make_evaluators(config, family, mesh, key):
         "eval_step": jax.jit(
             functools.partial(step.eval_step, family=family), out_shardings=repl
         ),
-        "sample_fn": jax.jit(family.sample, static_argnums=2, out_shardings=repl),
+        "sample_fn": (
+            jax.jit(family.sample, static_argnums=2, out_shardings=repl)
+            if family.sample
+            else None
+        ),
         "reconstruct_fn": (
             jax.jit(family.reconstruct, out_shardings=repl)
             if family.reconstruct
@@ -173,10 +180,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 def _run(config, workdir, stop) -> TrainState:
     run_setup = setup(config)
     mesh = run_setup.mesh
+    for phase, every in run_setup.family.every.items():
+        if phase in run_setup.family.losses and config.train.log_every_steps % every:
+            raise ValueError(
+                f"phase {phase!r} runs every {every} steps, which must divide "
+                f"train.log_every_steps={config.train.log_every_steps} (its "
+                "logged metrics are averages over whole intervals)"
+            )
     train_iter = data.make_train(
         config.data, batch_size=config.train.batch_size, mesh=mesh
     )
-    evaluators = _make_evaluators(config, run_setup.family, mesh, run_setup.eval_key)
+    evaluators = make_evaluators(
+        config, run_setup.family, mesh, run_setup.eval_key, workdir
+    )
     manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
     state = checkpoint.restore_latest(
         manager, run_setup.abstract_state, train_iter.iterator
@@ -240,7 +256,7 @@ def _loop(config, run_setup, state, train_iter, evaluators, manager, writer, sto
         eval_start = time.perf_counter()
         for name, (every, run_eval) in evaluators.items():
             if done % every == 0 or done == cfg.num_steps:
-                _write_eval(writer, done, name, run_eval(state))
+                write_eval(writer, done, name, run_eval(state))
         last_time += time.perf_counter() - eval_start  # rates count training only
         if done % cfg.ckpt_every_steps == 0 or done == cfg.num_steps or stop[0]:
             buffer.flush()  # never save a state whose step went non-finite
@@ -264,7 +280,8 @@ def _rates(steps_per_sec, batch_size, per_example, peak) -> dict[str, float]:
     return out
 
 
-def _write_eval(writer, step, name, results):
+def write_eval(writer, step: int, name: str, results: dict) -> None:
+    """Scalars to TensorBoard + metrics.jsonl, images to TensorBoard + PNG."""
     scalars = {f"eval/{name}/{k}": v for k, v in results.items() if np.ndim(v) == 0}
     images = {f"eval/{name}/{k}": v for k, v in results.items() if np.ndim(v) == 3}
     if scalars:

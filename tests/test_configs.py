@@ -33,8 +33,10 @@ def test_config_loads_and_smoke_variant_runs_end_to_end(name, tmp_path):
     if "samples" in config.evals:
         assert any(f.startswith("eval_samples_samples") for f in files)
     last = helpers.read_metrics(workdir)
-    assert any(k.startswith("eval/heldout/model/") for r in last for k in r)
-    assert all("model/loss" in r for r in last if "steps_per_sec" in r)
+    for evaluator in [n for n, e in config.evals.items() if e.type != "samples"]:
+        assert any(k.startswith(f"eval/{evaluator}/") for r in last for k in r)
+    losses = {"gan": ["disc/loss", "gen/loss"]}.get(config.family, ["model/loss"])
+    assert all(k in r for r in last if "steps_per_sec" in r for k in losses)
 
 
 def _one_line_error(result, rc: int) -> str:

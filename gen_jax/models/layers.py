@@ -78,3 +78,38 @@ class AttentionBlock(nn.Module):
             out.reshape(b, h, w, c)
         )
         return x_BHWC + out
+
+
+def spectral(layer: nn.Module, enabled: bool):
+    """`layer` as a function of (x, update): spectrally normalised (Miyato et al.,
+    2018) when `enabled`. The power-iteration vectors live in the "spectral"
+    collection; `update` advances them (the family stores them in the state)."""
+    if not enabled:
+        return lambda x, update: layer(x)
+    norm = nn.SpectralNorm(layer, collection_name="spectral")
+    return lambda x, update: norm(x, update_stats=update)
+
+
+class ProjectionHead(nn.Module):
+    """The critic's output: a linear score plus, with labels, the projection
+    <embed(y), h> of the class embedding onto the features (Miyato & Koyama, 2018)."""
+
+    num_classes: int
+    spectral_norm: bool
+
+    @nn.compact
+    def __call__(self, h_BD, labels_B, update: bool):
+        out_B = spectral(nn.Dense(1), self.spectral_norm)(h_BD, update)[:, 0]
+        if self.num_classes:
+            embed = nn.Embed(self.num_classes, h_BD.shape[-1])
+            e_BD = spectral(embed, self.spectral_norm)(labels_B, update)
+            out_B = out_B + jnp.sum(e_BD * h_BD, axis=-1)
+        return out_B.astype(jnp.float32)
+
+
+def with_label(z_BZ: jax.Array, labels_B: jax.Array, num_classes: int) -> jax.Array:
+    """A conditional generator's input: the noise, then a learned class embedding."""
+    if not num_classes:
+        return z_BZ
+    e_BZ = nn.Embed(num_classes, z_BZ.shape[-1], name="label_embed")(labels_B)
+    return jnp.concatenate([z_BZ, e_BZ.astype(z_BZ.dtype)], axis=-1)

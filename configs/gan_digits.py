@@ -1,0 +1,42 @@
+"""Class-conditional DCGAN (hinge loss, spectral norm, projection critic) on
+scikit-learn's bundled 8x8 digits: the embedded GAN default (no download).
+
+  python -m gen_jax.main --config=configs/gan_digits.py --workdir=runs/gan_digits
+
+Expected (2-core CPU): see README "Results". `:smoke` runs a few steps in seconds.
+"""
+
+from configs import base
+from gen_jax import evaluate
+
+
+def get_config(arg: str | None = None):
+    arg = base.parse_arg(arg, smoke=False)
+    c = base.get_config()
+    base.gan_defaults(c)
+    c.model.name = "dcgan"
+    c.model.z_dim = 64
+    c.model.gen_channels = 64
+    c.model.disc_channels = 64
+    c.model.channel_mults = (2, 1)
+    c.model.num_classes = 10
+    c.model.spectral_norm = True
+    c.model.gen_norm = "group"
+    c.model.dtype = "float32"
+
+    c.data.name = "digits"
+    c.data.image_size = 8
+    c.data.channels = 1
+
+    c.train.num_steps = 5000
+    c.train.batch_size = 64
+    c.train.log_every_steps = 100
+    c.train.ckpt_every_steps = 1000
+    c.train.ema_decay = 0.999
+    c.evals.samples = {"type": "samples", "every_steps": 1000, "num_samples": 80}
+
+    c.evals.quality = evaluate.quality_config(every_steps=1000)
+
+    if arg.smoke:
+        base.shrink_for_smoke(c)
+    return c

@@ -1,0 +1,150 @@
+"""Feature extractors for the sample-quality metrics, and the cached features of real data.
+
+`digits_classifier` is the project's own classifier of the embedded 8x8 digits
+(shipped in gen_jax/assets); `classifier` loads one a user trained (e.g. on tfds
+mnist, configs/classifier_mnist.py); `inception` is InceptionV3 (pool3, logits)
+from a local weights file, for published-comparable FID / IS.
+"""
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from gen_jax import data
+
+ASSETS = os.path.join(os.path.dirname(__file__), "assets")
+DIGITS_CLASSIFIER = os.path.join(ASSETS, "digits_classifier.npz")
+# images_NHWC in [-1, 1] -> (features_ND, logits_NV), as numpy.
+Extractor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def save_classifier(workdir: str, path: str) -> None:
+    """Writes a trained classifier run (EMA params + model fields) as one .npz."""
+    from gen_jax import sample, train
+
+    config = sample.load_config(workdir)
+    state, _ = sample.restore(workdir, train.setup(config))
+    flat = {
+        "/".join(str(k.key) for k in path_): np.asarray(v)
+        for path_, v in jax.tree_util.tree_leaves_with_path(state.ema_params["model"])
+    }
+    meta = {
+        "model": config.model.to_dict(),
+        "image_shape": [config.data.image_size] * 2 + [config.data.channels],
+        "data": config.data.name,
+    }
+    np.savez(path, __meta__=json.dumps(meta), **flat)
+
+
+def _load_classifier(path: str) -> tuple[Extractor, tuple[int, ...]]:
+    from flax import traverse_util
+
+    from gen_jax.models import MODELS
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"classifier weights {path!r} not found. Train one and export it: "
+            "python -m gen_jax.main --config=configs/classifier_mnist.py "
+            "--workdir=runs/classifier_mnist && python -m gen_jax.features "
+            f"--workdir=runs/classifier_mnist --out={path}"
+        )
+    with np.load(path) as f:
+        meta = json.loads(str(f["__meta__"]))
+        flat = {tuple(k.split("/")): f[k] for k in f.files if k != "__meta__"}
+    kwargs = {k: v for k, v in meta["model"].items() if k != "name"}
+    model = MODELS[meta["model"]["name"]](**kwargs)
+    params = traverse_util.unflatten_dict(flat)
+    fn = jax.jit(lambda x: model.apply({"params": params}, x))
+    return lambda x: jax.device_get(fn(x)), tuple(meta["image_shape"])
+
+
+def _load_inception(path: str) -> Extractor:
+    from gen_jax.models import inception
+
+    params = inception.load_params(os.path.expanduser(path))
+    model = inception.InceptionV3()
+    fn = jax.jit(lambda x: model.apply({"params": params}, x))
+    return lambda x: jax.device_get(fn(x))
+
+
+def make(kind: str, weights: str, data_cfg: ml_collections.ConfigDict) -> Extractor:
+    """The extractor `kind` (digits_classifier | classifier | inception) for
+    images shaped like `data_cfg`'s."""
+    shape = (data_cfg.image_size, data_cfg.image_size, data_cfg.channels)
+    if kind == "inception":
+        from gen_jax.models import inception
+
+        return _load_inception(weights or inception.DEFAULT_WEIGHTS)
+    if kind not in ("digits_classifier", "classifier"):
+        raise ValueError(
+            f"unknown evals features {kind!r}; use digits_classifier | "
+            "classifier | inception"
+        )
+    if kind == "classifier" and not weights:
+        raise ValueError("features=classifier needs `weights`: a classifier .npz")
+    fn, want = _load_classifier(weights or DIGITS_CLASSIFIER)
+    if want != shape:
+        raise ValueError(
+            f"the {kind} features expect images of shape {want}, but this run's "
+            f"data is {shape}; use a classifier trained on this data "
+            "(features=classifier, weights=...) or features=inception"
+        )
+    return fn
+
+
+def extract(fn: Extractor, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Features and logits of a list of image batches, concatenated."""
+    outs = [fn(x) for x in images]
+    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+
+def real_features(
+    fn: Extractor,
+    data_cfg: ml_collections.ConfigDict,
+    split: str,
+    *,
+    batch_size: int,
+    cache_key: str,
+    cache_dir: str | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features and logits of every image of `split`, cached as an .npz in
+    `cache_dir` (under a name built from `cache_key` and the data config)."""
+    tag = json.dumps([cache_key, split, data_cfg.to_dict()], sort_keys=True)
+    name = f"{data_cfg.name}_{split}_{hashlib.sha1(tag.encode()).hexdigest()[:12]}.npz"
+    path = os.path.join(cache_dir, name) if cache_dir else None
+    if path and os.path.exists(path):
+        with np.load(path) as f:
+            return f["features"], f["logits"]
+    ds = data.make_source(data_cfg, split).batch(batch_size, drop_remainder=False)
+    feats, logits = extract(fn, [b["image"] for b in ds])
+    if path and jax.process_index() == 0:
+        os.makedirs(cache_dir, exist_ok=True)
+        np.savez(path, features=feats, logits=logits)
+    return feats, logits
+
+
+def weights_id(kind: str, weights: str) -> str:
+    """Names the extractor's weights in cache keys: their file's content hash."""
+    from gen_jax.models import inception
+
+    path = weights or (
+        DIGITS_CLASSIFIER if kind != "inception" else inception.DEFAULT_WEIGHTS
+    )
+    with open(os.path.expanduser(path), "rb") as f:
+        return f"{kind}:{hashlib.sha1(f.read()).hexdigest()[:12]}"
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Export a classifier run as .npz.")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    save_classifier(args.workdir, args.out)
+    print(f"wrote {args.out}")
