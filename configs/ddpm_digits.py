@@ -5,9 +5,10 @@
     --steps=20 --guidance=2.0
 
 Trained with label dropout 0.1, so classifier-free guidance works at sampling.
-Expected (2-core CPU, measured 2026-11-23): ~4 min at 10 steps/s, recognisable
-digits of the requested classes in the sample grid, held-out bound 4.86
-bits/dim (215.5 nats / image). `:smoke` runs a few steps in seconds.
+Expected (2-core CPU, measured 2026-11-23): ~5.5 min at 9-10 steps/s,
+recognisable digits of the requested classes in the sample grid, held-out bound
+4.86 bits/dim (215.5 nats / image), Fréchet digits distance 3.45 (1000 DDIM-50
+samples vs the train split; recall 0.93). `:smoke` runs a few steps in seconds.
 """
 
 from configs import base

@@ -3,7 +3,10 @@ scikit-learn's bundled 8x8 digits: the embedded GAN default (no download).
 
   python -m gen_jax.main --config=configs/gan_digits.py --workdir=runs/gan_digits
 
-Expected (2-core CPU): see README "Results". `:smoke` runs a few steps in seconds.
+Expected (2-core CPU, measured 2026-11-23): 4 min 37 s at ~20 steps/s (one
+disc + one gen update per step), recognisable digits of the requested classes
+from step ~1000; Fréchet digits distance 3.06 (1000 samples vs the train split;
+23.0 at step 1000), precision 0.90, recall 0.68. `:smoke` runs a few steps.
 """
 
 from configs import base

@@ -23,15 +23,7 @@ def cli(
     *args: str, devices: int = 4, timeout: int = 300
 ) -> subprocess.CompletedProcess:
     """Runs `python -m gen_jax.main ARGS` from the repository root."""
-    return subprocess.run(
-        [sys.executable, "-m", "gen_jax.main", *args],
-        cwd=ROOT,
-        env=cli_env(devices),
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_module("gen_jax.main", *args, devices=devices, timeout=timeout)
 
 
 def start_cli(*args: str, devices: int = 4) -> subprocess.Popen:
@@ -74,3 +66,18 @@ def train_losses(workdir: str) -> dict[int, float]:
     return {
         r["step"]: r["model/loss"] for r in read_metrics(workdir) if "model/loss" in r
     }
+
+
+def run_module(
+    module: str, *args: str, devices: int = 4, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Runs `python -m MODULE ARGS` from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=cli_env(devices),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

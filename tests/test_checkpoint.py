@@ -46,10 +46,14 @@ def test_round_trip_is_bitwise(smoke_config, tmp_path):
     assert it_state == it.iterator.get_state()
 
 
-@pytest.mark.parametrize("name", ["vae_digits", "ddpm_digits", "lm_pydoc"])
+@pytest.mark.parametrize(
+    "name", ["vae_digits", "ddpm_digits", "lm_pydoc", "gan_digits"]
+)
 def test_exact_resume_matches_uninterrupted_run(name, tmp_path):
     smoke_config = importlib.import_module(f"configs.{name}").get_config("smoke")
     smoke_config.train.update(num_steps=6, ckpt_every_steps=3)
+    if name == "gan_digits":  # two roles, interval phases, spectral-norm state
+        smoke_config.gan.update(disc_steps=2, r1_gamma=1.0, r1_every=2)
     smoke_config.evals = {}  # evaluators read the state, never change it
     full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
     reference = train.run(smoke_config, full)
