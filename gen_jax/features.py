@@ -25,14 +25,14 @@ Extractor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 def save_classifier(workdir: str, path: str) -> None:
     """Writes a trained classifier run (EMA params + model fields) as one .npz."""
+    from flax import traverse_util
+
     from gen_jax import sample, train
 
     config = sample.load_config(workdir)
     state, _ = sample.restore(workdir, train.setup(config))
-    flat = {
-        "/".join(str(k.key) for k in path_): np.asarray(v)
-        for path_, v in jax.tree_util.tree_leaves_with_path(state.ema_params["model"])
-    }
+    params = jax.device_get(state.ema_params["model"])
+    flat = traverse_util.flatten_dict(params, sep="/")  # _load_classifier's inverse
     meta = {
         "model": config.model.to_dict(),
         "image_shape": [config.data.image_size] * 2 + [config.data.channels],

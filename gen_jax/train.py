@@ -181,7 +181,7 @@ def _run(config, workdir, stop) -> TrainState:
     run_setup = setup(config)
     mesh = run_setup.mesh
     for phase, every in run_setup.family.every.items():
-        if phase in run_setup.family.losses and config.train.log_every_steps % every:
+        if config.train.log_every_steps % every:
             raise ValueError(
                 f"phase {phase!r} runs every {every} steps, which must divide "
                 f"train.log_every_steps={config.train.log_every_steps} (its "

@@ -134,9 +134,8 @@ def make(config: ml_collections.ConfigDict) -> Family:
         labels_B = jnp.arange(num) % max(num_classes, 1)  # every class in turn
         return generate(params, jax.random.normal(key, (num, z_dim)), labels_B)
 
-    losses = {"disc": disc_loss}
+    losses, every = {"disc": disc_loss}, {"gen": cfg.disc_steps}
     if cfg.r1_gamma and cfg.r1_every > 1:
-        losses["disc/r1"] = lazy_r1_loss
+        losses["disc/r1"], every["disc/r1"] = lazy_r1_loss, cfg.r1_every
     losses["gen"] = gen_loss
-    every = {"gen": cfg.disc_steps, "disc/r1": cfg.r1_every}
     return Family(init=init, losses=losses, sample=sample, every=every)

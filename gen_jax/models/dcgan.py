@@ -70,51 +70,38 @@ class DCDiscriminator(nn.Module):
         )
 
 
-class DCGAN(nn.Module):
-    """The pair; families call `generate` and `discriminate`, and keep the two
-    param subtrees ("generator", "discriminator") as separate roles."""
-
-    z_dim: int
-    gen_channels: int
-    disc_channels: int
-    channel_mults: Sequence[int]
-    image_size: int
-    out_channels: int
-    num_classes: int = 0
-    spectral_norm: bool = False
-    gen_norm: str = "group"  # group | none
-    dtype: str = "float32"
-
-    def setup(self):
-        if self.image_size % 2 ** len(self.channel_mults):
-            raise ValueError(
-                f"image_size {self.image_size} is not divisible by "
-                f"2**{len(self.channel_mults)} (one stride-2 layer per entry of "
-                f"model.channel_mults={tuple(self.channel_mults)})"
-            )
-        self.generator = DCGenerator(
-            self.gen_channels,
-            self.channel_mults,
-            self.image_size,
-            self.out_channels,
-            self.num_classes,
-            self.gen_norm,
-            self.dtype,
+def make_pair(
+    *,
+    z_dim: int,
+    gen_channels: int,
+    disc_channels: int,
+    channel_mults: Sequence[int],
+    image_size: int,
+    out_channels: int,
+    num_classes: int = 0,
+    spectral_norm: bool = False,
+    gen_norm: str = "group",  # group | none
+    dtype: str = "float32",
+) -> layers.GANPair:
+    """The DCGAN pair (`z_dim` is the family's: the networks take any width)."""
+    del z_dim
+    if image_size % 2 ** len(channel_mults):
+        raise ValueError(
+            f"image_size {image_size} is not divisible by 2**{len(channel_mults)} "
+            "(one stride-2 layer per entry of "
+            f"model.channel_mults={tuple(channel_mults)})"
         )
-        self.discriminator = DCDiscriminator(
-            self.disc_channels,
-            self.channel_mults,
-            self.num_classes,
-            self.spectral_norm,
-            self.dtype,
-        )
-
-    def generate(self, z_BZ: jax.Array, labels_B: jax.Array) -> jax.Array:
-        return self.generator(z_BZ, labels_B)
-
-    def discriminate(self, x_BHWC, labels_B, update: bool = False) -> jax.Array:
-        return self.discriminator(x_BHWC, labels_B, update=update)
-
-    def __call__(self, z_BZ, x_BHWC, labels_B):
-        """Runs both networks (used by init, so every variable is created)."""
-        return self.generate(z_BZ, labels_B), self.discriminate(x_BHWC, labels_B)
+    return layers.GANPair(
+        DCGenerator(
+            gen_channels,
+            channel_mults,
+            image_size,
+            out_channels,
+            num_classes,
+            gen_norm,
+            dtype,
+        ),
+        DCDiscriminator(
+            disc_channels, channel_mults, num_classes, spectral_norm, dtype
+        ),
+    )

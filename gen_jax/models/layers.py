@@ -113,3 +113,22 @@ def with_label(z_BZ: jax.Array, labels_B: jax.Array, num_classes: int) -> jax.Ar
         return z_BZ
     e_BZ = nn.Embed(num_classes, z_BZ.shape[-1], name="label_embed")(labels_B)
     return jnp.concatenate([z_BZ, e_BZ.astype(z_BZ.dtype)], axis=-1)
+
+
+class GANPair(nn.Module):
+    """A generator and a discriminator in one module: families call `generate`
+    and `discriminate` and keep the "generator" / "discriminator" param subtrees
+    as separate roles."""
+
+    generator: nn.Module
+    discriminator: nn.Module
+
+    def generate(self, z_BZ: jax.Array, labels_B: jax.Array) -> jax.Array:
+        return self.generator(z_BZ, labels_B)
+
+    def discriminate(self, x_BHWC, labels_B, update: bool = False) -> jax.Array:
+        return self.discriminator(x_BHWC, labels_B, update=update)
+
+    def __call__(self, z_BZ, x_BHWC, labels_B):
+        """Runs both networks (used by init, so every variable is created)."""
+        return self.generate(z_BZ, labels_B), self.discriminate(x_BHWC, labels_B)

@@ -115,50 +115,37 @@ class ResDiscriminator(nn.Module):
         )
 
 
-class ResNetGAN(nn.Module):
-    """The SNGAN pair; families call `generate` and `discriminate`."""
-
-    z_dim: int
-    gen_channels: int
-    disc_channels: int
-    gen_blocks: int  # 2x upsampling blocks from a (image_size / 2**n)^2 grid
-    disc_blocks: int  # residual blocks in the discriminator ...
-    disc_down_blocks: int  # ... of which the first this many halve the size
-    image_size: int
-    out_channels: int
-    num_classes: int = 0
-    spectral_norm: bool = True
-    dtype: str = "float32"
-
-    def setup(self):
-        if self.image_size % 2**self.gen_blocks:
-            raise ValueError(
-                f"image_size {self.image_size} is not divisible by "
-                f"2**model.gen_blocks = {2**self.gen_blocks}"
-            )
-        self.generator = ResGenerator(
-            self.gen_channels,
-            self.gen_blocks,
-            self.image_size,
-            self.out_channels,
-            self.num_classes,
-            self.dtype,
+def make_pair(
+    *,
+    z_dim: int,
+    gen_channels: int,
+    disc_channels: int,
+    gen_blocks: int,  # 2x upsampling blocks from a (image_size / 2**n)^2 grid
+    disc_blocks: int,  # residual blocks in the discriminator ...
+    disc_down_blocks: int,  # ... of which the first this many halve the size
+    image_size: int,
+    out_channels: int,
+    num_classes: int = 0,
+    spectral_norm: bool = True,
+    dtype: str = "float32",
+) -> layers.GANPair:
+    """The SNGAN pair (`z_dim` is the family's: the networks take any width)."""
+    del z_dim
+    if image_size % 2**gen_blocks:
+        raise ValueError(
+            f"image_size {image_size} is not divisible by "
+            f"2**model.gen_blocks = {2**gen_blocks}"
         )
-        self.discriminator = ResDiscriminator(
-            self.disc_channels,
-            self.disc_blocks,
-            self.disc_down_blocks,
-            self.num_classes,
-            self.spectral_norm,
-            self.dtype,
-        )
-
-    def generate(self, z_BZ: jax.Array, labels_B: jax.Array) -> jax.Array:
-        return self.generator(z_BZ, labels_B)
-
-    def discriminate(self, x_BHWC, labels_B, update: bool = False) -> jax.Array:
-        return self.discriminator(x_BHWC, labels_B, update=update)
-
-    def __call__(self, z_BZ, x_BHWC, labels_B):
-        """Runs both networks (used by init, so every variable is created)."""
-        return self.generate(z_BZ, labels_B), self.discriminate(x_BHWC, labels_B)
+    return layers.GANPair(
+        ResGenerator(
+            gen_channels, gen_blocks, image_size, out_channels, num_classes, dtype
+        ),
+        ResDiscriminator(
+            disc_channels,
+            disc_blocks,
+            disc_down_blocks,
+            num_classes,
+            spectral_norm,
+            dtype,
+        ),
+    )
