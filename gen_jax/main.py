@@ -76,14 +76,17 @@ def _config_error(argv: list[str], error: Exception) -> str:
     return " ".join(str(error).split())  # flag type errors name the key already
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str], flag_values=flags.FLAGS) -> list[str]:
+    """Parses `argv` into `flag_values`; a config error exits with one line.
+
+    Shared by training and `gen-jax bench` (which has its own FlagValues)."""
     # The configs/ directory imports `configs.base`: make its parent importable.
     for a in argv:
         if a.startswith("--config="):
             path = a.split("=", 1)[1].partition(":")[0]
             sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
     try:
-        return flags.FLAGS(argv)
+        return flag_values(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         print(f"error: {_config_error(argv, e)}", file=sys.stderr)
         sys.exit(2)
@@ -146,13 +149,19 @@ def main(argv: list[str]) -> None:
 
 
 def cli() -> None:
-    """The `gen-jax` console script: trains, or `gen-jax evaluate ...` scores a run."""
+    """The `gen-jax` console script: trains; `gen-jax evaluate ...` scores a run,
+    `gen-jax bench ...` times a config's train step or sampler."""
     if len(sys.argv) > 1 and sys.argv[1] == "evaluate":
         from gen_jax import evaluate
 
         evaluate.cli(sys.argv[:1] + sys.argv[2:])
         return
-    app.run(main, flags_parser=_parse_flags)
+    if len(sys.argv) > 1 and sys.argv[1] == "bench":
+        from gen_jax import bench
+
+        bench.cli(sys.argv[:1] + sys.argv[2:])
+        return
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

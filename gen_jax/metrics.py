@@ -88,16 +88,43 @@ def measure_matmul_flops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / float(np.median(times))
 
 
-def peak_flops(per_device: float) -> float:
-    """Peak FLOP/s of the whole job, for MFU. `per_device` > 0 is a datasheet
-    value (e.g. 989e12 for an H100's dense bf16); otherwise a matmul is timed
-    once. XLA:CPU runs one matmul on all cores, so on CPU that is per host."""
+# Dense bf16 peak FLOP/s per JAX device, matched as substrings of
+# `device.device_kind` in this order (so "H100 PCIe" wins over "H100"). TPU v2/v3
+# devices are single cores (half a chip); v4 and later are whole chips.
+PEAK_BF16_FLOPS = {
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "GH200": 989e12,
+    "B200": 2250e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "TPU v6 lite": 918e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5": 459e12,
+    "TPU v4": 275e12,
+    "TPU v3": 61.5e12,
+    "TPU v2": 22.5e12,
+}
+
+
+def peak_flops(per_device: float = 0.0) -> tuple[float, str]:
+    """Peak FLOP/s of the whole job for MFU, and where the figure came from.
+
+    `per_device` > 0 is taken as given; a known GPU/TPU kind uses its datasheet
+    bf16 peak; otherwise a float32 matmul is timed once. XLA:CPU runs one
+    matmul on all cores, so on CPU that figure is per host."""
     if per_device > 0:
-        return per_device * jax.device_count()
+        return per_device * jax.device_count(), "flag"
+    kind = jax.devices()[0].device_kind
+    for name, value in PEAK_BF16_FLOPS.items():
+        if name in kind:
+            return value * jax.device_count(), f"bf16 datasheet ({name})"
     measured = measure_matmul_flops()
-    if jax.default_backend() == "cpu":
-        return measured * jax.process_count()
-    return measured * jax.device_count()
+    hosts = (
+        jax.process_count() if jax.default_backend() == "cpu" else jax.device_count()
+    )
+    return measured * hosts, "measured float32 matmul"
 
 
 def image_grid(images_NHWC: np.ndarray, columns: int = 8) -> np.ndarray:

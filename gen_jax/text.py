@@ -14,6 +14,10 @@ import grain
 import ml_collections
 import numpy as np
 
+# tiny_shakespeare's 65 characters: a char-level synthetic run has its vocabulary.
+SYNTHETIC_ALPHABET = (
+    "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
 SEPARATOR = "\n\n"  # between documents; no special tokens, so any tokenizer works
 TFDS_TEXT_KEYS = {"tiny_shakespeare": "text", "lm1b": "text"}
 
@@ -94,7 +98,7 @@ def documents(cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
         return grain.MapDataset.source(list(_pydoc_documents(split)))
     if cfg.name == "synthetic":
         rng = np.random.default_rng([cfg.shuffle_seed, split == cfg.train_split])
-        letters = np.array(list("abcdefgh ij\n"))
+        letters = np.array(list(SYNTHETIC_ALPHABET))
         docs = ["".join(rng.choice(letters, 200)) for _ in range(cfg.synthetic_size)]
         return grain.MapDataset.source(docs)
     if cfg.name not in TFDS_TEXT_KEYS:

@@ -226,7 +226,7 @@ def _loop(config, run_setup, state, train_iter, evaluators, manager, writer, sto
     start = int(jax.device_get(state.step))
     buffer = _MetricsBuffer()
     peak = (
-        metrics.peak_flops(cfg.peak_flops_per_device)
+        metrics.peak_flops(cfg.peak_flops_per_device)[0]
         if ("flops" in run_setup.family.per_example)
         else 0.0
     )

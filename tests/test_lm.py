@@ -120,7 +120,7 @@ def test_sharding_rules_place_params_as_declared(config):
     s = train.setup(config)
     params = s.state_shardings.params["model"]
     P = jax.sharding.PartitionSpec
-    assert params["block_0"]["qkv"]["kernel"].spec == P("fsdp", None, "tensor", None)
+    assert params["block_0"]["qkv"]["kernel"].spec == P("fsdp", "tensor", None, None)
     assert params["block_0"]["up"]["kernel"].spec == P("fsdp", "tensor")
     assert params["block_0"]["down"]["kernel"].spec == P("tensor", "fsdp")
     assert params["Embed_0"]["embedding"].spec == P("tensor", "fsdp")
@@ -128,7 +128,7 @@ def test_sharding_rules_place_params_as_declared(config):
     batches = data.make_train(config.data, batch_size=16, mesh=s.mesh)
     state, metrics = s.train_step(state, next(batches), s.step_key)
     assert state.params["model"]["block_0"]["qkv"]["kernel"].sharding.spec == P(
-        "fsdp", None, "tensor", None
+        "fsdp", "tensor", None, None
     )
     assert np.isfinite(float(metrics["model/loss"]))
 

@@ -46,18 +46,13 @@ class ConvDecoder(nn.Module):
     @nn.compact
     def __call__(self, z_BZ: jax.Array) -> jax.Array:
         dtype = layers.compute_dtype(self.dtype)
-        k = (self.kernel_size, self.kernel_size)
         coarse = self.image_size // 2 ** len(self.channels)
         h = nn.gelu(nn.Dense(self.hidden, dtype=dtype)(z_BZ.astype(dtype)))
         h = nn.gelu(nn.Dense(coarse * coarse * self.channels[-1], dtype=dtype)(h))
         h = h.reshape(h.shape[0], coarse, coarse, self.channels[-1])
         for c in reversed(self.channels[:-1]):
-            h = nn.gelu(
-                nn.ConvTranspose(c, k, strides=(2, 2), padding="SAME", dtype=dtype)(h)
-            )
-        out_BHWC = nn.ConvTranspose(
-            self.out_channels, k, strides=(2, 2), padding="SAME", dtype=dtype
-        )(h)
+            h = nn.gelu(layers.ConvTranspose2x(c, self.kernel_size, dtype)(h))
+        out_BHWC = layers.ConvTranspose2x(self.out_channels, self.kernel_size, dtype)(h)
         return out_BHWC.astype(jnp.float32)
 
 

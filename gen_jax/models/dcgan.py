@@ -34,9 +34,9 @@ class DCGenerator(nn.Module):
         h = nn.Dense(start * start * width, dtype=dtype)(h)
         h = self._act(h.reshape(-1, start, start, width), dtype)
         for m in self.channel_mults[1:]:
-            h = nn.ConvTranspose(self.channels * m, (4, 4), (2, 2), dtype=dtype)(h)
+            h = layers.ConvTranspose2x(self.channels * m, 4, dtype)(h)
             h = self._act(h, dtype)
-        h = nn.ConvTranspose(self.out_channels, (4, 4), (2, 2), dtype=dtype)(h)
+        h = layers.ConvTranspose2x(self.out_channels, 4, dtype)(h)
         return jnp.tanh(h.astype(jnp.float32))
 
     def _act(self, h, dtype):

@@ -1,0 +1,107 @@
+"""gen_jax's train step vs its PyTorch eager peer at the four reference shapes.
+
+  pip install -e ".[bench]"
+  python -m benchmarks.compare [--families=lm,gan,vae,diffusion] [--rounds=3]
+
+Each round runs `gen-jax bench` and `benchmarks.torch_peers` once per family,
+alternating, each in its own process (so neither's thread pool idles in the
+other's timing); a family's figure is the median over rounds of each run's
+median step time. `torch_ms / jax_ms` >= 1 means gen_jax is at least as fast.
+`--gen_jax_path=DIR` times another checkout's gen_jax (e.g. a baseline commit).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+from benchmarks.reference import REFERENCE
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _last_record(cmd: list[str], out: str, env: dict) -> dict:
+    result = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
+    with open(out) as f:
+        return json.loads(f.readlines()[-1])
+
+
+def measure(family: str, rounds: int, steps: int, warmup: int, gen_jax_path: str):
+    """({"jax": [ms per round], "torch": [...]}, the last JAX record)."""
+    config, overrides = REFERENCE[family]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if gen_jax_path:
+        env["PYTHONPATH"] = os.pathsep.join([gen_jax_path, ROOT])
+    common = [f"--steps={steps}", f"--warmup={warmup}"]
+    times = {"jax": [], "torch": []}
+    record = None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "bench.jsonl")
+        for _ in range(rounds):
+            record = _last_record(
+                [sys.executable, "-m", "gen_jax.bench", f"--config={config}"]
+                + overrides
+                + common
+                + ["--data_batches=2", f"--out={out}"],
+                out,
+                env,
+            )
+            times["jax"].append(1e3 * record["step_s_median"])
+            peer = _last_record(
+                [sys.executable, "-m", "benchmarks.torch_peers", f"--family={family}"]
+                + common
+                + [f"--out={out}"],
+                out,
+                {**os.environ},
+            )
+            times["torch"].append(1e3 * peer["step_s_median"])
+    return times, record
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", default=",".join(REFERENCE))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--gen_jax_path", default="")
+    parser.add_argument("--label", default="")
+    parser.add_argument("--out", default="benchmarks/results.jsonl")
+    args = parser.parse_args(argv)
+    print("| family | gen_jax ms/step | torch ms/step | torch ms / gen_jax ms | MFU |")
+    print("|---|---|---|---|---|")
+    for family in args.families.split(","):
+        times, record = measure(
+            family, args.rounds, args.steps, args.warmup, args.gen_jax_path
+        )
+        jax_ms, torch_ms = np.median(times["jax"]), np.median(times["torch"])
+        row = {
+            "label": args.label,
+            "family": family,
+            "time": record["time"],
+            "device_kind": record["device_kind"],
+            "jax_ms": jax_ms,
+            "torch_ms": torch_ms,
+            "ratio": torch_ms / jax_ms,
+            "mfu": record["mfu"],
+            "rounds": times,
+        }
+        print(
+            f"| {family} | {jax_ms:.1f} | {torch_ms:.1f} | {row['ratio']:.2f} | "
+            f"{record['mfu'] or 0:.2f} |",
+            flush=True,
+        )
+        with open(os.path.join(ROOT, args.out), "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

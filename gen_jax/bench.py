@@ -1,0 +1,395 @@
+"""Step-throughput benchmark: times a config's real train step (or its sampler).
+
+  gen-jax bench --config=configs/X.py[:variant] [--config.a=b ...] [--steps=20]
+  python -m gen_jax.bench --config=... [--batch_sizes=16,32,64] [--profile=DIR]
+
+The step is `train.setup`'s, so its code path and shardings are training's. It
+reports compile time, step time (median/p10/p90, each step timed to
+`block_until_ready`), examples/s (tokens/s for the LM), FLOPs per step (XLA's
+cost analysis; the analytic 6N + attention count for the LM), MFU, the compiled
+program's peak memory, and the input pipeline's own rate, as a table and as one
+JSON line appended to --out.
+"""
+
+import datetime
+import math
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from gen_jax import data, metrics, train
+
+# Every JSON line has these keys (None where a field does not apply).
+FIELDS = (
+    "time",
+    "mode",
+    "config",
+    "family",
+    "model",
+    "backend",
+    "device_kind",
+    "num_devices",
+    "mesh",
+    "batch_size",
+    "num_params",
+    "steps",
+    "warmup",
+    "compile_s",
+    "step_s_median",
+    "step_s_p10",
+    "step_s_p90",
+    "examples_per_s",
+    "tokens_per_s",
+    "flops_per_step_xla",
+    "flops_per_step_analytic",
+    "peak_flops",
+    "peak_flops_source",
+    "mfu",
+    "mfu_analytic",
+    "memory_peak_bytes",
+    "memory_temp_bytes",
+    "memory_argument_bytes",
+    "data_batches_per_s",
+    "data_examples_per_s",
+    "data_warning",
+    "profile_dir",
+)
+
+
+def _percentiles(times: list[float]) -> dict[str, float]:
+    p10, median, p90 = np.percentile(times, [10, 50, 90])
+    return {"step_s_median": median, "step_s_p10": p10, "step_s_p90": p90}
+
+
+def _time_calls(fn, args_fn, steps: int, warmup: int) -> list[float]:
+    """Wall time of each of `steps` calls after `warmup` calls, each call
+    blocked until its outputs are ready. `args_fn(out)` gives the next inputs."""
+    out = None
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn(*args_fn(out)))
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def _memory(compiled) -> dict[str, int | None]:
+    stats = compiled.memory_analysis()
+    if stats is None:  # some backends do not report
+        return dict.fromkeys(
+            ("memory_peak_bytes", "memory_temp_bytes", "memory_argument_bytes")
+        )
+    peak = getattr(stats, "peak_memory_in_bytes", 0) or (
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        + stats.temp_size_in_bytes
+        - stats.alias_size_in_bytes
+    )
+    return {
+        "memory_peak_bytes": int(peak),
+        "memory_temp_bytes": int(stats.temp_size_in_bytes),
+        "memory_argument_bytes": int(stats.argument_size_in_bytes),
+    }
+
+
+def _xla_flops(compiled) -> float | None:
+    """FLOPs of the whole (global) step: XLA reports them per partition."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list):  # older jax: one dict per program
+        cost = cost[0] if cost else {}
+    flops = (cost or {}).get("flops")
+    return None if flops is None else float(flops) * jax.device_count()
+
+
+def _data_rate(config, mesh, batches: int) -> dict:
+    """Batches/s of the input pipeline alone (after one warm-up batch)."""
+    it = data.make_train(config.data, batch_size=config.train.batch_size, mesh=mesh)
+    jax.block_until_ready(next(it))
+    start = time.perf_counter()
+    for _ in range(batches):
+        jax.block_until_ready(next(it))
+    rate = batches / (time.perf_counter() - start)
+    return {
+        "data_batches_per_s": rate,
+        "data_examples_per_s": rate * config.train.batch_size,
+    }
+
+
+def _profile(fn, args_fn, steps: int, profile_dir: str) -> None:
+    """A trace of `steps` calls for TensorBoard's profiler or Perfetto."""
+    out = None
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+        for i in range(steps):
+            with jax.profiler.StepTraceAnnotation("step", step_num=i):
+                out = jax.block_until_ready(fn(*args_fn(out)))
+
+
+def bench_train(config, *, steps, warmup, data_batches=10, profile_dir="", peak=None):
+    """One JSON-ready record for `config`'s train step at its batch size."""
+    run_setup = train.setup(config)
+    family, mesh = run_setup.family, run_setup.mesh
+    batch = next(
+        data.make_train(config.data, batch_size=config.train.batch_size, mesh=mesh)
+    )
+    state = run_setup.init(run_setup.init_key)
+    start = time.perf_counter()
+    compiled = run_setup.train_step.lower(state, batch, run_setup.step_key).compile()
+    compile_s = time.perf_counter() - start
+
+    def args_fn(out):  # the state is donated: each step consumes the last one's
+        return (state if out is None else out[0], batch, run_setup.step_key)
+
+    times = _time_calls(compiled, args_fn, steps, warmup)
+    record = _base_record(config, run_setup, "train", steps, warmup, compile_s)
+    record |= _percentiles(times) | _memory(compiled)
+    batch_size = config.train.batch_size
+    record["examples_per_s"] = batch_size / record["step_s_median"]
+    if "tokens" in family.per_example:
+        record["tokens_per_s"] = record["examples_per_s"] * family.per_example["tokens"]
+    record["flops_per_step_xla"] = _xla_flops(compiled)
+    if "flops" in family.per_example:
+        record["flops_per_step_analytic"] = family.per_example["flops"] * batch_size
+    record["peak_flops"], record["peak_flops_source"] = peak or metrics.peak_flops(
+        config.train.peak_flops_per_device
+    )
+    for name, flops in (
+        ("mfu", record["flops_per_step_xla"]),
+        ("mfu_analytic", record["flops_per_step_analytic"]),
+    ):
+        if flops:
+            record[name] = flops / record["step_s_median"] / record["peak_flops"]
+    record |= _data_rate(config, mesh, data_batches)
+    needed = 1.0 / record["step_s_median"]
+    if record["data_batches_per_s"] < needed:
+        record["data_warning"] = (
+            f"the input pipeline gives {record['data_batches_per_s']:.1f} batches/s "
+            f"but the step consumes {needed:.1f}/s: training would wait on data "
+            "(use an array_record source, fewer per-example transforms, or more "
+            "grain workers)"
+        )
+    if profile_dir:
+        _profile(compiled, args_fn, 3, profile_dir)
+        record["profile_dir"] = profile_dir
+    return record
+
+
+def bench_sampler(config, *, steps, warmup, num_samples):
+    """One record timing the family's sampler on freshly initialised EMA params
+    (images/s; decode tokens/s for the LM). FLOPs are not reported: XLA's cost
+    analysis counts a while loop's body once."""
+    run_setup = train.setup(config)
+    family = run_setup.family
+    if family.sample is None:
+        raise ValueError(f"family {config.family!r} has no sampler to time")
+    state = run_setup.init(run_setup.init_key)
+    sample_fn = jax.jit(
+        family.sample,
+        static_argnums=2,
+        out_shardings=jax.sharding.NamedSharding(
+            run_setup.mesh, jax.sharding.PartitionSpec()
+        ),
+    )
+    key = run_setup.eval_key
+    start = time.perf_counter()
+    compiled = sample_fn.lower(state.ema_params, key, num_samples).compile()
+    compile_s = time.perf_counter() - start
+    times = _time_calls(
+        lambda p, k: compiled(p, k), lambda out: (state.ema_params, key), steps, warmup
+    )
+    record = _base_record(config, run_setup, "sampler", steps, warmup, compile_s)
+    record |= _percentiles(times) | _memory(compiled)
+    record["batch_size"] = num_samples
+    record["examples_per_s"] = num_samples / record["step_s_median"]
+    if "tokens" in family.per_example:  # every row decodes seq_len - 1 tokens
+        record["tokens_per_s"] = record["examples_per_s"] * family.per_example["tokens"]
+    return record
+
+
+def _base_record(config, run_setup, mode, steps, warmup, compile_s) -> dict:
+    params = run_setup.abstract_state.params
+    roles = [r for r in run_setup.family.roles if r in params]
+    device = jax.devices()[0]
+    return dict.fromkeys(FIELDS) | {
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "mode": mode,
+        "family": config.family,
+        "model": config.model.name,
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "num_devices": jax.device_count(),
+        "mesh": dict(run_setup.mesh.shape),
+        "batch_size": config.train.batch_size,
+        "num_params": sum(
+            math.prod(x.shape) for r in roles for x in jax.tree.leaves(params[r])
+        ),
+        "steps": steps,
+        "warmup": warmup,
+        "compile_s": compile_s,
+    }
+
+
+def format_table(records: list[dict]) -> str:
+    """One column per record: the fields a reader compares, in readable units."""
+    rows = [
+        ("batch", "batch_size", "{:d}"),
+        ("compile s", "compile_s", "{:.2f}"),
+        ("ms/step median", "step_s_median", "{:.2f}", 1e3),
+        ("ms/step p10", "step_s_p10", "{:.2f}", 1e3),
+        ("ms/step p90", "step_s_p90", "{:.2f}", 1e3),
+        ("examples/s", "examples_per_s", "{:.1f}"),
+        ("tokens/s", "tokens_per_s", "{:.0f}"),
+        ("GFLOP/step (XLA)", "flops_per_step_xla", "{:.3f}", 1e-9),
+        ("GFLOP/step (6N+attn)", "flops_per_step_analytic", "{:.3f}", 1e-9),
+        ("MFU (XLA flops)", "mfu", "{:.3f}"),
+        ("MFU (6N+attn)", "mfu_analytic", "{:.3f}"),
+        ("peak memory MiB", "memory_peak_bytes", "{:.1f}", 2**-20),
+        ("data batches/s", "data_batches_per_s", "{:.1f}"),
+    ]
+    lines = []
+    for label, key, fmt, *scale in rows:
+        values = [r.get(key) for r in records]
+        if all(v is None for v in values):
+            continue
+        cells = [
+            "-" if v is None else fmt.format(v * scale[0] if scale else v)
+            for v in values
+        ]
+        lines.append(f"{label:<22}" + "".join(f"{c:>12}" for c in cells))
+    return "\n".join(lines)
+
+
+def append_json(path: str, record: dict) -> None:
+    import json
+
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _flags(fv, argv: list[str]):
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "The config to benchmark.",
+        flag_values=fv,
+        lock_config=True,
+        sys_argv=argv,  # overrides come from argv, not sys.argv (callable from Python)
+    )
+    flags.DEFINE_integer("steps", 20, "Timed steps.", flag_values=fv)
+    flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.", flag_values=fv)
+    flags.DEFINE_list(
+        "batch_sizes",
+        [],
+        "Sweep these batch sizes (default: the config's).",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool("sampler", False, "Time the sampler instead.", flag_values=fv)
+    flags.DEFINE_integer(
+        "num_samples", 0, "Sampler batch (default: train.batch_size).", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "data_batches", 10, "Batches to time the input pipeline on.", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "profile",
+        "",
+        "Write a trace of 3 steps here (TensorBoard/Perfetto).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "out", "bench.jsonl", "Append one JSON line per run here.", flag_values=fv
+    )
+
+
+def run(
+    config,
+    *,
+    label="",
+    steps=20,
+    warmup=3,
+    batch_sizes=(),
+    sampler=False,
+    num_samples=0,
+    data_batches=10,
+    profile="",
+    out="",
+) -> list[dict]:
+    """Benchmarks `config` at each batch size; returns (and appends) the records."""
+    records = []
+    peak = None
+    for batch_size in batch_sizes or [config.train.batch_size]:
+        cfg = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
+        cfg.train.batch_size = int(batch_size)
+        if sampler:
+            record = bench_sampler(
+                cfg,
+                steps=steps,
+                warmup=warmup,
+                num_samples=num_samples or cfg.train.batch_size,
+            )
+        else:
+            record = bench_train(
+                cfg,
+                steps=steps,
+                warmup=warmup,
+                data_batches=data_batches,
+                profile_dir=profile if not records else "",
+                peak=peak,
+            )
+            peak = (record["peak_flops"], record["peak_flops_source"])
+        record["config"] = label
+        records.append(record)
+        if out and jax.process_index() == 0:
+            append_json(out, record)
+    return records
+
+
+def cli(argv: list[str]) -> None:
+    """`gen-jax bench --config=configs/X.py[:variant] [--config.a=b ...] [options]`."""
+    from absl import flags
+
+    from gen_jax import main
+
+    fv = flags.FlagValues()  # private: no clash with the training flags
+    _flags(fv, argv)
+    main.parse_flags(argv, fv)
+    if fv.config is None:
+        print("error: --config is required", file=sys.stderr)
+        sys.exit(2)
+    label = " ".join(a for a in argv[1:] if a.startswith("--config"))
+    try:
+        records = run(
+            fv.config,
+            label=label,
+            steps=fv.steps,
+            warmup=fv.warmup,
+            batch_sizes=fv.batch_sizes,
+            sampler=fv.sampler,
+            num_samples=fv.num_samples,
+            data_batches=fv.data_batches,
+            profile=fv.profile,
+            out=fv.out,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(1)
+    first = records[0]
+    print(
+        f"{first['mode']} {label}: {first['family']} on {first['num_devices']} x "
+        f"{first['device_kind']} (peak {first['peak_flops'] or 0:.3g} FLOP/s, "
+        f"{first['peak_flops_source']}); appended to {fv.out}"
+    )
+    print(format_table(records))
+    for r in records:
+        if r["data_warning"]:
+            print(f"warning (batch {r['batch_size']}): {r['data_warning']}")
+
+
+if __name__ == "__main__":
+    cli(sys.argv)
