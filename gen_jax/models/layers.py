@@ -53,15 +53,12 @@ class GroupNorm(nn.Module):
         var_BG = jnp.maximum(sq_BG / count - mean_BG**2, 0.0)
         per_group = c // self.num_groups
         mean_BC = jnp.repeat(mean_BG, per_group, axis=1)
-        a_BC = (
-            jnp.repeat(jax.lax.rsqrt(var_BG + self.epsilon), per_group, axis=1)
-            * scale_C
-        )
-        shift_BC = bias_C - mean_BC * a_BC
+        inv_BC = jnp.repeat(jax.lax.rsqrt(var_BG + self.epsilon), per_group, axis=1)
+        a_BC = inv_BC * scale_C[None, :]
+        shift_BC = bias_C[None, :] - mean_BC * a_BC
         dtype = self.dtype or x_BHWC.dtype
-        return x_BHWC.astype(dtype) * a_BC[:, None, None, :].astype(dtype) + shift_BC[
-            :, None, None, :
-        ].astype(dtype)
+        a_B11C = a_BC[:, None, None, :].astype(dtype)
+        return x_BHWC.astype(dtype) * a_B11C + shift_BC[:, None, None, :].astype(dtype)
 
 
 def group_norm(channels: int, groups: int, dtype) -> GroupNorm:
@@ -199,7 +196,7 @@ class ConvTranspose2x(nn.Module):
         x_BHWC, kernel, bias = nn.dtypes.promote_dtype(
             x_BHWC, kernel, bias, dtype=self.dtype
         )
-        return conv_transpose_2x(x_BHWC, kernel) + bias
+        return conv_transpose_2x(x_BHWC, kernel) + bias[None, None, None, :]
 
 
 def spectral(layer: nn.Module, enabled: bool):
