@@ -7,7 +7,8 @@ Each round runs `gen-jax bench` and `benchmarks.torch_peers` once per family,
 alternating, each in its own process (so neither's thread pool idles in the
 other's timing); a family's figure is the median over rounds of each run's
 median step time. `torch_ms / jax_ms` >= 1 means gen_jax is at least as fast.
-`--gen_jax_path=DIR` times another checkout's gen_jax (e.g. a baseline commit).
+`--gen_jax_path=DIR` times another checkout's gen_jax (e.g. a baseline commit,
+with this checkout's gen_jax/bench.py copied in), running from DIR.
 """
 
 import argparse
@@ -24,9 +25,9 @@ from benchmarks.reference import REFERENCE
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _last_record(cmd: list[str], out: str, env: dict) -> dict:
+def _last_record(cmd: list[str], out: str, env: dict, cwd: str = ROOT) -> dict:
     result = subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False
+        cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False
     )
     if result.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
@@ -38,8 +39,8 @@ def measure(family: str, rounds: int, steps: int, warmup: int, gen_jax_path: str
     """({"jax": [ms per round], "torch": [...]}, the last JAX record)."""
     config, overrides = REFERENCE[family]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    if gen_jax_path:
-        env["PYTHONPATH"] = os.pathsep.join([gen_jax_path, ROOT])
+    # `python -m` puts its working directory first on sys.path: run there.
+    jax_cwd = os.path.abspath(gen_jax_path) if gen_jax_path else ROOT
     common = [f"--steps={steps}", f"--warmup={warmup}"]
     times = {"jax": [], "torch": []}
     record = None
@@ -53,6 +54,7 @@ def measure(family: str, rounds: int, steps: int, warmup: int, gen_jax_path: str
                 + ["--data_batches=2", f"--out={out}"],
                 out,
                 env,
+                jax_cwd,
             )
             times["jax"].append(1e3 * record["step_s_median"])
             peer = _last_record(

@@ -64,17 +64,17 @@ def _percentiles(times: list[float]) -> dict[str, float]:
     return {"step_s_median": median, "step_s_p10": p10, "step_s_p90": p90}
 
 
-def _time_calls(fn, args_fn, steps: int, warmup: int) -> list[float]:
+def _time_calls(fn, args_fn, steps: int, warmup: int, out=None):
     """Wall time of each of `steps` calls after `warmup` calls, each call
-    blocked until its outputs are ready. `args_fn(out)` gives the next inputs."""
-    out = None
+    blocked until its outputs are ready, and the last outputs. `args_fn(out)`
+    gives the next inputs from the previous outputs (None at first)."""
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
         out = jax.block_until_ready(fn(*args_fn(out)))
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return times
+    return times, out
 
 
 def _memory(compiled) -> dict[str, int | None]:
@@ -97,12 +97,13 @@ def _memory(compiled) -> dict[str, int | None]:
 
 
 def _xla_flops(compiled) -> float | None:
-    """FLOPs of the whole (global) step: XLA reports them per partition."""
+    """FLOPs of the whole (global) program: XLA reports them per partition."""
     cost = compiled.cost_analysis()
     if isinstance(cost, list):  # older jax: one dict per program
         cost = cost[0] if cost else {}
     flops = (cost or {}).get("flops")
-    return None if flops is None else float(flops) * jax.device_count()
+    devices = len(jax.tree.leaves(compiled.input_shardings)[0].device_set)
+    return None if flops is None else float(flops) * devices
 
 
 def _data_rate(config, mesh, batches: int) -> dict:
@@ -119,9 +120,8 @@ def _data_rate(config, mesh, batches: int) -> dict:
     }
 
 
-def _profile(fn, args_fn, steps: int, profile_dir: str) -> None:
-    """A trace of `steps` calls for TensorBoard's profiler or Perfetto."""
-    out = None
+def _profile(fn, args_fn, steps: int, profile_dir: str, out) -> None:
+    """A trace of `steps` more calls for TensorBoard's profiler or Perfetto."""
     with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
         for i in range(steps):
             with jax.profiler.StepTraceAnnotation("step", step_num=i):
@@ -143,7 +143,7 @@ def bench_train(config, *, steps, warmup, data_batches=10, profile_dir="", peak=
     def args_fn(out):  # the state is donated: each step consumes the last one's
         return (state if out is None else out[0], batch, run_setup.step_key)
 
-    times = _time_calls(compiled, args_fn, steps, warmup)
+    times, out = _time_calls(compiled, args_fn, steps, warmup)
     record = _base_record(config, run_setup, "train", steps, warmup, compile_s)
     record |= _percentiles(times) | _memory(compiled)
     batch_size = config.train.batch_size
@@ -172,7 +172,7 @@ def bench_train(config, *, steps, warmup, data_batches=10, profile_dir="", peak=
             "grain workers)"
         )
     if profile_dir:
-        _profile(compiled, args_fn, 3, profile_dir)
+        _profile(compiled, args_fn, 3, profile_dir, out)
         record["profile_dir"] = profile_dir
     return record
 
@@ -197,9 +197,7 @@ def bench_sampler(config, *, steps, warmup, num_samples):
     start = time.perf_counter()
     compiled = sample_fn.lower(state.ema_params, key, num_samples).compile()
     compile_s = time.perf_counter() - start
-    times = _time_calls(
-        lambda p, k: compiled(p, k), lambda out: (state.ema_params, key), steps, warmup
-    )
+    times, _ = _time_calls(compiled, lambda out: (state.ema_params, key), steps, warmup)
     record = _base_record(config, run_setup, "sampler", steps, warmup, compile_s)
     record |= _percentiles(times) | _memory(compiled)
     record["batch_size"] = num_samples
@@ -354,11 +352,11 @@ def cli(argv: list[str]) -> None:
     """`gen-jax bench --config=configs/X.py[:variant] [--config.a=b ...] [options]`."""
     from absl import flags
 
-    from gen_jax import main
+    from gen_jax import cli_flags
 
     fv = flags.FlagValues()  # private: no clash with the training flags
     _flags(fv, argv)
-    main.parse_flags(argv, fv)
+    cli_flags.parse(argv, fv)
     if fv.config is None:
         print("error: --config is required", file=sys.stderr)
         sys.exit(2)

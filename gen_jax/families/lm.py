@@ -104,7 +104,8 @@ def make(config: ml_collections.ConfigDict) -> Family:
     abstract = jax.eval_shape(
         model.init, jax.random.key(0), jnp.zeros((1, length), jnp.int32)
     )
-    num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract))
+    # Params only: init also returns the (zero) "perturbations" collection.
+    num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract["params"]))
     generate = make_generate(model)
 
     def init(key: jax.Array, batch: Batch) -> Params:
