@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from gen_jax import data, metrics, train
+from gen_jax import data, metrics, sharding, train
 
 # Every JSON line has these keys (None where a field does not apply).
 FIELDS = (
@@ -189,9 +189,7 @@ def bench_sampler(config, *, steps, warmup, num_samples):
     sample_fn = jax.jit(
         family.sample,
         static_argnums=2,
-        out_shardings=jax.sharding.NamedSharding(
-            run_setup.mesh, jax.sharding.PartitionSpec()
-        ),
+        out_shardings=sharding.replicated(run_setup.mesh),
     )
     key = run_setup.eval_key
     start = time.perf_counter()
