@@ -45,13 +45,13 @@ class GroupNorm(nn.Module):
         scale_C = self.param("scale", nn.initializers.ones, (c,))
         bias_C = self.param("bias", nn.initializers.zeros, (c,))
         x32 = x_BHWC.astype(jnp.float32)  # statistics in float32, as flax does
-        count = h * w * (c // self.num_groups)
+        per_group = c // self.num_groups
+        count = h * w * per_group
         sum_BG = jnp.sum(x32, axis=(1, 2)).reshape(b, self.num_groups, -1).sum(-1)
         sq_BG = jnp.sum(x32 * x32, axis=(1, 2)).reshape(b, self.num_groups, -1).sum(-1)
         mean_BG = sum_BG / count
         # E[x^2] - E[x]^2, clipped at 0: flax's default (use_fast_variance).
         var_BG = jnp.maximum(sq_BG / count - mean_BG**2, 0.0)
-        per_group = c // self.num_groups
         mean_BC = jnp.repeat(mean_BG, per_group, axis=1)
         inv_BC = jnp.repeat(jax.lax.rsqrt(var_BG + self.epsilon), per_group, axis=1)
         a_BC = inv_BC * scale_C[None, :]
