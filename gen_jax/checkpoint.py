@@ -7,12 +7,10 @@ same iterator position, so it restores under any process count (grain's own
 handler writes one file per process and needs the same count back).
 """
 
-import os
-import shutil
-
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
@@ -30,10 +28,18 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
         enable_async_checkpointing=True,
     )
     return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        checkpoints_dir(workdir),
         item_names=("state", "data"),
         options=options,
     )
+
+
+def checkpoints_dir(workdir: str) -> epath.Path:
+    """`workdir/checkpoints`, absolute: a local path or a URL (gs://...) as is."""
+    path = epath.Path(workdir)
+    if "://" not in str(workdir):  # os.path.abspath would mangle "gs://b" into a path
+        path = path.absolute()
+    return path / "checkpoints"
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, iterator) -> None:
@@ -47,12 +53,10 @@ def save(manager: ocp.CheckpointManager, state: TrainState, iterator) -> None:
 def _quarantine(manager: ocp.CheckpointManager, step: int) -> None:
     """Moves a damaged step out of the manager's view so later saves can reuse it."""
     if jax.process_index() == 0:
-        src = os.path.join(str(manager.directory), str(step))
-        dst = os.path.join(
-            os.path.dirname(str(manager.directory)), "checkpoints_damaged"
-        )
-        os.makedirs(dst, exist_ok=True)
-        shutil.move(src, os.path.join(dst, f"{step}.{len(os.listdir(dst))}"))
+        src = epath.Path(manager.directory) / str(step)
+        dst = src.parent.parent / "checkpoints_damaged"
+        dst.mkdir(parents=True, exist_ok=True)
+        src.rename(dst / f"{step}.{len(list(dst.iterdir()))}")
     multihost_utils.sync_global_devices(f"quarantine_{step}")
     manager.reload()
 
@@ -102,10 +106,11 @@ def _first_line(e: Exception) -> str:
 
 def load_params(path: str, abstract_state: TrainState) -> dict:
     """Params of the newest checkpoint under `path` (a workdir or checkpoints dir)."""
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        path = os.path.join(path, "checkpoints")
+    directory = checkpoints_dir(path)
+    if not directory.is_dir():  # `path` is the checkpoints directory itself
+        directory = directory.parent
     with ocp.CheckpointManager(
-        os.path.abspath(path),
+        directory,
         item_names=("state", "data"),
         options=ocp.CheckpointManagerOptions(read_only=True),
     ) as m:

@@ -3,13 +3,13 @@
 Values are scalars or uint8 HWC images. Jitted functions come from train.py.
 """
 
-import os
 from collections.abc import Callable
 
 import jax
 import jax.experimental.multihost_utils
 import ml_collections
 import numpy as np
+from etils import epath
 
 from gen_jax import data, features, metrics, quality
 from gen_jax.train_state import TrainState
@@ -116,7 +116,7 @@ def _quality(cfg, *, data_cfg, key, sample_fn, workdir=None, **_) -> Evaluator:
         reference,
         batch_size=cfg.batch_size,
         cache_key=features.weights_id(cfg.features, cfg.weights),
-        cache_dir=os.path.join(workdir, "quality_cache") if workdir else None,
+        cache_dir=str(epath.Path(workdir) / "quality_cache") if workdir else None,
     )
     real_stats = quality.feature_stats(real_feats)
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from gen_jax import data
 
@@ -116,15 +117,16 @@ def real_features(
     `cache_dir` (under a name built from `cache_key` and the data config)."""
     tag = json.dumps([cache_key, split, data_cfg.to_dict()], sort_keys=True)
     name = f"{data_cfg.name}_{split}_{hashlib.sha1(tag.encode()).hexdigest()[:12]}.npz"
-    path = os.path.join(cache_dir, name) if cache_dir else None
-    if path and os.path.exists(path):
-        with np.load(path) as f:
-            return f["features"], f["logits"]
+    path = epath.Path(cache_dir) / name if cache_dir else None
+    if path and path.exists():
+        with path.open("rb") as f, np.load(f) as npz:
+            return npz["features"], npz["logits"]
     ds = data.make_source(data_cfg, split).batch(batch_size, drop_remainder=False)
     feats, logits = extract(fn, [b["image"] for b in ds])
     if path and jax.process_index() == 0:
-        os.makedirs(cache_dir, exist_ok=True)
-        np.savez(path, features=feats, logits=logits)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            np.savez(f, features=feats, logits=logits)
     return feats, logits
 
 

@@ -2,10 +2,10 @@
 
 import json
 import math
-import os
 
 import jax
 import numpy as np
+from etils import epath
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -20,14 +20,15 @@ class Writer:
     """
 
     def __init__(self, workdir: str):
-        self.workdir = workdir
+        self.workdir = epath.Path(workdir)  # local or gs://
         self.active = jax.process_index() == 0
         if self.active:
             from clu import metric_writers  # imports TensorFlow: only inside a run
 
             self._tb = metric_writers.create_default_writer(workdir, asynchronous=False)
-            # Open for the whole run; closed in close().
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+            # Open for the whole run; closed in close(). On Cloud Storage each
+            # flush uploads the file again (small: one line per log step).
+            self._jsonl = (self.workdir / "metrics.jsonl").open("a")
 
     def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
         if not self.active:
@@ -45,10 +46,10 @@ class Writer:
 
         self._tb.write_images(step, {k: v[None] for k, v in images.items()})
         for name, image in images.items():
-            path = os.path.join(self.workdir, f"{name.replace('/', '_')}_{step}.png")
-            Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
-                path
-            )
+            path = self.workdir / f"{name.replace('/', '_')}_{step}.png"
+            pil = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+            with path.open("wb") as f:
+                pil.save(f, format="PNG")
 
     def close(self) -> None:
         if self.active:

@@ -10,13 +10,13 @@ and written to a .txt):
 """
 
 import json
-import os
 import sys
 
 import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
 _NUM = flags.DEFINE_integer("num_samples", 64, "How many samples.")
@@ -38,11 +38,10 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "LM: nucleus mass (1: off).")
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The resolved config a run wrote to its workdir."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def run(
@@ -71,18 +70,18 @@ def run(
     key = jax.random.key(seed)
     images = np.asarray(sample_fn(state.ema_params, key, num_samples))
     tag = "_".join(f"{k}{v}" for k, v in sorted(overrides.items()))
-    prefix = os.path.join(
-        workdir, "samples", f"step{step}_seed{seed}{'_' + tag if tag else ''}"
-    )
+    samples = epath.Path(workdir) / "samples"
+    prefix = str(samples / f"step{step}_seed{seed}{'_' + tag if tag else ''}")
     if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(prefix), exist_ok=True)
-        np.savez(prefix + ".npz", images=images)
+        samples.mkdir(parents=True, exist_ok=True)
+        with epath.Path(prefix + ".npz").open("wb") as f:
+            np.savez(f, images=images)
         from PIL import Image
 
         grid = metrics.image_grid(images)
-        Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid).save(
-            prefix + ".png"
-        )
+        pil = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
+        with epath.Path(prefix + ".png").open("wb") as f:
+            pil.save(f, format="PNG")
     logging.info(
         "wrote %s.png and .npz (%d samples, step %d)", prefix, num_samples, step
     )
@@ -126,12 +125,11 @@ def complete(
     )
     texts = [tokenizer.decode(row) for row in np.asarray(tokens)]
     if jax.process_index() == 0:
-        path = os.path.join(
-            workdir, "samples", f"completions_step{step}_seed{seed}.txt"
+        path = (
+            epath.Path(workdir) / "samples" / f"completions_step{step}_seed{seed}.txt"
         )
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write("\n\n=====\n\n".join(texts))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n\n=====\n\n".join(texts))
     return texts
 
 

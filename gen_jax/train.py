@@ -9,7 +9,6 @@ checkpoints at their intervals -> a final save. SIGTERM saves and exits.
 import dataclasses
 import functools
 import json
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 from jax.sharding import Mesh
 
 from gen_jax import checkpoint, data, evaluate, families, metrics, optim, sharding, step
@@ -131,10 +131,9 @@ def _sigterm_flag() -> tuple[list[bool], object]:
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(
-                json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True
-            )
+        resolved = json.loads(config.to_json_best_effort())
+        text = json.dumps(resolved, indent=2, sort_keys=True)
+        (epath.Path(workdir) / "config.json").write_text(text)
 
 
 def make_evaluators(config, family, mesh, key, workdir) -> dict:
@@ -168,8 +167,9 @@ def make_evaluators(config, family, mesh, key, workdir) -> dict:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains `config` in `workdir` (resuming if it holds checkpoints)."""
-    os.makedirs(workdir, exist_ok=True)
+    """Trains `config` in `workdir` (resuming if it holds checkpoints): a local
+    directory or a Cloud Storage URL (gs://bucket/run)."""
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     stop, old_handler = _sigterm_flag()  # early: a SIGTERM while compiling still saves
     try:
         return _run(config, workdir, stop)

@@ -175,3 +175,11 @@ def test_init_from_loads_params_only(smoke_config, tmp_path):
     tuned = train.run(smoke_config, str(tmp_path / "tuned"))
     assert int(tuned.step) == 1
     _assert_trees_equal(tuned.params, source.params)
+
+
+def test_checkpoints_dir_keeps_cloud_urls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert str(checkpoint.checkpoints_dir("gs://bucket/run")) == (
+        "gs://bucket/run/checkpoints"
+    )
+    assert str(checkpoint.checkpoints_dir("run")) == str(tmp_path / "run/checkpoints")
