@@ -142,29 +142,50 @@ def _token_stream(cfg: ml_collections.ConfigDict, split: str, *, train: bool):
     )
 
 
-def _process_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """This process's rows of a global batch (every process reads the same stream,
-    so the data state is identical on all of them and exact under any count)."""
-    local = len(next(iter(batch.values()))) // jax.process_count()
-    rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
-    return {k: v[rows] for k, v in batch.items()}
+def _rows(index: int, local: int):
+    """Batch -> its rows [index * local, (index + 1) * local): one process's part."""
+    rows = slice(index * local, (index + 1) * local)
+    return lambda batch: {k: v[rows] for k, v in batch.items()}
+
+
+def local_batches(
+    cfg: ml_collections.ConfigDict, *, batch_size: int, index: int, count: int
+) -> grain.IterDataset:
+    """Process `index` of `count`'s rows of the training batches: shuffled,
+    repeated, reshuffled each epoch. Concatenated over processes in index
+    order, they are the same global batches for any `count`.
+
+    Images: process p takes the local batches p, p + count, p + 2 count, ...
+    of one shuffled stream of `batch_size // count` examples, so the shards
+    are disjoint and no process reads another's examples. Text: documents are
+    packed into rows sequentially, so every process packs the same global
+    batches and keeps its slice of rows (cheap next to the step, and the data
+    state is then identical on every process).
+    """
+    if batch_size % count:
+        raise ValueError(
+            f"batch size {batch_size} does not split over {count} processes"
+        )
+    local = batch_size // count
+    if is_text(cfg):
+        ds = _token_stream(cfg, cfg.train_split, train=True)
+        return ds.batch(batch_size, drop_remainder=True).map(_rows(index, local))
+    ds = make_source(cfg, cfg.train_split).seed(cfg.shuffle_seed)
+    ds = ds.shuffle().repeat().batch(local, drop_remainder=True)
+    options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=cfg.prefetch)
+    return ds[index::count].to_iter_dataset(options)
 
 
 def make_train(
     cfg: ml_collections.ConfigDict, *, batch_size: int, mesh: Mesh
 ) -> Batches:
-    """Shuffled, repeated training batches; the global sequence is the same for
-    any process count: process p takes local batches p, p + P, p + 2P, ..."""
-    local = _local_batch_size(batch_size, mesh)  # also checks divisibility
-    if is_text(cfg):  # global batches, then this process's rows (same state everywhere)
-        ds = _token_stream(cfg, cfg.train_split, train=True)
-        ds = ds.batch(batch_size, drop_remainder=True).map(_process_rows)
-        return Batches(ds, mesh)
-    ds = make_source(cfg, cfg.train_split).seed(cfg.shuffle_seed)
-    ds = ds.shuffle().repeat().batch(local, drop_remainder=True)  # reshuffled per epoch
-    ds = ds[jax.process_index() :: jax.process_count()]
-    options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=cfg.prefetch)
-    return Batches(ds.to_iter_dataset(options), mesh)
+    """Global training batches sharded over `mesh`, this process's rows read
+    by `local_batches` (so the sequence does not depend on the process count)."""
+    _local_batch_size(batch_size, mesh)  # checks divisibility by the devices
+    ds = local_batches(
+        cfg, batch_size=batch_size, index=jax.process_index(), count=jax.process_count()
+    )
+    return Batches(ds, mesh)
 
 
 def make_eval(
@@ -175,7 +196,8 @@ def make_eval(
     local = _local_batch_size(batch_size, mesh)  # also checks divisibility
     if is_text(cfg):
         ds = _token_stream(cfg, cfg.eval_split, train=False)
-        return ds.batch(batch_size, drop_remainder=True).map(_process_rows)
+        rows = _rows(jax.process_index(), local)
+        return ds.batch(batch_size, drop_remainder=True).map(rows)
     ds = make_source(cfg, cfg.eval_split).batch(local, drop_remainder=True)
     n = len(ds) // jax.process_count()
     if n == 0:

@@ -1,3 +1,5 @@
+import importlib
+
 import grain
 import numpy as np
 import pytest
@@ -28,24 +30,34 @@ def test_shuffling_is_deterministic_by_seed(smoke_config):
     assert not np.array_equal(first(0), first(1))
 
 
-def _local_batches(cfg, local: int, index: int, count: int, n: int):
-    """What make_train's grain pipeline yields on process `index` of `count`."""
-    ds = data.make_source(cfg, cfg.train_split).seed(cfg.shuffle_seed)
-    ds = ds.shuffle().repeat().batch(local, drop_remainder=True)[index::count]
-    it = iter(ds.to_iter_dataset())
-    return [next(it)["image"] for _ in range(n)]
+def _process_batches(cfg, batch_size: int, count: int, n: int) -> list[list[dict]]:
+    """The first `n` local batches of each of `count` processes (data.local_batches
+    is what make_train reads on process `index`)."""
+    out = []
+    for index in range(count):
+        it = iter(
+            data.local_batches(cfg, batch_size=batch_size, index=index, count=count)
+        )
+        out.append([next(it) for _ in range(n)])
+    return out
 
 
-def test_global_batches_do_not_depend_on_process_count(smoke_config):
-    # Mirrors make_train's slicing; 12 batches of 128 cross an epoch (1497).
-    one = _local_batches(smoke_config.data, 128, 0, 1, 12)
-    p0 = _local_batches(smoke_config.data, 64, 0, 2, 12)
-    p1 = _local_batches(smoke_config.data, 64, 1, 2, 12)
-    for k in range(12):
-        np.testing.assert_array_equal(one[k], np.concatenate([p0[k], p1[k]]))
-    # Disjoint shards within an epoch: no example repeats in the first 11 batches.
-    first_epoch = np.concatenate(one[:11]).reshape(11 * 128, -1)
-    assert len(np.unique(first_epoch, axis=0)) > 0.95 * len(first_epoch)
+@pytest.mark.parametrize("name", ["vae_digits", "lm_pydoc"])  # image and text paths
+def test_global_batches_do_not_depend_on_process_count(name):
+    cfg = importlib.import_module(f"configs.{name}").get_config("smoke").data
+    key = "tokens" if data.is_text(cfg) else "image"
+    # Image: 12 batches of 128 cross an epoch of the 1497 training digits.
+    n, batch_size = (12, 128) if key == "image" else (6, 8)
+    (one,) = _process_batches(cfg, batch_size, 1, n)
+    for count in (2, 4):
+        shards = _process_batches(cfg, batch_size, count, n)
+        for k in range(n):
+            joined = np.concatenate([shard[k][key] for shard in shards])
+            np.testing.assert_array_equal(joined, one[k][key])
+            assert all(len(shard[k][key]) == batch_size // count for shard in shards)
+    if key == "image":  # disjoint shards: no example repeats within the first epoch
+        first_epoch = np.concatenate([b[key] for b in one[:11]]).reshape(11 * 128, -1)
+        assert len(np.unique(first_epoch, axis=0)) > 0.95 * len(first_epoch)
 
 
 def test_iterator_state_resumes_exactly(smoke_config):

@@ -1,4 +1,5 @@
-"""2 processes x 2 CPU devices (gloo collectives) train like 1 process x 4 devices."""
+"""2 processes x 2 CPU devices (gloo collectives) train like 1 process x 4 devices,
+and their checkpoint restores in 1 process on 4 devices or on 1."""
 
 import importlib
 import socket
@@ -7,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from gen_jax import train
+from gen_jax import sharding, train
 from tests import helpers
 from tests.test_checkpoint import _restore
 
@@ -24,6 +25,7 @@ def test_two_processes_match_one_process(name, tmp_path):
     smoke_config = importlib.import_module(f"configs.{name}").get_config("smoke")
     smoke_config.train.log_every_steps = 1
     reference = train.run(smoke_config, str(tmp_path / "one"))
+    _, reference_data_state = _restore(smoke_config, str(tmp_path / "one"))
     workdir = str(tmp_path / "two")
     port = _free_port()
     args = [
@@ -45,9 +47,17 @@ def test_two_processes_match_one_process(name, tmp_path):
     steps = smoke_config.train.num_steps
     assert sorted(one) == sorted(two) == list(range(1, steps + 1))
     np.testing.assert_allclose([two[s] for s in one], [one[s] for s in one], rtol=1e-5)
-    # The checkpoint written by two processes restores in one (onto 4 devices).
-    restored, _ = _restore(smoke_config, workdir)
-    for a, b in zip(
-        jax.tree.leaves(restored.params), jax.tree.leaves(reference.params)
-    ):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # The checkpoint written by two processes restores in one process, onto its
+    # 4 devices and onto 1 device, with the data position of step `steps`.
+    for devices in (jax.devices(), jax.devices()[:1]):
+        mesh = sharding.make_mesh(smoke_config.mesh, devices)
+        restored, data_state = _restore(smoke_config, workdir, mesh)
+        assert len(jax.tree.leaves(restored.params)[0].sharding.device_set) == len(
+            devices
+        )
+        assert int(restored.step) == steps
+        for a, b in zip(
+            jax.tree.leaves(restored.params), jax.tree.leaves(reference.params)
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        assert data_state == reference_data_state
