@@ -1,39 +1,34 @@
 #!/usr/bin/env bash
-# N processes on localhost over CPU devices: the multi-process path the tests use.
+# N processes on localhost over CPU devices: the multi-process path the tests use,
+# for trying multi-host behaviour (sharding, checkpoints, data) on a laptop.
 #
 #   launch/local.sh [--dry-run] NUM_PROCESSES DEVICES_PER_PROCESS -- \
 #     --config=configs/vae_digits.py:smoke --workdir=runs/local
 #
-# Each process gets --coordinator_address/--num_processes/--process_id and
-# XLA_FLAGS for its simulated devices; collectives use gloo. Each process logs
-# to logs/local_<i>.log; the script waits for all and fails if any does.
+# Process i gets --coordinator_address=127.0.0.1:PORT --num_processes=N
+# --process_id=i, and XLA_FLAGS for DEVICES_PER_PROCESS simulated CPU devices;
+# collectives use gloo. Logs: $LOG_DIR/local_<i>.log (default logs/). Waits for
+# all processes and fails if any does. PORT and PYTHON may be set in the
+# environment.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-dry_run=0
-if [[ "${1:-}" == "--dry-run" ]]; then dry_run=1; shift; fi
+if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
 if [[ $# -lt 3 || "$3" != "--" ]]; then
-  echo "usage: $0 [--dry-run] NUM_PROCESSES DEVICES_PER_PROCESS -- ARGS..." >&2
+  echo "usage: $0 [--dry-run] NUM_PROCESSES DEVICES_PER_PROCESS -- TRAIN_FLAGS..." >&2
   exit 2
 fi
 num_processes=$1 devices=$2
 shift 3
 port=${PORT:-$((20000 + RANDOM % 20000))}
-python=${PYTHON:-python}
+log_dir=${LOG_DIR:-logs}
 
-pids=()
-mkdir -p logs
+((DRY_RUN)) || mkdir -p "$log_dir"
 for ((i = 0; i < num_processes; i++)); do
-  cmd=(env "XLA_FLAGS=--xla_force_host_platform_device_count=${devices}"
-       "$python" -m gen_jax.main "$@" "--coordinator_address=127.0.0.1:${port}"
-       "--num_processes=${num_processes}" "--process_id=${i}")
-  if ((dry_run)); then
-    printf '%q ' "${cmd[@]}"; echo "> logs/local_${i}.log 2>&1 &"
-    continue
-  fi
-  "${cmd[@]}" > "logs/local_${i}.log" 2>&1 &
-  pids+=($!)
+  run_bg "$log_dir/local_$i.log" \
+    env "XLA_FLAGS=--xla_force_host_platform_device_count=$devices" \
+    "${PYTHON:-python}" -m gen_jax.main "$@" \
+    "--coordinator_address=127.0.0.1:$port" \
+    "--num_processes=$num_processes" "--process_id=$i"
 done
-status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-if ((status)); then echo "a process failed; see logs/local_*.log" >&2; fi
-exit $status
+((DRY_RUN)) || wait_all "$log_dir/local_*.log"

@@ -3,6 +3,8 @@ and their checkpoint restores in 1 process on 4 devices or on 1."""
 
 import importlib
 import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -27,18 +29,28 @@ def test_two_processes_match_one_process(name, tmp_path):
     reference = train.run(smoke_config, str(tmp_path / "one"))
     _, reference_data_state = _restore(smoke_config, str(tmp_path / "one"))
     workdir = str(tmp_path / "two")
-    port = _free_port()
     args = [
         f"--config=configs/{name}.py:smoke",
         "--config.train.log_every_steps=1",
         f"--workdir={workdir}",
-        f"--coordinator_address=127.0.0.1:{port}",
-        "--num_processes=2",
     ]
-    procs = [helpers.start_cli(*args, f"--process_id={i}", devices=2) for i in range(2)]
-    errors = [p.communicate(timeout=300)[1] for p in procs]
-    for p, err in zip(procs, errors):
-        assert p.returncode == 0, err[-3000:]
+    # Through launch/local.sh: the launcher users run on a laptop.
+    env = helpers.cli_env() | {
+        "PORT": str(_free_port()),
+        "PYTHON": sys.executable,
+        "LOG_DIR": str(tmp_path / "logs"),
+    }
+    launch = subprocess.run(
+        ["bash", "launch/local.sh", "2", "2", "--", *args],
+        cwd=helpers.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    logs = "".join(p.read_text()[-3000:] for p in sorted((tmp_path / "logs").iterdir()))
+    assert launch.returncode == 0, launch.stderr + logs
 
     one, two = (
         helpers.train_losses(str(tmp_path / "one")),
