@@ -1,3 +1,4 @@
+import importlib
 import math
 
 import jax
@@ -5,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gen_jax import families
+from gen_jax import data, families, text
 from gen_jax.families import vae
 from tests import helpers
 
@@ -67,3 +68,33 @@ def test_unknown_family_is_named(smoke_config):
     smoke_config.family = "vea"
     with pytest.raises(ValueError, match="unknown config.family 'vea'"):
         families.make(smoke_config)
+
+
+@pytest.mark.parametrize(
+    "name", ["vae_digits", "ddpm_digits", "lm_pydoc", "gan_digits", "classifier_digits"]
+)
+def test_every_family_inits_applies_and_scores_a_batch(name):
+    """The functional API a notebook uses: init, apply, each loss, sample."""
+    config = importlib.import_module(f"configs.{name}").get_config("smoke")
+    family = families.make(config)
+    batch = next(iter(data.local_batches(config.data, batch_size=4, index=0, count=1)))
+    params = family.init(jax.random.key(0), batch)
+    out = family.apply(params, batch, jax.random.key(1))
+    if data.is_text(config.data):  # next-token logits
+        vocab = text.make_tokenizer(config.data).vocab_size
+        assert out.shape == (4, config.data.seq_len - 1, vocab)
+    elif config.family == "vae":  # decoder output for a posterior sample
+        assert out.shape == batch["image"].shape
+    elif config.family == "diffusion":  # denoiser output (2C: learned variance)
+        assert out.shape[:3] == batch["image"].shape[:3]
+    elif config.family == "gan":  # discriminator scores
+        assert out.shape == (4,)
+    else:
+        assert out.shape == (4, config.model.num_classes)
+    np.testing.assert_array_equal(out, family.apply(params, batch, jax.random.key(1)))
+    for phase, loss_fn in family.losses.items():
+        loss, _ = loss_fn(params, batch, jax.random.key(2))
+        assert loss.shape == () and np.isfinite(loss), phase
+    if family.sample is not None:
+        samples = family.sample(params, jax.random.key(3), 2)
+        assert samples.shape[0] == 2 and np.all(np.isfinite(samples))

@@ -33,6 +33,11 @@ class Family:
     losses: dict[str, LossFn]
     # -> images in [-1, 1]; None for families that do not generate (classifier).
     sample: Callable[[Params, jax.Array, int], jax.Array] | None = None
+    # The model's forward pass on a batch, for inspection (notebooks, tests):
+    # VAE decoder output for a posterior sample, diffusion denoiser output at
+    # random timesteps, LM next-token logits, GAN discriminator scores of the
+    # batch, classifier logits. Deterministic (no dropout).
+    apply: Callable[[Params, Batch, jax.Array], jax.Array] | None = None
     # Optional: batch -> reconstructed images, for families with an encoder.
     reconstruct: Callable[[Params, Batch, jax.Array], jax.Array] | None = None
     # Optional: held-out metrics ("<role>/<name>") when they differ from the

@@ -18,13 +18,16 @@ def make(config: ml_collections.ConfigDict) -> Family:
     def init(key: jax.Array, batch: Batch) -> Params:
         return {"model": model.init(key, batch["image"][:1])["params"]}
 
-    def loss(params: Params, batch: Batch, key: jax.Array) -> tuple[jax.Array, Metrics]:
+    def apply(params: Params, batch: Batch, key: jax.Array) -> jax.Array:
         del key
-        _, logits_BV = model.apply({"params": params["model"]}, batch["image"])
+        return model.apply({"params": params["model"]}, batch["image"])[1]
+
+    def loss(params: Params, batch: Batch, key: jax.Array) -> tuple[jax.Array, Metrics]:
+        logits_BV = apply(params, batch, key)
         xent_B = optax.softmax_cross_entropy_with_integer_labels(
             logits_BV, batch["label"]
         )
         accuracy = jnp.mean(jnp.argmax(logits_BV, -1) == batch["label"])
         return jnp.mean(xent_B), {"accuracy": accuracy}
 
-    return Family(init=init, losses={"model": loss})
+    return Family(init=init, losses={"model": loss}, apply=apply)

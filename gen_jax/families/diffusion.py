@@ -93,7 +93,9 @@ def make(config: ml_collections.ConfigDict) -> Family:
             "model": model.init(key, x, jnp.zeros((1,), jnp.int32), label)["params"]
         }
 
-    def loss(params: Params, batch: Batch, key: jax.Array) -> tuple[jax.Array, Metrics]:
+    def forward(params: Params, batch: Batch, key: jax.Array, train: bool):
+        """The denoiser's output for the batch noised at random timesteps, with
+        the timesteps, the noise and the noised images."""
         x0 = batch["image"]
         t_key, eps_key, label_key, dropout_key = jax.random.split(key, 4)
         t_B = jax.random.randint(t_key, (x0.shape[0],), 0, d.num_timesteps)
@@ -104,9 +106,17 @@ def make(config: ml_collections.ConfigDict) -> Family:
             x_t,
             t_B,
             labels_of(batch, label_key),
-            train=True,
+            train=train,
             rngs={"dropout": dropout_key},
         )
+        return out, t_B, eps, x_t
+
+    def apply(params: Params, batch: Batch, key: jax.Array) -> jax.Array:
+        return forward(params, batch, key, train=False)[0]
+
+    def loss(params: Params, batch: Batch, key: jax.Array) -> tuple[jax.Array, Metrics]:
+        x0 = batch["image"]
+        out, t_B, eps, x_t = forward(params, batch, key, train=True)
         mse = jnp.mean((out - gd.target(s, d.prediction, x0, t_B, eps)) ** 2)
         if d.loss == "simple":
             return mse, {"mse": mse}
@@ -157,4 +167,10 @@ def make(config: ml_collections.ConfigDict) -> Family:
         labels_B = jnp.arange(num) % max(num_classes, 1)
         return guided_sample(params, key, labels_B, jnp.float32(d.guidance_scale))
 
-    return Family(init=init, losses={"model": loss}, sample=sample, evaluate=evaluate)
+    return Family(
+        init=init,
+        losses={"model": loss},
+        sample=sample,
+        apply=apply,
+        evaluate=evaluate,
+    )

@@ -134,8 +134,12 @@ def make(config: ml_collections.ConfigDict) -> Family:
         labels_B = jnp.arange(num) % max(num_classes, 1)  # every class in turn
         return generate(params, jax.random.normal(key, (num, z_dim)), labels_B)
 
+    def apply(params: Params, batch: Batch, key: jax.Array) -> jax.Array:
+        del key
+        return critic(params, batch["image"], labels_of(batch))[0]
+
     losses, every = {"disc": disc_loss}, {"gen": cfg.disc_steps}
     if cfg.r1_gamma and cfg.r1_every > 1:
         losses["disc/r1"], every["disc/r1"] = lazy_r1_loss, cfg.r1_every
     losses["gen"] = gen_loss
-    return Family(init=init, losses=losses, sample=sample, every=every)
+    return Family(init=init, losses=losses, sample=sample, apply=apply, every=every)

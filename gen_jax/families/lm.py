@@ -112,17 +112,25 @@ def make(config: ml_collections.ConfigDict) -> Family:
         # Params stay boxed with logical axis names; the spine shards and unboxes.
         return {"model": model.init(key, batch["tokens"][:, :-1])["params"]}
 
+    def logits(params, batch, key, train: bool) -> jax.Array:
+        """Next-token logits for every input position of the rows."""
+        logits_BLV, _ = model.apply(
+            {"params": params["model"]},
+            batch["tokens"][:, :-1],
+            train=train,
+            rngs={"dropout": key},
+        )
+        return logits_BLV
+
+    def apply(params: Params, batch: Batch, key: jax.Array) -> jax.Array:
+        return logits(params, batch, key, train=False)
+
     def nll(params, batch, key, train: bool) -> jax.Array:
         tokens_BL = batch["tokens"]
         mask_BL = (
             batch["mask"][:, 1:] if "mask" in batch else jnp.ones_like(tokens_BL[:, 1:])
         )
-        logits_BLV, _ = model.apply(
-            {"params": params["model"]},
-            tokens_BL[:, :-1],
-            train=train,
-            rngs={"dropout": key},
-        )
+        logits_BLV = logits(params, batch, key, train)
         nll_BL = optax.softmax_cross_entropy_with_integer_labels(
             logits_BLV, tokens_BL[:, 1:]
         )
@@ -146,6 +154,7 @@ def make(config: ml_collections.ConfigDict) -> Family:
         init=init,
         losses={"model": loss},
         sample=sample,
+        apply=apply,
         evaluate=evaluate,
         per_example={
             "tokens": length,

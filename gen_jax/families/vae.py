@@ -59,14 +59,22 @@ def make(config: ml_collections.ConfigDict) -> Family:
         z_BZ = jnp.zeros((1, config.model.latents))
         return {"model": model.init(key, batch["image"][:1], z_BZ)["params"]}
 
-    def loss(params: Params, batch: Batch, key: jax.Array) -> tuple[jax.Array, Metrics]:
-        x_BHWC = batch["image"]
+    def forward(params: Params, x_BHWC: jax.Array, key: jax.Array):
+        """The decoder output for a posterior sample of each image, and the
+        posterior's mean and log-variance."""
         p = {"params": params["model"]}
         mean_BZ, logvar_BZ = model.apply(p, x_BHWC, method=model.encode)
         # Reparameterisation trick: z = mean + sigma * eps keeps z differentiable.
         eps_BZ = jax.random.normal(key, mean_BZ.shape)
         z_BZ = mean_BZ + jnp.exp(0.5 * logvar_BZ) * eps_BZ
-        out_BHWC = model.apply(p, z_BZ, method=model.decode)
+        return model.apply(p, z_BZ, method=model.decode), mean_BZ, logvar_BZ
+
+    def apply(params: Params, batch: Batch, key: jax.Array) -> jax.Array:
+        return forward(params, batch["image"], key)[0]
+
+    def loss(params: Params, batch: Batch, key: jax.Array) -> tuple[jax.Array, Metrics]:
+        x_BHWC = batch["image"]
+        out_BHWC, mean_BZ, logvar_BZ = forward(params, x_BHWC, key)
         nll_B = reconstruction_nll(out_BHWC, x_BHWC, likelihood, scale)
         kl_B = gaussian_kl(mean_BZ, logvar_BZ)
         nelbo_B = nll_B + kl_B
@@ -91,5 +99,9 @@ def make(config: ml_collections.ConfigDict) -> Family:
         return decoded_image(model.apply(p, mean_BZ, method=model.decode), likelihood)
 
     return Family(
-        init=init, losses={"model": loss}, sample=sample, reconstruct=reconstruct
+        init=init,
+        losses={"model": loss},
+        sample=sample,
+        apply=apply,
+        reconstruct=reconstruct,
     )
