@@ -9,12 +9,16 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 die() { echo "error: $*" >&2; exit 2; }
 
 quote() {  # the arguments as one shell line: plain words bare, others in '...'
-  local out="" arg q="'"
+  local out="" arg flag q="'"
   for arg in "$@"; do
+    flag=""
+    if [[ "$arg" =~ ^--[A-Za-z0-9_-]+= ]]; then  # --flag='value', not '--flag=value'
+      flag=${BASH_REMATCH[0]} arg=${arg#*=}
+    fi
     if [[ -z "$arg" || "$arg" =~ [^A-Za-z0-9_./:=,@%+-] ]]; then
       arg="'${arg//$q/$q\\$q$q}'"
     fi
-    out+="${out:+ }$arg"
+    out+="${out:+ }$flag$arg"
   done
   printf '%s\n' "$out"
 }

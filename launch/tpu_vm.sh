@@ -113,7 +113,7 @@ wait_active() {  # a queued resource is usable once its state is ACTIVE
 }
 
 setup() {
-  local install="cd ~/gen_jax && python3 -m pip install -q -e '.[tpu]'"
+  local install="cd ~/gen_jax && python3 -m pip install -q -e \".[tpu]\""
   if [[ -n "$repo" ]]; then
     on_workers all "rm -rf ~/gen_jax && git clone -q $(quote "$repo") ~/gen_jax && git -C ~/gen_jax checkout -q $(quote "$ref") && $install"
     return
@@ -144,7 +144,7 @@ case $command in
   setup) setup ;;
   train) train "$@" ;;
   up) create; setup; train "$@" ;;
-  stop) on_workers all "pkill -f '[g]en_jax.main' || true" ;;
+  stop) on_workers all "pkill -f \"[g]en_jax.main\" || true" ;;
   ssh)
     if [[ $# -gt 0 ]]; then on_workers "${worker:-0}" "$(quote "$@")"
     else run "${gcloud_tpu[@]}" tpu-vm ssh "$name" "${scope[@]}" "--worker=${worker:-0}"; fi ;;

@@ -196,7 +196,7 @@ def test_tpu_vm_up_on_a_spot_v5e_16_queued_resource():
         assert ssh[:6] == [*tpus, "tpu-vm", "ssh", "gj"]
         assert _flags(ssh)["worker"] == "all"
         subprocess.run(["bash", "-n", "-c", _flags(ssh)["command"]], check=True)
-    assert "pip install -q -e '.[tpu]'" in _flags(install)["command"]
+    assert 'pip install -q -e ".[tpu]"' in _flags(install)["command"]
     remote = shlex.split(_flags(train)["command"])
     run = remote[remote.index("nohup") + 1 : remote.index(">")]
     assert run == [

@@ -73,3 +73,52 @@ def test_two_processes_match_one_process(name, tmp_path):
         ):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
         assert data_state == reference_data_state
+
+
+@pytest.mark.slow
+def test_distributed_flag_detects_a_slurm_job(tmp_path):
+    """`--distributed` alone: jax.distributed.initialize() reads the cluster from
+    the environment (here a faked 2-task Slurm step on localhost)."""
+    # JAX derives the coordinator port from the job id: pick one that is free.
+    port = _free_port_in(range(65535 - 2**12 + 1, 65536))
+    slurm = {
+        "SLURM_JOB_ID": str(port - (65535 - 2**12 + 1)),
+        "SLURM_STEP_NODELIST": "localhost",
+        "SLURM_NTASKS": "2",
+    }
+    args = [
+        "--distributed",
+        "--config=configs/vae_digits.py:smoke",
+        "--config.train.num_steps=2",
+        "--config.train.log_every_steps=1",
+        f"--workdir={tmp_path}",
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "gen_jax.main", *args],
+            cwd=helpers.ROOT,
+            env=helpers.cli_env(devices=2)
+            | slurm
+            | {"SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    for i, (p, err) in enumerate(zip(procs, errors)):
+        assert p.returncode == 0, err[-3000:]
+        assert f"process {i} of 2, 2 local / 4 global devices" in err
+    assert sorted(helpers.train_losses(str(tmp_path))) == [1, 2]
+
+
+def _free_port_in(ports: range) -> int:
+    for port in ports:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {ports}")
