@@ -6,8 +6,8 @@
 #     --config=configs/vae_digits.py:smoke --workdir=runs/local
 #
 # Process i gets --coordinator_address=127.0.0.1:PORT --num_processes=N
-# --process_id=i, and XLA_FLAGS for DEVICES_PER_PROCESS simulated CPU devices;
-# collectives use gloo. Logs: $LOG_DIR/local_<i>.log (default logs/). Waits for
+# --process_id=i, and XLA_FLAGS (yours, if set, then the flag for
+# DEVICES_PER_PROCESS simulated CPU devices); collectives use gloo. Logs: $LOG_DIR/local_<i>.log (default logs/). Waits for
 # all processes and fails if any does. PORT and PYTHON may be set in the
 # environment.
 set -euo pipefail
@@ -26,7 +26,7 @@ log_dir=${LOG_DIR:-logs}
 ((DRY_RUN)) || mkdir -p "$log_dir"
 for ((i = 0; i < num_processes; i++)); do
   run_bg "$log_dir/local_$i.log" \
-    env "XLA_FLAGS=--xla_force_host_platform_device_count=$devices" \
+    env "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$devices" \
     "${PYTHON:-python}" -m gen_jax.main "$@" \
     "--coordinator_address=127.0.0.1:$port" \
     "--num_processes=$num_processes" "--process_id=$i"

@@ -6,6 +6,12 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# LLVM at -O1 instead of XLA:CPU's default -O2: compiles dominate this suite,
+# and -O1 compiles the tiny test programs 1.5-4x faster (a smoke UNet's jitted
+# init 18 s -> 5 s, its train step 23 s -> 15 s) for a few % more run time.
+# Both sides of every comparison in the suite compile with the same flags.
+XLA_FLAGS = "--xla_backend_optimization_level=1"
+CACHE_DIR = os.path.join(ROOT, ".pytest_cache", "jax")  # persistent compile cache
 
 
 def cli_env(devices: int = 4) -> dict[str, str]:
@@ -13,8 +19,8 @@ def cli_env(devices: int = 4) -> dict[str, str]:
     return {
         **os.environ,
         "TF_CPP_MIN_LOG_LEVEL": "2",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-        "JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, ".pytest_cache", "jax"),
+        "XLA_FLAGS": f"{XLA_FLAGS} --xla_force_host_platform_device_count={devices}",
+        "JAX_COMPILATION_CACHE_DIR": CACHE_DIR,
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
 

@@ -133,6 +133,10 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(smoke_config, tmp_path)
         "--config.train.ckpt_every_steps=100",
         "--config.train.log_every_steps=1",
     ]
+    # The smoke evaluators run every 6 steps; at 200 steps that is 33 rounds
+    # of each in all three runs. Every 100 steps they still run, twice.
+    evals = list(smoke_config.evals)
+    overrides += [f"--config.evals.{name}.every_steps=100" for name in evals]
     workdir = str(tmp_path / "run")
     proc = helpers.start_cli(*overrides, f"--workdir={workdir}")
     # config.json is written before compilation; the handler is already installed.
@@ -151,6 +155,8 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(smoke_config, tmp_path)
     resumed = helpers.cli(*overrides, f"--workdir={workdir}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     smoke_config.train.update(num_steps=200, ckpt_every_steps=100, log_every_steps=1)
+    for name in evals:
+        smoke_config.evals[name].every_steps = 100
     want = train.run(smoke_config, str(tmp_path / "reference"))
     got, _ = _restore(smoke_config, workdir)
     assert int(got.step) == 200

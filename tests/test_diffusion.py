@@ -84,7 +84,7 @@ def _setup(config):
         "image": jax.random.uniform(jax.random.key(1), (8, 8, 8, 1), minval=-1),
         "label": jnp.arange(8) % 10,
     }
-    params = family.init(jax.random.key(0), batch)
+    params = jax.jit(family.init)(jax.random.key(0), batch)  # not one compile per op
     return family, batch, params
 
 

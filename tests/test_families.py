@@ -74,12 +74,13 @@ def test_unknown_family_is_named(smoke_config):
     "name", ["vae_digits", "ddpm_digits", "lm_pydoc", "gan_digits", "classifier_digits"]
 )
 def test_every_family_inits_applies_and_scores_a_batch(name):
-    """The functional API a notebook uses: init, apply, each loss, sample."""
+    """The functional API a notebook uses, jitted: init, apply, each loss, sample."""
     config = importlib.import_module(f"configs.{name}").get_config("smoke")
     family = families.make(config)
     batch = next(iter(data.local_batches(config.data, batch_size=4, index=0, count=1)))
-    params = family.init(jax.random.key(0), batch)
-    out = family.apply(params, batch, jax.random.key(1))
+    params = jax.jit(family.init)(jax.random.key(0), batch)
+    apply = jax.jit(family.apply)
+    out = apply(params, batch, jax.random.key(1))
     if data.is_text(config.data):  # next-token logits
         vocab = text.make_tokenizer(config.data).vocab_size
         assert out.shape == (4, config.data.seq_len - 1, vocab)
@@ -91,9 +92,9 @@ def test_every_family_inits_applies_and_scores_a_batch(name):
         assert out.shape == (4,)
     else:
         assert out.shape == (4, config.model.num_classes)
-    np.testing.assert_array_equal(out, family.apply(params, batch, jax.random.key(1)))
+    np.testing.assert_array_equal(out, apply(params, batch, jax.random.key(1)))
     for phase, loss_fn in family.losses.items():
-        loss, _ = loss_fn(params, batch, jax.random.key(2))
+        loss, _ = jax.jit(loss_fn)(params, batch, jax.random.key(2))
         assert loss.shape == () and np.isfinite(loss), phase
     if family.sample is not None:
         samples = family.sample(params, jax.random.key(3), 2)

@@ -58,13 +58,16 @@ def _check_train_command(words, *, process_id, num_processes, coordinator):
 
 def test_local_dry_run_starts_n_processes_over_cpu_devices():
     result = _launch(
-        "local.sh", "--dry-run", "3", "2", "--", *TRAIN, env={"PORT": "4321"}
-    )
+        "local.sh", "--dry-run", "3", "2", "--", *TRAIN,
+        env={"PORT": "4321", "XLA_FLAGS": "--xla_dump_to=/tmp/d"},
+    )  # fmt: skip
     commands = _commands(result.stdout)
     assert len(commands) == 3
     for i, words in enumerate(commands):
-        env = _env(words)
-        assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+        env = _env(words)  # the caller's XLA flags are kept, the device count last
+        assert env["XLA_FLAGS"] == (
+            "--xla_dump_to=/tmp/d --xla_force_host_platform_device_count=2"
+        )
         _check_train_command(
             words, process_id=i, num_processes=3, coordinator="127.0.0.1:4321"
         )

@@ -35,7 +35,7 @@ def test_two_processes_match_one_process(name, tmp_path):
         f"--workdir={workdir}",
     ]
     # Through launch/local.sh: the launcher users run on a laptop.
-    env = helpers.cli_env() | {
+    env = helpers.cli_env(devices=2) | {
         "PORT": str(_free_port()),
         "PYTHON": sys.executable,
         "LOG_DIR": str(tmp_path / "logs"),
