@@ -28,7 +28,7 @@ def _model(**kw):
     } | kw
     model = transformer.Transformer(**args)
     tokens = jax.random.randint(jax.random.key(0), (2, 12), 0, 64)
-    params = nn.unbox(model.init(jax.random.key(1), tokens)["params"])
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(1), tokens)["params"])
     return model, {"params": params}, tokens
 
 
@@ -93,9 +93,9 @@ def test_temperature_zero_is_greedy(config):
     np.testing.assert_array_equal(
         a, nocache({"model": variables["params"]}, prompt, jnp.array([1, 2]), 10, 0.0)
     )
-    tokens = prompt
+    tokens, forward = prompt, jax.jit(model.apply)  # one compile per length
     for _ in range(7):  # greedy by hand, full forward each step
-        logits, _ = model.apply(variables, tokens)
+        logits, _ = forward(variables, tokens)
         tokens = jnp.concatenate([tokens, jnp.argmax(logits[:, -1:], -1)], axis=1)
     np.testing.assert_array_equal(a, tokens)
 
