@@ -7,9 +7,9 @@
 #
 # Process i gets --coordinator_address=127.0.0.1:PORT --num_processes=N
 # --process_id=i, and XLA_FLAGS (yours, if set, then the flag for
-# DEVICES_PER_PROCESS simulated CPU devices); collectives use gloo. Logs: $LOG_DIR/local_<i>.log (default logs/). Waits for
-# all processes and fails if any does. PORT and PYTHON may be set in the
-# environment.
+# DEVICES_PER_PROCESS simulated CPU devices); collectives use gloo. Logs:
+# $LOG_DIR/local_<i>.log (default logs/). Waits for all processes and fails if
+# any does. PORT and PYTHON may be set in the environment.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
