@@ -10,8 +10,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # and -O1 compiles the tiny test programs 1.5-4x faster (a smoke UNet's jitted
 # init 18 s -> 5 s, its train step 23 s -> 15 s) for a few % more run time.
 # Both sides of every comparison in the suite compile with the same flags.
-XLA_FLAGS = "--xla_backend_optimization_level=1"
+_XLA_OPT = "--xla_backend_optimization_level=1"
 CACHE_DIR = os.path.join(ROOT, ".pytest_cache", "jax")  # persistent compile cache
+
+
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS for a test process: -O1 and `devices` simulated CPU devices."""
+    return f"{_XLA_OPT} --xla_force_host_platform_device_count={devices}"
 
 
 def cli_env(devices: int = 4) -> dict[str, str]:
@@ -19,7 +24,7 @@ def cli_env(devices: int = 4) -> dict[str, str]:
     return {
         **os.environ,
         "TF_CPP_MIN_LOG_LEVEL": "2",
-        "XLA_FLAGS": f"{XLA_FLAGS} --xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": xla_flags(devices),
         "JAX_COMPILATION_CACHE_DIR": CACHE_DIR,
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
