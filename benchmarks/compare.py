@@ -41,14 +41,15 @@ def measure(family: str, rounds: int, steps: int, warmup: int, gen_jax_path: str
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     # `python -m` puts its working directory first on sys.path: run there.
     jax_cwd = os.path.abspath(gen_jax_path) if gen_jax_path else ROOT
-    common = [f"--steps={steps}", f"--warmup={warmup}"]
+    common = [f"--timed_steps={steps}", f"--warmup_steps={warmup}"]
+    peer_common = [f"--steps={steps}", f"--warmup={warmup}"]
     times = {"jax": [], "torch": []}
     record = None
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "bench.jsonl")
         for _ in range(rounds):
             record = _last_record(
-                [sys.executable, "-m", "gen_jax.bench", f"--config={config}"]
+                [sys.executable, "-m", "gen_jax.main", "bench", f"--config={config}"]
                 + overrides
                 + common
                 + ["--data_batches=2", f"--out={out}"],
@@ -59,7 +60,7 @@ def measure(family: str, rounds: int, steps: int, warmup: int, gen_jax_path: str
             times["jax"].append(1e3 * record["step_s_median"])
             peer = _last_record(
                 [sys.executable, "-m", "benchmarks.torch_peers", f"--family={family}"]
-                + common
+                + peer_common
                 + [f"--out={out}"],
                 out,
                 {**os.environ},

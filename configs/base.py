@@ -1,20 +1,100 @@
-"""Shared defaults for every experiment, and `parse_arg` for ":smoke"-style variants."""
+"""Shared defaults for every experiment: every key a run reads, `parse_arg` for
+":smoke"-style variants, the evaluator builders, and the smoke shrink."""
 
 import ml_collections
 from ml_collections import config_dict
 
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+# Sources that need no download; `:smoke` swaps any other for `synthetic`.
+EMBEDDED_SOURCES = ("digits", "pydoc", "synthetic")
+
+
+def _convert(name: str, value: str, default):
+    """`value` as the type of `default`; strict for bools (bool("no") is True)."""
+    if isinstance(default, bool):
+        if value.lower() in _TRUE + _FALSE:
+            return value.lower() in _TRUE
+        raise ValueError(
+            f"config argument {name}={value!r} is not a bool; "
+            f"use one of {', '.join(_TRUE + _FALSE)}"
+        )
+    try:
+        return type(default)(value)
+    except ValueError:
+        raise ValueError(
+            f"config argument {name}={value!r} is not a valid {type(default).__name__}"
+        ) from None
+
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-    """Parses "smoke" or "smoke,batch=8" into a ConfigDict over `defaults`."""
+    """Parses "smoke" or "smoke,batch=8" into a ConfigDict over `defaults`; a
+    bare name sets a bool argument to True."""
     out = ml_collections.ConfigDict(defaults)
     for item in (arg or "").split(","):
-        if not item:
+        name, sep, value = item.strip().partition("=")
+        if not name:
             continue
-        name, _, value = item.partition("=")
         if name not in out:
-            raise ValueError(f"unknown config argument {name!r}; valid: {sorted(out)}")
-        out[name] = type(defaults[name])(value) if value else True
+            raise ValueError(
+                f"unknown config argument {name!r}; valid: {', '.join(sorted(out))}"
+            )
+        if sep:
+            out[name] = _convert(name, value, defaults[name])
+        elif isinstance(defaults[name], bool):
+            out[name] = True
+        else:
+            raise ValueError(f"config argument {name!r} needs a value: {name}=...")
     return out
+
+
+def _section(what: str, defaults: dict, overrides: dict) -> ml_collections.ConfigDict:
+    """`defaults` with `overrides`, refusing keys the defaults do not declare."""
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"{what}: unknown keys {unknown}; valid: {', '.join(sorted(defaults))}"
+        )
+    return ml_collections.ConfigDict(defaults | overrides)
+
+
+def heldout_eval(**overrides) -> ml_collections.ConfigDict:
+    """evals.<name> for the mean of every loss metric over the eval split."""
+    defaults = {
+        "type": "heldout",
+        "every_steps": 1000,
+        "batch_size": 100,
+        "use_ema": True,  # False scores the raw params
+        "perplexity": False,  # also exp(mean loss), for LMs
+    }
+    return _section("heldout_eval", defaults, overrides)
+
+
+def samples_eval(**overrides) -> ml_collections.ConfigDict:
+    """evals.<name> for a grid of EMA samples (and reconstructions, if any)."""
+    defaults = {"type": "samples", "every_steps": 1000, "num_samples": 64}
+    return _section("samples_eval", defaults, overrides)
+
+
+def quality_eval(
+    features: str = "digits_classifier", **overrides
+) -> ml_collections.ConfigDict:
+    """evals.<name> for sample quality (Fréchet distance, KID, IS, precision /
+    recall) of EMA samples against a real split."""
+    defaults = {
+        "type": "quality",
+        "every_steps": 1000,
+        "num_samples": 1000,
+        "batch_size": 100,
+        # digits_classifier (embedded 8x8 digits) | classifier (weights: an
+        # exported classifier .npz) | inception (weights: its .npz)
+        "features": features,
+        "weights": "",  # "" = the default file of `features`
+        "kid_subset_size": 1000,
+        "pr_k": 3,  # k-NN radius for precision / recall
+        "reference_split": "",  # "" = data.train_split
+        "compare_split": "",  # a real split in place of samples: the floor
+    }
+    return _section("quality_eval", defaults, overrides)
 
 
 # The tiny model of each family that `:smoke` variants train.
@@ -41,6 +121,8 @@ SMOKE_MODELS = {
 def shrink_for_smoke(c: ml_collections.ConfigDict, num_steps: int = 4) -> None:
     """Every `:smoke` variant: the family's tiny model and a few steps with tiny
     batches that still pass through every log, checkpoint and eval path."""
+    if c.data.name not in EMBEDDED_SOURCES:
+        c.data.name = "synthetic"  # the same shapes, no download
     c.model.update(SMOKE_MODELS[c.family])
     if c.family == "diffusion":
         c.model.attention_resolutions = (c.data.image_size // 2,)
@@ -86,12 +168,7 @@ def lm_defaults(c: ml_collections.ConfigDict) -> None:
     c.data.sentencepiece_model = ""
     c.data.seq_len = 129  # tokens per row: 128 inputs, targets shifted by one
     c.optim.model.update(weight_decay=0.1, b2=0.99)
-    c.evals.heldout = {
-        "type": "heldout",
-        "every_steps": 1000,
-        "batch_size": 32,
-        "perplexity": True,
-    }
+    c.evals.heldout = heldout_eval(batch_size=32, perplexity=True)
 
 
 def gan_defaults(c: ml_collections.ConfigDict) -> None:
@@ -100,6 +177,7 @@ def gan_defaults(c: ml_collections.ConfigDict) -> None:
     c.gan = ml_collections.ConfigDict(
         {
             "loss": "hinge",  # non_saturating | hinge | wgan_gp
+            "conditional": False,  # on data.num_classes labels (projection critic)
             "disc_steps": 1,  # discriminator updates per generator update
             "r1_gamma": 0.0,  # R1 weight (0: off); penalty = gamma / 2 E|grad D|^2
             "r1_every": 1,  # > 1: lazy R1, its own update every n steps
@@ -129,12 +207,24 @@ def diffusion_defaults() -> ml_collections.ConfigDict:
             "prediction": "eps",  # eps | x0 | v
             "loss": "simple",  # simple | vlb
             "variance": "small",  # p(x_{t-1}|x_t) variance: small (beta~) | large
+            "conditional": False,  # on data.num_classes labels, + a null label
             "label_dropout": 0.1,  # null-label rate, for classifier-free guidance
             "guidance_scale": 1.0,  # 1 = the conditional model
             "sampler": "ddim",  # ddpm | ddim | dpm_solver_pp_2m
             "sample_steps": 50,  # ddim / dpm_solver_pp_2m (ddpm always uses T)
             "ddim_eta": 0.0,
             "eval_timesteps": 50,  # stratified timesteps per image for bits/dim
+        }
+    )
+
+
+def vae_defaults() -> ml_collections.ConfigDict:
+    """`config.vae`: the decoder's likelihood and the KL weight."""
+    return ml_collections.ConfigDict(
+        {
+            "likelihood": "bernoulli",  # bernoulli | gaussian
+            "beta": 1.0,  # KL weight (1: the ELBO)
+            "gaussian_scale": 0.1,  # the gaussian likelihood's fixed std
         }
     )
 
@@ -153,6 +243,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.eval_split = "test"
     c.data.image_size = 8
     c.data.channels = 1
+    # The one label count. Models take `num_classes` from here, never from
+    # config.model: a conditional family passes it (0 when `<family>.conditional`
+    # is False), so the data's labels and the model's embedding cannot disagree,
+    # and config.model stays the network's kwargs.
     c.data.num_classes = 10
     c.data.shuffle_seed = 0
     c.data.prefetch = 2  # batches buffered by a host thread; 0 disables

@@ -20,7 +20,6 @@ def get_config(arg: str | None = None):
     c.model.name = "conv_classifier"
     c.model.channels = (32, 64, 128)
     c.model.features = 128
-    c.model.num_classes = 10
     c.model.dtype = "float32"
 
     c.data.name = "digits"
@@ -36,7 +35,7 @@ def get_config(arg: str | None = None):
     c.train.log_every_steps = 100
     c.train.ckpt_every_steps = 500
     c.train.ema_decay = 0.99
-    c.evals.heldout = {"type": "heldout", "every_steps": 250, "batch_size": 100}
+    c.evals.heldout = base.heldout_eval(every_steps=250, batch_size=100)
 
     if arg.smoke:
         base.shrink_for_smoke(c)

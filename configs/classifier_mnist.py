@@ -9,13 +9,16 @@ features before the logits); exported with gen_jax.features for the evaluators.
 Expected: held-out accuracy above 99%. `:smoke` uses synthetic data of mnist's shape.
 """
 
-from configs import classifier_digits
+from configs import base, classifier_digits
 
 
 def get_config(arg: str | None = None):
-    c = classifier_digits.get_config(arg)  # same network; mnist's data and length
+    arg = base.parse_arg(arg, smoke=False)
+    c = classifier_digits.get_config()  # same network; mnist's data and length
     c.data.update(name="mnist", image_size=28, channels=1)
-    if c.train.num_steps > 100:  # the `:smoke` variant keeps its few steps
-        c.train.update(num_steps=2000, ckpt_every_steps=1000)
-        c.evals.heldout.every_steps = 1000
+    c.train.update(num_steps=2000, ckpt_every_steps=1000)
+    c.evals.heldout.every_steps = 1000
+
+    if arg.smoke:
+        base.shrink_for_smoke(c)
     return c

@@ -27,11 +27,10 @@ def get_config(arg: str | None = None):
     c.model.num_res_blocks = 2
     c.model.attention_resolutions = (16,)
     c.model.dropout = 0.1
-    c.model.num_classes = 0
     c.model.norm_groups = 32
     c.model.dtype = "float32"
     c.diffusion = base.diffusion_defaults()
-    c.diffusion.label_dropout = 0.0
+    c.diffusion.update(conditional=False, label_dropout=0.0)  # as published
 
     c.data.name = "cifar10"
     c.data.image_size = 32
@@ -52,10 +51,9 @@ def get_config(arg: str | None = None):
     c.train.log_every_steps = 1000
     c.train.ckpt_every_steps = 10_000
     c.train.ema_decay = 0.9999
-    c.evals.heldout = {"type": "heldout", "every_steps": 50_000, "batch_size": 500}
-    c.evals.samples = {"type": "samples", "every_steps": 10_000, "num_samples": 64}
+    c.evals.heldout = base.heldout_eval(every_steps=50_000, batch_size=500)
+    c.evals.samples = base.samples_eval(every_steps=10_000, num_samples=64)
 
     if arg.smoke:
-        c.data.name = "synthetic"
         base.shrink_for_smoke(c)
     return c

@@ -12,7 +12,6 @@ samples vs the train split; recall 0.93). `:smoke` runs a few steps in seconds.
 """
 
 from configs import base
-from gen_jax import evaluate
 
 
 def get_config(arg: str | None = None):
@@ -25,10 +24,10 @@ def get_config(arg: str | None = None):
     c.model.num_res_blocks = 1
     c.model.attention_resolutions = (4,)
     c.model.dropout = 0.1
-    c.model.num_classes = 10
     c.model.norm_groups = 8
     c.model.dtype = "float32"
     c.diffusion = base.diffusion_defaults()
+    c.diffusion.conditional = True
 
     c.data.name = "digits"
     c.data.image_size = 8
@@ -43,10 +42,9 @@ def get_config(arg: str | None = None):
     c.train.log_every_steps = 100
     c.train.ckpt_every_steps = 1000
     c.train.ema_decay = 0.999
-    c.evals.heldout = {"type": "heldout", "every_steps": 1000, "batch_size": 100}
-    c.evals.samples = {"type": "samples", "every_steps": 1000, "num_samples": 80}
-
-    c.evals.quality = evaluate.quality_config(every_steps=2000)
+    c.evals.heldout = base.heldout_eval(every_steps=1000, batch_size=100)
+    c.evals.samples = base.samples_eval(every_steps=1000, num_samples=80)
+    c.evals.quality = base.quality_eval(every_steps=2000)
 
     if arg.smoke:
         base.shrink_for_smoke(c)

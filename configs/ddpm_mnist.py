@@ -23,10 +23,10 @@ def get_config(arg: str | None = None):
     c.model.num_res_blocks = 2
     c.model.attention_resolutions = (7,)
     c.model.dropout = 0.1
-    c.model.num_classes = 10
     c.model.norm_groups = 32
     c.model.dtype = "float32"
     c.diffusion = base.diffusion_defaults()
+    c.diffusion.conditional = True
 
     c.data.name = "mnist"
     c.data.image_size = 28
@@ -38,10 +38,9 @@ def get_config(arg: str | None = None):
     c.train.log_every_steps = 500
     c.train.ckpt_every_steps = 5000
     c.train.ema_decay = 0.9995
-    c.evals.heldout = {"type": "heldout", "every_steps": 10_000, "batch_size": 500}
-    c.evals.samples = {"type": "samples", "every_steps": 5000, "num_samples": 80}
+    c.evals.heldout = base.heldout_eval(every_steps=10_000, batch_size=500)
+    c.evals.samples = base.samples_eval(every_steps=5000, num_samples=80)
 
     if arg.smoke:
-        c.data.name = "synthetic"
         base.shrink_for_smoke(c)
     return c

@@ -21,7 +21,6 @@ place of the generator's BatchNorm; FID from pytorch-fid's Inception weights.
 """
 
 from configs import base
-from gen_jax import evaluate
 
 
 def get_config(arg: str | None = None):
@@ -35,10 +34,9 @@ def get_config(arg: str | None = None):
     c.model.gen_blocks = 3
     c.model.disc_blocks = 4
     c.model.disc_down_blocks = 2
-    c.model.num_classes = 0
     c.model.spectral_norm = True
     c.model.dtype = "float32"
-    c.gan.loss = "hinge"
+    c.gan.update(loss="hinge", conditional=False)  # unconditional, as published
     c.gan.disc_steps = 5
     for role in ("disc", "gen"):
         c.optim[role].update(lr=2e-4, b1=0.0, b2=0.9)
@@ -49,7 +47,6 @@ def get_config(arg: str | None = None):
             "gen_channels": 64,
             "disc_channels": 64,
             "channel_mults": (4, 2, 1),
-            "num_classes": 0,
             "spectral_norm": False,
             "gen_norm": "group",
             "dtype": "float32",
@@ -67,10 +64,8 @@ def get_config(arg: str | None = None):
     c.train.log_every_steps = 500
     c.train.ckpt_every_steps = 5000
     c.train.ema_decay = 0.9999
-    c.evals.samples = {"type": "samples", "every_steps": 5000, "num_samples": 64}
-    c.evals.fid = evaluate.quality_config(
-        "inception", every_steps=25_000, num_samples=10_000
-    )
+    c.evals.samples = base.samples_eval(every_steps=5000, num_samples=64)
+    c.evals.fid = base.quality_eval("inception", every_steps=25_000, num_samples=10_000)
 
     if arg.smoke:
         base.shrink_for_smoke(c)

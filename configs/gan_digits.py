@@ -10,7 +10,6 @@ from step ~1000; Fréchet digits distance 3.06 (1000 samples vs the train split;
 """
 
 from configs import base
-from gen_jax import evaluate
 
 
 def get_config(arg: str | None = None):
@@ -22,10 +21,10 @@ def get_config(arg: str | None = None):
     c.model.gen_channels = 64
     c.model.disc_channels = 64
     c.model.channel_mults = (2, 1)
-    c.model.num_classes = 10
     c.model.spectral_norm = True
     c.model.gen_norm = "group"
     c.model.dtype = "float32"
+    c.gan.conditional = True
 
     c.data.name = "digits"
     c.data.image_size = 8
@@ -36,9 +35,8 @@ def get_config(arg: str | None = None):
     c.train.log_every_steps = 100
     c.train.ckpt_every_steps = 1000
     c.train.ema_decay = 0.999
-    c.evals.samples = {"type": "samples", "every_steps": 1000, "num_samples": 80}
-
-    c.evals.quality = evaluate.quality_config(every_steps=1000)
+    c.evals.samples = base.samples_eval(every_steps=1000, num_samples=80)
+    c.evals.quality = base.quality_eval(every_steps=1000)
 
     if arg.smoke:
         base.shrink_for_smoke(c)

@@ -15,7 +15,6 @@ commands train and export. `:smoke` swaps in synthetic data of mnist's shape.
 """
 
 from configs import base
-from gen_jax import evaluate
 
 
 def get_config(arg: str | None = None):
@@ -27,11 +26,10 @@ def get_config(arg: str | None = None):
     c.model.gen_channels = 64
     c.model.disc_channels = 64
     c.model.channel_mults = (2, 1)  # 7x7 -> 14x14 -> 28x28
-    c.model.num_classes = 10
     c.model.spectral_norm = False
     c.model.gen_norm = "group"
     c.model.dtype = "float32"
-    c.gan.update(loss="non_saturating", r1_gamma=1.0, r1_every=4)
+    c.gan.update(loss="non_saturating", conditional=True, r1_gamma=1.0, r1_every=4)
 
     c.data.name = "mnist"
     c.data.image_size = 28
@@ -41,8 +39,8 @@ def get_config(arg: str | None = None):
     c.train.batch_size = 64
     c.train.log_every_steps = 100
     c.train.ckpt_every_steps = 2000
-    c.evals.samples = {"type": "samples", "every_steps": 2000, "num_samples": 80}
-    c.evals.quality = evaluate.quality_config(
+    c.evals.samples = base.samples_eval(every_steps=2000, num_samples=80)
+    c.evals.quality = base.quality_eval(
         "classifier", every_steps=5000, weights="runs/classifier_mnist.npz"
     )
 

@@ -33,6 +33,5 @@ def get_config(arg: str | None = None):
     c.evals.heldout.update(every_steps=5000, batch_size=256)
 
     if arg.smoke:
-        c.data.name = "synthetic"
         base.shrink_for_smoke(c)
     return c

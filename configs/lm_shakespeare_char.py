@@ -51,6 +51,5 @@ def get_config(arg: str | None = None):
     c.evals.heldout.update(every_steps=250, batch_size=64)
 
     if arg.smoke:
-        c.data.update(name="synthetic", eval_split="test")
         base.shrink_for_smoke(c)
     return c

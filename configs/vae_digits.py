@@ -10,7 +10,6 @@ Fréchet digits distance 31.7 (blurry prior samples; recall 0.24).
 """
 
 from configs import base
-from gen_jax import evaluate
 
 
 def get_config(arg: str | None = None):
@@ -23,7 +22,7 @@ def get_config(arg: str | None = None):
     c.model.hidden = 256
     c.model.latents = 16
     c.model.dtype = "float32"
-    c.vae = {"likelihood": "bernoulli", "beta": 1.0, "gaussian_scale": 0.1}
+    c.vae = base.vae_defaults()
 
     c.data.name = "digits"
     c.data.image_size = 8
@@ -35,10 +34,9 @@ def get_config(arg: str | None = None):
     c.train.batch_size = 128
     c.train.log_every_steps = 100
     c.train.ckpt_every_steps = 1000
-    c.evals.heldout = {"type": "heldout", "every_steps": 1000, "batch_size": 100}
-    c.evals.samples = {"type": "samples", "every_steps": 5000, "num_samples": 64}
-
-    c.evals.quality = evaluate.quality_config(every_steps=5000)
+    c.evals.heldout = base.heldout_eval(every_steps=1000, batch_size=100)
+    c.evals.samples = base.samples_eval(every_steps=5000, num_samples=64)
+    c.evals.quality = base.quality_eval(every_steps=5000)
 
     if arg.smoke:
         base.shrink_for_smoke(c, num_steps=6)

@@ -23,7 +23,7 @@ def get_config(arg: str | None = None):
     c.model.hidden = 256
     c.model.latents = 20
     c.model.dtype = "float32"
-    c.vae = {"likelihood": "bernoulli", "beta": 1.0, "gaussian_scale": 0.1}
+    c.vae = base.vae_defaults()
 
     c.data.name = "mnist"
     c.data.image_size = 28
@@ -34,10 +34,9 @@ def get_config(arg: str | None = None):
     c.train.batch_size = 128
     c.train.log_every_steps = 200
     c.train.ckpt_every_steps = 2000
-    c.evals.heldout = {"type": "heldout", "every_steps": 2000, "batch_size": 500}
-    c.evals.samples = {"type": "samples", "every_steps": 5000, "num_samples": 64}
+    c.evals.heldout = base.heldout_eval(every_steps=2000, batch_size=500)
+    c.evals.samples = base.samples_eval(every_steps=5000, num_samples=64)
 
     if arg.smoke:
-        c.data.name = "synthetic"
         base.shrink_for_smoke(c)
     return c

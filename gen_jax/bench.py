@@ -1,7 +1,5 @@
-"""Step-throughput benchmark: times a config's real train step (or its sampler).
-
-  gen-jax bench --config=configs/X.py[:variant] [--config.a=b ...] [--steps=20]
-  python -m gen_jax.bench --config=... [--batch_sizes=16,32,64] [--profile=DIR]
+"""Step-throughput benchmark: times a config's real train step (or its sampler);
+`gen-jax bench` (gen_jax/tools/bench.py) is its command line.
 
 The step is `train.setup`'s, so its code path and shardings are training's. It
 reports compile time, step time (median/p10/p90, each step timed to
@@ -13,7 +11,6 @@ JSON line appended to --out.
 
 import datetime
 import math
-import sys
 import time
 
 import jax
@@ -195,7 +192,7 @@ def bench_sampler(config, *, steps, warmup, num_samples):
     compiled = sample_fn.lower(state.ema_params, key, num_samples).compile()
     compile_s = time.perf_counter() - start
     times, _ = _time_calls(compiled, lambda out: (state.ema_params, key), steps, warmup)
-    record = _base_record(config, run_setup, "sampler", steps, warmup, compile_s)
+    record = _base_record(config, run_setup, "sample", steps, warmup, compile_s)
     record |= _percentiles(times) | _memory(compiled)
     record["batch_size"] = num_samples
     record["examples_per_s"] = num_samples / record["step_s_median"]
@@ -264,44 +261,6 @@ def append_json(path: str, record: dict) -> None:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
-def _flags(fv, argv: list[str]):
-    from absl import flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file(
-        "config",
-        None,
-        "The config to benchmark.",
-        flag_values=fv,
-        lock_config=True,
-        sys_argv=argv,  # overrides come from argv, not sys.argv (callable from Python)
-    )
-    flags.DEFINE_integer("steps", 20, "Timed steps.", flag_values=fv)
-    flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.", flag_values=fv)
-    flags.DEFINE_list(
-        "batch_sizes",
-        [],
-        "Sweep these batch sizes (default: the config's).",
-        flag_values=fv,
-    )
-    flags.DEFINE_bool("sampler", False, "Time the sampler instead.", flag_values=fv)
-    flags.DEFINE_integer(
-        "num_samples", 0, "Sampler batch (default: train.batch_size).", flag_values=fv
-    )
-    flags.DEFINE_integer(
-        "data_batches", 10, "Batches to time the input pipeline on.", flag_values=fv
-    )
-    flags.DEFINE_string(
-        "profile",
-        "",
-        "Write a trace of 3 steps here (TensorBoard/Perfetto).",
-        flag_values=fv,
-    )
-    flags.DEFINE_string(
-        "out", "bench.jsonl", "Append one JSON line per run here.", flag_values=fv
-    )
-
-
 def run(
     config,
     *,
@@ -309,19 +268,22 @@ def run(
     steps=20,
     warmup=3,
     batch_sizes=(),
-    sampler=False,
+    mode="train",
     num_samples=0,
     data_batches=10,
     profile="",
     out="",
 ) -> list[dict]:
-    """Benchmarks `config` at each batch size; returns (and appends) the records."""
+    """Benchmarks `config`'s train step (mode "train") or sampler ("sample") at
+    each batch size; returns (and appends to `out`) the records."""
+    if mode not in ("train", "sample"):
+        raise ValueError(f"unknown bench mode {mode!r}; valid: train, sample")
     records = []
     peak = None
     for batch_size in batch_sizes or [config.train.batch_size]:
         cfg = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
         cfg.train.batch_size = int(batch_size)
-        if sampler:
+        if mode == "sample":
             record = bench_sampler(
                 cfg,
                 steps=steps,
@@ -343,48 +305,3 @@ def run(
         if out and jax.process_index() == 0:
             append_json(out, record)
     return records
-
-
-def cli(argv: list[str]) -> None:
-    """`gen-jax bench --config=configs/X.py[:variant] [--config.a=b ...] [options]`."""
-    from absl import flags
-
-    from gen_jax import cli_flags
-
-    fv = flags.FlagValues()  # private: no clash with the training flags
-    _flags(fv, argv)
-    cli_flags.parse(argv, fv)
-    if fv.config is None:
-        print("error: --config is required", file=sys.stderr)
-        sys.exit(2)
-    label = " ".join(a for a in argv[1:] if a.startswith("--config"))
-    try:
-        records = run(
-            fv.config,
-            label=label,
-            steps=fv.steps,
-            warmup=fv.warmup,
-            batch_sizes=fv.batch_sizes,
-            sampler=fv.sampler,
-            num_samples=fv.num_samples,
-            data_batches=fv.data_batches,
-            profile=fv.profile,
-            out=fv.out,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(1)
-    first = records[0]
-    print(
-        f"{first['mode']} {label}: {first['family']} on {first['num_devices']} x "
-        f"{first['device_kind']} (peak {first['peak_flops'] or 0:.3g} FLOP/s, "
-        f"{first['peak_flops_source']}); appended to {fv.out}"
-    )
-    print(format_table(records))
-    for r in records:
-        if r["data_warning"]:
-            print(f"warning (batch {r['batch_size']}): {r['data_warning']}")
-
-
-if __name__ == "__main__":
-    cli(sys.argv)

@@ -1,24 +1,41 @@
-"""orbax checkpoints of the train state together with the data iterator state.
+"""orbax checkpoints of the train state together with the data iterator state,
+and `open_run`: the config and params of a finished run, for the tools.
 
 Restarting with the same workdir resumes from the newest checkpoint that
 restores; newer damaged ones are moved aside with a warning (never deleted).
-The data state is saved as JSON, once: data.make_train gives every process the
-same iterator position, so it restores under any process count (grain's own
-handler writes one file per process and needs the same count back).
+A checkpoint whose arrays do not match the config (a changed model) is refused
+before any array is read. The data state is saved as JSON, once:
+data.make_train gives every process the same iterator position, so it restores
+under any process count (grain's own handler writes one file per process and
+needs the same count back).
 """
 
+import dataclasses
+import json
+
+import flax.linen as nn
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
+from gen_jax import data, families, sharding
 from gen_jax.train_state import TrainState
 
 
 class CheckpointError(RuntimeError):
     """A workdir holds checkpoints, but none of them restores into this config."""
+
+
+def _handlers() -> dict:
+    return {
+        "state": ocp.StandardCheckpointHandler(),
+        "data": ocp.JsonCheckpointHandler(),
+    }
 
 
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -28,9 +45,7 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
         enable_async_checkpointing=True,
     )
     return ocp.CheckpointManager(
-        checkpoints_dir(workdir),
-        item_names=("state", "data"),
-        options=options,
+        checkpoints_dir(workdir), item_handlers=_handlers(), options=options
     )
 
 
@@ -61,61 +76,180 @@ def _quarantine(manager: ocp.CheckpointManager, step: int) -> None:
     manager.reload()
 
 
+def _flat_shapes(tree) -> dict[str, tuple]:
+    """{"params/model/w": (shape, dtype)} for a state or its saved metadata: the
+    same names whether a node is a dataclass, a dict, a tuple or a list."""
+
+    def name(key) -> str:
+        for attr in ("name", "key", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        "/".join(name(k) for k in path): (tuple(x.shape), str(x.dtype))
+        for path, x in leaves
+    }
+
+
+def _mismatch(saved: dict, want: dict) -> str | None:
+    """The first difference between the saved and the wanted arrays, in words."""
+    for key in sorted(want.keys() | saved.keys()):
+        if key not in saved:
+            return f"{key} is in this config but not in the checkpoint"
+        if key not in want:
+            return f"{key} is in the checkpoint but not in this config"
+        if saved[key] != want[key]:
+            return f"{key} is {saved[key]} there, {want[key]} here"
+    return None
+
+
 def restore_latest(
     manager: ocp.CheckpointManager, abstract_state: TrainState, iterator
 ) -> TrainState | None:
     """The newest restorable state (placed as `abstract_state`'s shardings say),
     with `iterator` (if given) set to the matching data position; None if there
-    is none."""
-    failed = []
+    is none. Raises CheckpointError if the checkpoints belong to another config."""
+    want = _flat_shapes(abstract_state)
+    damaged = []
     for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            saved = _flat_shapes(manager.item_metadata(step)["state"].tree)
+        except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types)
+            damaged.append(_damaged(step, e))
+            continue
+        if problem := _mismatch(saved, want):
+            raise CheckpointError(
+                f"the checkpoint at step {step} under {manager.directory} was "
+                f"written by another config ({problem}); use a new --workdir, or "
+                "the config it was trained with (its config.json)"
+            )
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
         )
         try:
             restored = manager.restore(step, args=args)
-        except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types)
-            logging.warning(
-                "checkpoint at step %d does not restore (%s: %s); trying the "
-                "previous one",
-                step,
-                type(e).__name__,
-                _first_line(e),
-            )
-            failed.append((step, e))
+        except Exception as e:  # noqa: BLE001
+            damaged.append(_damaged(step, e))
             continue
-        for bad, _ in failed:  # out of the way of the saves that will redo them
+        for bad in damaged:  # out of the way of the saves that will redo them
             _quarantine(manager, bad)
         if iterator is not None:
             iterator.set_state(restored.data)
         logging.info("resumed from step %d", step)
         return restored.state
-    if failed:  # none restores: more likely a changed config than damage everywhere
-        step, e = failed[0]
+    if damaged:
         raise CheckpointError(
-            f"no checkpoint under {manager.directory} restores (step {step}: "
-            f"{type(e).__name__}: {_first_line(e)}). If the config changed, use a new "
-            "--workdir; if the files are damaged, move them away to start over."
-        ) from e
+            f"no checkpoint under {manager.directory} restores (steps {damaged} are "
+            "damaged); move them away to start over"
+        )
     return None
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e).splitlines() or [""])[0][:300]
+def _damaged(step: int, e: Exception) -> int:
+    first = (str(e).splitlines() or [""])[0][:300]
+    logging.warning(
+        "checkpoint at step %d does not restore (%s: %s); trying the previous one",
+        step,
+        type(e).__name__,
+        first,
+    )
+    return step
 
 
-def load_params(path: str, abstract_state: TrainState) -> dict:
-    """Params of the newest checkpoint under `path` (a workdir or checkpoints dir)."""
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config a run wrote to its workdir (rewritten at every start)."""
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes the resolved config as `workdir/config.json` (process 0)."""
+    if jax.process_index() == 0:
+        resolved = json.loads(config.to_json_best_effort())
+        text = json.dumps(resolved, indent=2, sort_keys=True)
+        (epath.Path(workdir) / "config.json").write_text(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A finished (or running) run's config, one params tree and its step."""
+
+    config: ml_collections.ConfigDict
+    family: families.Family
+    mesh: Mesh
+    params: dict  # {role: params}, EMA unless opened with ema=False
+    step: int
+
+
+def abstract_params(family, config, mesh: Mesh) -> dict:
+    """ShapeDtypeStructs of `family`'s params, carrying their target shardings."""
+    dummy = data.dummy_batch(config.data)
+    boxed = jax.eval_shape(family.init, jax.random.key(0), dummy)
+    shardings = sharding.state_shardings(boxed, mesh, config.mesh.fsdp_min_size)
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        nn.unbox(boxed),
+        shardings,
+    )
+
+
+def open_run(
+    workdir: str,
+    *,
+    ema: bool = True,
+    step: int | None = None,
+    config: ml_collections.ConfigDict | None = None,
+    mesh: Mesh | None = None,
+) -> Run:
+    """The config and the params (EMA by default) of `workdir`'s newest checkpoint
+    (or of `step`), restored without the optimizer state: a sampler, evaluator or
+    exporter never holds the 3x larger train state. `config` replaces the run's
+    config.json with a variant that keeps its params (another sampler, say)."""
+    config = load_config(workdir) if config is None else config
+    family = families.make(config)
+    mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
+    abstract = abstract_params(family, config, mesh)
+    params, step = load_params(workdir, abstract, ema=ema, step=step)
+    return Run(config, family, mesh, params, step)
+
+
+def load_params(
+    path: str, abstract: dict, *, ema: bool = False, step: int | None = None
+) -> tuple[dict, int]:
+    """(params, step) of the newest checkpoint (or `step`) under `path` (a workdir
+    or its checkpoints dir), placed as `abstract`'s shardings say. Reads only
+    those arrays: never the optimizer state."""
     directory = checkpoints_dir(path)
     if not directory.is_dir():  # `path` is the checkpoints directory itself
-        directory = directory.parent
+        directory = epath.Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{path!r} holds no checkpoints directory")
+    options = ocp.CheckpointManagerOptions(create=False)
     with ocp.CheckpointManager(
-        directory,
-        item_names=("state", "data"),
-        options=ocp.CheckpointManagerOptions(read_only=True),
-    ) as m:
-        step = m.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"train.init_from={path!r} holds no checkpoint")
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-        return m.restore(step, args=args).state.params
+        directory, item_names=("state", "data"), options=options
+    ) as manager:
+        steps = manager.all_steps()
+        step = max(steps, default=None) if step is None else step
+        if step not in steps:
+            raise FileNotFoundError(f"no checkpoint step {step} under {directory}")
+        name = "ema_params" if ema else "params"
+        item = {name: abstract}
+        meta = ocp.StandardCheckpointHandler().metadata(directory / str(step) / "state")
+        saved = _flat_shapes(meta.tree)
+        want = _flat_shapes(item)
+        if problem := _mismatch({k: saved[k] for k in saved.keys() & want}, want):
+            raise CheckpointError(
+                f"the checkpoint at {directory}/{step} does not fit this config "
+                f"({problem})"
+            )
+        args = ocp.args.PyTreeRestore(
+            item=item,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True,
+        )
+        restored = manager.restore(step, args=ocp.args.Composite(state=args))
+    return restored.state[name], step

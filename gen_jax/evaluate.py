@@ -1,6 +1,9 @@
 """Evaluators, chosen by `type` in `config.evals`: each is `run(state) -> {name: value}`.
 
-Values are scalars or uint8 HWC images. Jitted functions come from train.py.
+Values are scalars or uint8 HWC images. Jitted functions come from train.py. An
+evaluator reads only `state.params` or `state.ema_params` (sample-based ones
+the EMA), so a tool may pass the params of an opened run in their place.
+Every key an evaluator reads is declared by the builders in configs/base.py.
 """
 
 from collections.abc import Callable
@@ -22,7 +25,7 @@ def _heldout(cfg, *, data_cfg, mesh, key, eval_step, **_) -> Evaluator:
     ds = data.make_eval(data_cfg, batch_size=cfg.batch_size, mesh=mesh)
 
     def run(state: TrainState) -> dict:
-        params = state.ema_params if cfg.get("use_ema", True) else state.params
+        params = state.ema_params if cfg.use_ema else state.params
         # Dispatch every batch first; fetch once at the end (no per-batch stalls).
         outs = [
             eval_step(params, batch, jax.random.fold_in(key, i))
@@ -36,7 +39,7 @@ def _heldout(cfg, *, data_cfg, mesh, key, eval_step, **_) -> Evaluator:
             )
         outs = jax.device_get(outs)
         means = {k: float(np.mean([o[k] for o in outs])) for k in outs[0]}
-        if cfg.get("perplexity", False):  # of the mean loss, not a mean of exps
+        if cfg.perplexity:  # of the mean loss, not a mean of exps
             for k in [k for k in means if k.endswith("/loss")]:
                 means[k.replace("/loss", "/perplexity")] = float(np.exp(means[k]))
         return means
@@ -79,25 +82,6 @@ def _samples(
     return run
 
 
-def quality_config(features: str = "digits_classifier", **overrides) -> dict:
-    """evals.<name> for sample quality (Fréchet distance, KID, IS, precision /
-    recall) of EMA samples against the real train split."""
-    return {
-        "type": "quality",
-        "every_steps": 1000,
-        "num_samples": 1000,
-        "batch_size": 100,
-        # digits_classifier (embedded 8x8 digits) | classifier (weights: an
-        # exported classifier .npz) | inception (weights: its .npz)
-        "features": features,
-        "weights": "",  # "" = the default file of `features`
-        "kid_subset_size": 1000,
-        "pr_k": 3,  # k-NN radius for precision / recall
-        "reference_split": "",  # "" = data.train_split
-        "compare_split": "",  # a real split in place of samples: the floor
-    } | overrides
-
-
 def _quality(cfg, *, data_cfg, key, sample_fn, workdir=None, **_) -> Evaluator:
     """Fréchet distance, KID, Inception Score and precision/recall of
     `num_samples` EMA samples against the real `reference_split`, in the
@@ -109,7 +93,7 @@ def _quality(cfg, *, data_cfg, key, sample_fn, workdir=None, **_) -> Evaluator:
             f"of batch_size={cfg.batch_size}"
         )
     extractor = features.make(cfg.features, cfg.weights, data_cfg)
-    reference = cfg.get("reference_split", "") or data_cfg.train_split
+    reference = cfg.reference_split or data_cfg.train_split
     real_feats, _ = features.real_features(
         extractor,
         data_cfg,
@@ -121,7 +105,7 @@ def _quality(cfg, *, data_cfg, key, sample_fn, workdir=None, **_) -> Evaluator:
     real_stats = quality.feature_stats(real_feats)
 
     def run(state: TrainState) -> dict:
-        if cfg.get("compare_split", ""):
+        if cfg.compare_split:
             ds = data.make_source(data_cfg, cfg.compare_split).batch(cfg.batch_size)
             images = [b["image"] for b in ds]
         else:
@@ -164,103 +148,3 @@ def make(name: str, cfg: ml_collections.ConfigDict, **deps) -> Evaluator:
             f"valid: {sorted(EVALUATORS)}"
         )
     return EVALUATORS[cfg.type](cfg, **deps)
-
-
-def evaluate_workdir(
-    workdir: str,
-    eval_cfg: ml_collections.ConfigDict,
-    *,
-    name: str = "quality",
-    seed: int = 0,
-    diffusion_overrides: dict | None = None,
-) -> dict:
-    """Runs evaluator `eval_cfg` on the newest checkpoint of `workdir` and writes
-    its results (`eval/<name>/...`) at that step to metrics.jsonl and TensorBoard."""
-    from gen_jax import sample, train
-
-    config = sample.load_config(workdir)
-    overrides = {k: v for k, v in (diffusion_overrides or {}).items() if v is not None}
-    if overrides:
-        config.diffusion.update(overrides)
-    run_setup = train.setup(config)
-    state, step = sample.restore(workdir, run_setup)
-    config.evals = {name: eval_cfg}
-    key = jax.random.key(seed)
-    ((_, evaluator),) = train.make_evaluators(
-        config, run_setup.family, run_setup.mesh, key, workdir
-    ).values()
-    results = evaluator(state)
-    writer = metrics.Writer(workdir)
-    try:
-        train.write_eval(writer, step, name, results)
-    finally:
-        writer.close()
-    return results
-
-
-def cli(argv: list[str]) -> None:
-    """`gen-jax evaluate --workdir=W [--num_samples ...]` (also
-    `python -m gen_jax.evaluate`): sample-quality metrics of a trained run."""
-    import sys
-
-    from absl import flags
-
-    fv = flags.FlagValues()  # private: no clash with the training flags
-    flags.DEFINE_string("workdir", None, "A training run's workdir.", flag_values=fv)
-    flags.DEFINE_string(
-        "name", "quality", "Metric prefix eval/<name>/.", flag_values=fv
-    )
-    flags.DEFINE_integer("num_samples", 1000, "Samples to score.", flag_values=fv)
-    flags.DEFINE_integer("batch_size", 100, "Sampling batch.", flag_values=fv)
-    flags.DEFINE_string(
-        "features",
-        "digits_classifier",
-        "digits_classifier | classifier | inception",
-        flag_values=fv,
-    )
-    flags.DEFINE_string("weights", "", "The extractor's weights file.", flag_values=fv)
-    flags.DEFINE_string(
-        "compare_split",
-        "",
-        "Score this real split instead of samples (the floor).",
-        flag_values=fv,
-    )
-    flags.DEFINE_integer("seed", 0, "Sampling seed.", flag_values=fv)
-    flags.DEFINE_string("sampler", None, "Diffusion: sampler.", flag_values=fv)
-    flags.DEFINE_integer("steps", None, "Diffusion: sampler steps.", flag_values=fv)
-    flags.DEFINE_float("guidance", None, "Diffusion: guidance scale.", flag_values=fv)
-    try:
-        fv(argv)
-        if fv.workdir is None:
-            raise ValueError("--workdir is required")
-        eval_cfg = ml_collections.ConfigDict(
-            quality_config(
-                fv.features,
-                num_samples=fv.num_samples,
-                batch_size=fv.batch_size,
-                weights=fv.weights,
-                compare_split=fv.compare_split,
-                kid_subset_size=min(1000, fv.num_samples),
-            )
-        )
-        results = evaluate_workdir(
-            fv.workdir,
-            eval_cfg,
-            name=fv.name,
-            seed=fv.seed,
-            diffusion_overrides={
-                "sampler": fv.sampler,
-                "sample_steps": fv.steps,
-                "guidance_scale": fv.guidance,
-            },
-        )
-    except (flags.Error, ValueError, FileNotFoundError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(1)
-    print(" ".join(f"{k}={v:.4g}" for k, v in results.items()))
-
-
-if __name__ == "__main__":
-    import sys
-
-    cli(sys.argv)

@@ -28,14 +28,17 @@ def save_classifier(workdir: str, path: str) -> None:
     """Writes a trained classifier run (EMA params + model fields) as one .npz."""
     from flax import traverse_util
 
-    from gen_jax import sample, train
+    from gen_jax import checkpoint
 
-    config = sample.load_config(workdir)
-    state, _ = sample.restore(workdir, train.setup(config))
-    params = jax.device_get(state.ema_params["model"])
+    run = checkpoint.open_run(workdir)
+    config = run.config
+    if config.family != "classifier":
+        raise ValueError(f"{workdir!r} trains {config.family!r}, not a classifier")
+    params = jax.device_get(run.params["model"])
     flat = traverse_util.flatten_dict(params, sep="/")  # _load_classifier's inverse
     meta = {
-        "model": config.model.to_dict(),
+        # The classifier's label count comes from the data (configs/base.py).
+        "model": config.model.to_dict() | {"num_classes": config.data.num_classes},
         "image_shape": [config.data.image_size] * 2 + [config.data.channels],
         "data": config.data.name,
     }
@@ -50,8 +53,8 @@ def _load_classifier(path: str) -> tuple[Extractor, tuple[int, ...]]:
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"classifier weights {path!r} not found. Train one and export it: "
-            "python -m gen_jax.main --config=configs/classifier_mnist.py "
-            "--workdir=runs/classifier_mnist && python -m gen_jax.features "
+            "gen-jax train --config=configs/classifier_mnist.py "
+            "--workdir=runs/classifier_mnist && gen-jax export-classifier "
             f"--workdir=runs/classifier_mnist --out={path}"
         )
     with np.load(path) as f:
@@ -139,14 +142,3 @@ def weights_id(kind: str, weights: str) -> str:
     )
     with open(os.path.expanduser(path), "rb") as f:
         return f"{kind}:{hashlib.sha1(f.read()).hexdigest()[:12]}"
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Export a classifier run as .npz.")
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    save_classifier(args.workdir, args.out)
-    print(f"wrote {args.out}")

@@ -37,11 +37,11 @@ def make(
     """One transform per role; a role without its own section uses `optim.model`."""
     out = {}
     for role in roles:
-        cfg = config.optim.get(role) or config.optim.get("model")
-        if cfg is None:
+        section = role if role in config.optim else "model"
+        if section not in config.optim:
             raise ValueError(
                 f"config.optim has no section for role {role!r} (and no "
                 f"`optim.model` fallback); sections: {sorted(config.optim)}"
             )
-        out[role] = make_optimizer(cfg, config.train.num_steps)
+        out[role] = make_optimizer(config.optim[section], config.train.num_steps)
     return out

@@ -28,7 +28,7 @@ def make_mesh(
 ) -> Mesh:
     """A (data, fsdp) mesh over `devices` (default: all); -1 takes what is left."""
     devices = list(jax.devices() if devices is None else devices)
-    shape = [cfg.get(a, 1) for a in AXES]  # configs older than an axis lack it
+    shape = [cfg[a] for a in AXES]  # every axis is declared in configs/base.py
     if shape.count(-1) > 1:
         raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(cfg)}")
     known = math.prod(s for s in shape if s != -1)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gen_jax.families import Batch, Family, Metrics, Params, role_of
+from gen_jax.families.family import Batch, Family, Metrics, Params, role_of
 from gen_jax.train_state import TrainState
 
 
@@ -29,8 +29,8 @@ def train_step(
         else:
             state, phase_metrics = jax.lax.cond(
                 state.step % every == every - 1,
-                functools.partial(_scaled, update, every),
-                functools.partial(_skipped, update),
+                functools.partial(_counted, update, phase),
+                functools.partial(_skipped, update, phase),
                 state,
             )
         metrics |= phase_metrics
@@ -60,22 +60,23 @@ def _update(state, *, phase, loss_fn, batch, key) -> tuple[TrainState, Metrics]:
 
 
 # A phase run every n steps (under lax.cond, so skipped steps cost nothing)
-# reports its metrics times n on its steps and 0 between: a log window whose
-# length is a multiple of n then averages to the mean over its updates.
-def _scaled(update, every, state):
+# reports `<phase>/updates` = 1 on its steps and 0 between, its other metrics
+# as they are (0 when skipped): the loop averages them over the updates only.
+def _counted(update, phase, state):
     state, metrics = update(state)
-    return state, jax.tree.map(lambda v: v * every, metrics)
+    return state, metrics | {f"{phase}/updates": jnp.ones((), jnp.float32)}
 
 
-def _skipped(update, state):
+def _skipped(update, phase, state):
     metrics = jax.eval_shape(update, state)[1]
-    return state, jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), metrics)
+    zeros = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), metrics)
+    return state, zeros | {f"{phase}/updates": jnp.zeros((), jnp.float32)}
 
 
 def _ema(e: jax.Array, p: jax.Array, decay: float) -> jax.Array:
     if not jnp.issubdtype(p.dtype, jnp.inexact):  # counters etc.: track the latest
         return p
-    return e + (1 - decay) * (p - e)
+    return optax.incremental_update(p, e, 1 - decay)
 
 
 def eval_step(

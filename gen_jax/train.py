@@ -8,7 +8,7 @@ checkpoints at their intervals -> a final save. SIGTERM saves and exits.
 
 import dataclasses
 import functools
-import json
+import logging as logging_std
 import signal
 import time
 from collections.abc import Callable
@@ -93,7 +93,12 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
 class _MetricsBuffer:
     """Holds each step's device metrics until the next step is dispatched, then
     fetches them (so the device never idles), checks them for NaN and keeps
-    them for averaging until the next log step."""
+    them for averaging until the next log step.
+
+    A phase that runs every n steps reports `<phase>/updates` (1 or 0) with
+    each step; its other metrics are averaged over its updates only, so a log
+    window holds their exact mean whatever its alignment with n (after a
+    resume, in a final partial window)."""
 
     def __init__(self):
         self.pending = None
@@ -113,27 +118,71 @@ class _MetricsBuffer:
 
     def mean(self) -> dict[str, float]:
         self.flush()
-        out = {k: float(np.mean([r[k] for r in self.rows])) for k in self.rows[0]}
+        counted = [
+            k[: -len("/updates")] for k in self.rows[0] if k.endswith("/updates")
+        ]
+        out = {}
+        for key in self.rows[0]:
+            if key.endswith("/updates"):
+                continue
+            owners = [p for p in counted if key.startswith(p + "/")]
+            weights = [
+                r[max(owners, key=len) + "/updates"] if owners else 1.0
+                for r in self.rows
+            ]
+            if sum(weights):  # a phase with no update in this window logs nothing
+                out[key] = sum(w * r[key] for w, r in zip(weights, self.rows)) / sum(
+                    weights
+                )
         self.rows = []
         return out
 
 
-def _sigterm_flag() -> tuple[list[bool], object]:
-    """Catches SIGTERM (preemption) into a flag the loop polls; returns the old handler."""
-    flag = [False]
+class _Preemption:
+    """Whether to save and stop: SIGTERM, the preemption notice of spot VMs and
+    TPU slices. Multi-process runs ask JAX's preemption sync (every process
+    stops at the same step) and leave the signal to the handler JAX's
+    distributed runtime installed; a single process catches it in Python."""
 
-    def handler(signum, frame):
+    def __init__(self):
+        self.flag = False
+        self.synced = jax.process_count() > 1
+        self.old_handler = None
+        if not self.synced:  # early: a SIGTERM while compiling still saves
+            self.old_handler = signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum, frame) -> None:
         logging.warning("SIGTERM: saving a checkpoint and stopping")
-        flag[0] = True
+        self.flag = True
 
-    return flag, signal.signal(signal.SIGTERM, handler)
+    def reached(self, manager, step: int) -> bool:
+        """Called after every step, by every process."""
+        if self.synced:
+            self.flag = self.flag or manager.reached_preemption(step)
+        return self.flag
+
+    def close(self) -> None:
+        if self.old_handler is not None:
+            signal.signal(signal.SIGTERM, self.old_handler)
 
 
-def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    if jax.process_index() == 0:
-        resolved = json.loads(config.to_json_best_effort())
-        text = json.dumps(resolved, indent=2, sort_keys=True)
-        (epath.Path(workdir) / "config.json").write_text(text)
+class _ProgressLine(logging_std.Filter):
+    """clu's ReportProgress computes steps/s and the ETA (wall time, evals and
+    saves included) and hands its note to the platform's work unit, which on a
+    local run logs it; this filter takes that note so the loop prints one line
+    per log step: the step, the main losses and the note."""
+
+    NOTE = "Setting work unit notes: %s"
+
+    def __init__(self):
+        super().__init__()
+        self.note = ""
+
+    def filter(self, record) -> bool:
+        if record.msg == self.NOTE:
+            self.note = record.args[0]
+            return False
+        return True
 
 
 def make_evaluators(config, family, mesh, key, workdir) -> dict:
@@ -169,24 +218,20 @@ def make_evaluators(config, family, mesh, key, workdir) -> dict:
 def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains `config` in `workdir` (resuming if it holds checkpoints): a local
     directory or a Cloud Storage URL (gs://bucket/run)."""
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    stop, old_handler = _sigterm_flag()  # early: a SIGTERM while compiling still saves
+    path = epath.Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--workdir={workdir} is a file; give a directory")
+    path.mkdir(parents=True, exist_ok=True)
+    preemption = _Preemption()
     try:
-        return _run(config, workdir, stop)
+        return _run(config, workdir, preemption)
     finally:
-        signal.signal(signal.SIGTERM, old_handler)
+        preemption.close()
 
 
-def _run(config, workdir, stop) -> TrainState:
+def _run(config, workdir, preemption) -> TrainState:
     run_setup = setup(config)
     mesh = run_setup.mesh
-    for phase, every in run_setup.family.every.items():
-        if config.train.log_every_steps % every:
-            raise ValueError(
-                f"phase {phase!r} runs every {every} steps, which must divide "
-                f"train.log_every_steps={config.train.log_every_steps} (its "
-                "logged metrics are averages over whole intervals)"
-            )
     train_iter = data.make_train(
         config.data, batch_size=config.train.batch_size, mesh=mesh
     )
@@ -194,34 +239,46 @@ def _run(config, workdir, stop) -> TrainState:
         config, run_setup.family, mesh, run_setup.eval_key, workdir
     )
     manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
-    state = checkpoint.restore_latest(
-        manager, run_setup.abstract_state, train_iter.iterator
-    )
-    if state is None:
-        state = run_setup.init(run_setup.init_key)
-        if config.train.init_from:
-            params = checkpoint.load_params(
-                config.train.init_from, run_setup.abstract_state
-            )
-            state = state.replace(
-                params=params, ema_params=jax.tree.map(jnp.copy, params)
-            )
-        _write_config(config, workdir)
-
-    writer = metrics.Writer(workdir)
     try:
-        state = _loop(
-            config, run_setup, state, train_iter, evaluators, manager, writer, stop
+        state = checkpoint.restore_latest(
+            manager, run_setup.abstract_state, train_iter.iterator
         )
+        if state is None:
+            state = run_setup.init(run_setup.init_key)
+            if config.train.init_from:
+                params, _ = checkpoint.load_params(
+                    config.train.init_from, run_setup.abstract_state.params
+                )
+                state = state.replace(
+                    params=params, ema_params=jax.tree.map(jnp.copy, params)
+                )
+        # Every start: a resumed run with changed overrides leaves no stale config.
+        checkpoint.write_config(config, workdir)
+        writer = metrics.Writer(workdir)
+        try:
+            return _loop(
+                config,
+                run_setup,
+                state,
+                train_iter,
+                evaluators,
+                manager,
+                writer,
+                preemption,
+            )
+        finally:
+            writer.close()
     finally:
         manager.wait_until_finished()  # an async save must land before we exit
         manager.close()
-        writer.close()
-    return state
 
 
-def _loop(config, run_setup, state, train_iter, evaluators, manager, writer, stop):
+def _loop(
+    config, run_setup, state, train_iter, evaluators, manager, writer, preemption
+):
     """Steps from `state.step` to `train.num_steps`; returns the last state."""
+    from clu import periodic_actions  # imports TensorFlow: only inside a run
+
     cfg = config.train
     start = int(jax.device_get(state.step))
     buffer = _MetricsBuffer()
@@ -230,41 +287,59 @@ def _loop(config, run_setup, state, train_iter, evaluators, manager, writer, sto
         if ("flops" in run_setup.family.per_example)
         else 0.0
     )
+    report = periodic_actions.ReportProgress(
+        num_train_steps=cfg.num_steps, every_steps=cfg.log_every_steps, every_secs=None
+    )
+    progress = _ProgressLine()
+    logging_std.getLogger("absl").addFilter(progress)
     last_log, last_time = start, time.perf_counter()
-    for s in range(start, cfg.num_steps):
-        batch = next(train_iter)
-        state, step_metrics = run_setup.train_step(state, batch, run_setup.step_key)
-        done = s + 1
-        buffer.push(done, step_metrics)
-        if s == start:  # keep compilation out of the first steps/s reading
-            buffer.flush()
-            last_log, last_time = done, time.perf_counter()
-        if jax.process_count() > 1:  # all hosts must agree on when to stop
-            stop[0] = manager.reached_preemption(done)
-        if done % cfg.log_every_steps == 0 or done == cfg.num_steps:
-            scalars = buffer.mean()
-            if done > last_log:
-                steps_per_sec = (done - last_log) / (time.perf_counter() - last_time)
-                scalars |= _rates(
-                    steps_per_sec, cfg.batch_size, run_setup.family.per_example, peak
-                )
-            writer.write_scalars(done, scalars)
-            logging.info(
-                "step %d: %s", done, {k: f"{v:.4g}" for k, v in scalars.items()}
-            )
-            last_log, last_time = done, time.perf_counter()
-        eval_start = time.perf_counter()
-        for name, (every, run_eval) in evaluators.items():
-            if done % every == 0 or done == cfg.num_steps:
-                write_eval(writer, done, name, run_eval(state))
-        last_time += time.perf_counter() - eval_start  # rates count training only
-        if done % cfg.ckpt_every_steps == 0 or done == cfg.num_steps or stop[0]:
-            buffer.flush()  # never save a state whose step went non-finite
-            checkpoint.save(manager, state, train_iter.iterator)
-        if stop[0]:
-            logging.warning("stopped by SIGTERM at step %d after saving", done)
-            break
+    try:
+        for s in range(start, cfg.num_steps):
+            batch = next(train_iter)
+            state, step_metrics = run_setup.train_step(state, batch, run_setup.step_key)
+            done = s + 1
+            buffer.push(done, step_metrics)
+            if s == start:  # keep compilation out of the first steps/s reading
+                buffer.flush()
+                last_log, last_time = done, time.perf_counter()
+            report(done)
+            stop = preemption.reached(manager, done)
+            if done % cfg.log_every_steps == 0 or done == cfg.num_steps:
+                scalars = buffer.mean()
+                if done > last_log:
+                    steps_per_sec = (done - last_log) / (
+                        time.perf_counter() - last_time
+                    )
+                    scalars |= _rates(
+                        steps_per_sec,
+                        cfg.batch_size,
+                        run_setup.family.per_example,
+                        peak,
+                    )
+                writer.write_scalars(done, scalars)
+                _log_progress(done, cfg.num_steps, scalars, progress.note)
+                last_log, last_time = done, time.perf_counter()
+            eval_start = time.perf_counter()
+            with report.timed("eval", wait_jax_async_dispatch=False):
+                for name, (every, run_eval) in evaluators.items():
+                    if done % every == 0 or done == cfg.num_steps:
+                        write_eval(writer, done, name, run_eval(state))
+            last_time += time.perf_counter() - eval_start  # rates count training only
+            if done % cfg.ckpt_every_steps == 0 or done == cfg.num_steps or stop:
+                buffer.flush()  # never save a state whose step went non-finite
+                checkpoint.save(manager, state, train_iter.iterator)
+            if stop:
+                logging.warning("preempted: saved step %d and stopping", done)
+                break
+    finally:
+        logging_std.getLogger("absl").removeFilter(progress)
     return state
+
+
+def _log_progress(step: int, total: int, scalars: dict, note: str) -> None:
+    """One line: the step, the losses, and clu's rate and ETA."""
+    losses = " ".join(f"{k} {v:.4g}" for k, v in scalars.items() if k.endswith("/loss"))
+    logging.info("step %d/%d  %s  |  %s", step, total, losses, note or "-")
 
 
 def _rates(steps_per_sec, batch_size, per_example, peak) -> dict[str, float]:

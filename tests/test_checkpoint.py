@@ -56,7 +56,9 @@ def test_exact_resume_matches_uninterrupted_run(name, tmp_path):
         smoke_config.gan.update(disc_steps=2, r1_gamma=1.0, r1_every=2)
     smoke_config.evals = {}  # evaluators read the state, never change it
     full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+    smoke_config.train.log_every_steps = 1  # the reference logs every step
     reference = train.run(smoke_config, full)
+    smoke_config.train.log_every_steps = 3  # windows (0, 3] and (3, 6]
     train.run(smoke_config, resumed)
     # As if killed right after the step-3 save: drop the step-6 checkpoint, rerun.
     os.rename(os.path.join(resumed, "checkpoints", "6"), str(tmp_path / "dropped"))
@@ -65,6 +67,24 @@ def test_exact_resume_matches_uninterrupted_run(name, tmp_path):
     _assert_trees_equal(final.params, reference.params)
     _assert_trees_equal(final.opt_state, reference.opt_state)
     _assert_trees_equal(final.ema_params, reference.ema_params)
+    if name == "gan_digits":
+        _assert_windows_average_their_updates(full, resumed)
+
+
+def _assert_windows_average_their_updates(full: str, resumed: str) -> None:
+    """Each logged window of the resumed run (resumed at step 3, which the
+    every-2-steps phases do not divide) holds the mean of exactly the updates
+    it contains, as the every-step reference logged them."""
+    per_step = {r["step"]: r for r in helpers.read_metrics(full)}
+    windows = {r["step"]: r for r in helpers.read_metrics(resumed)}  # last wins
+    assert {"gen/loss", "disc/r1/loss"} & set(per_step[1]) == set()  # no update
+    for end, steps in {3: [1, 2, 3], 6: [4, 5, 6]}.items():
+        for key in ("disc/loss", "gen/loss", "gen/grad_norm", "disc/r1/loss"):
+            updates = [per_step[s][key] for s in steps if key in per_step[s]]
+            assert updates and len(updates) < 3 or key == "disc/loss", key
+            np.testing.assert_allclose(
+                windows[end][key], np.mean(updates), rtol=1e-5, err_msg=key
+            )
 
 
 def test_damaged_latest_checkpoint_falls_back_to_previous(smoke_config, tmp_path):

@@ -91,7 +91,7 @@ def test_every_family_inits_applies_and_scores_a_batch(name):
     elif config.family == "gan":  # discriminator scores
         assert out.shape == (4,)
     else:
-        assert out.shape == (4, config.model.num_classes)
+        assert out.shape == (4, config.data.num_classes)
     np.testing.assert_array_equal(out, apply(params, batch, jax.random.key(1)))
     for phase, loss_fn in family.losses.items():
         loss, _ = jax.jit(loss_fn)(params, batch, jax.random.key(2))

@@ -155,7 +155,7 @@ def test_convert_pytorch_fid_round_trip(params):
         inception.convert_pytorch_fid(state_dict | {"AuxLogits.fc.weight": np.ones(1)})
 
 
-def test_cli_converts_with_torch_load(params, tmp_path, monkeypatch):
+def test_convert_file_reads_torch_load_output(params, tmp_path, monkeypatch):
     tensors = {
         k: types.SimpleNamespace(numpy=lambda v=v: v)
         for k, v in _to_pytorch_fid(params).items()
@@ -163,17 +163,16 @@ def test_cli_converts_with_torch_load(params, tmp_path, monkeypatch):
     fake_torch = types.SimpleNamespace(load=lambda path, **kwargs: tensors)
     monkeypatch.setitem(sys.modules, "torch", fake_torch)
     out = str(tmp_path / "converted.npz")
-    assert inception.main(["--convert", "fake.pth", "--out", out]) == 0
+    assert inception.convert_file("fake.pth", out) == out
     loaded = _flat(inception.load_params(out))
     for key, value in _flat(params).items():
         np.testing.assert_array_equal(loaded[key], value, err_msg=key)
 
 
-def test_cli_without_torch_says_how_to_get_it(monkeypatch, capsys, tmp_path):
+def test_conversion_without_torch_says_how_to_get_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
-    out = str(tmp_path / "never.npz")
-    assert inception.main(["--convert", "x.pth", "--out", out]) == 1
-    assert "pip install torch" in capsys.readouterr().err
+    with pytest.raises(ModuleNotFoundError, match="pip install torch"):
+        inception.convert_file("x.pth", str(tmp_path / "never.npz"))
 
 
 def test_average_pool_excludes_padding():

@@ -6,14 +6,16 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from gen_jax.families import Batch, Family, Metrics, Params
+from gen_jax.families.family import Batch, Family, Metrics, Params, check_name
 from gen_jax.models import MODELS
 
 
 def make(config: ml_collections.ConfigDict) -> Family:
     """Builds the classifier family from `config.model` and `config.data`."""
+    check_name("config.model.name", config.model.name, MODELS)
     kwargs = {k: v for k, v in config.model.items() if k != "name"}
-    model = MODELS[config.model.name](**kwargs)
+    # One logit per label of the data (config.data.num_classes is the one count).
+    model = MODELS[config.model.name](**kwargs, num_classes=config.data.num_classes)
 
     def init(key: jax.Array, batch: Batch) -> Params:
         return {"model": model.init(key, batch["image"][:1])["params"]}

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gen_jax.families import Batch, Family, Metrics, Params
+from gen_jax.families.family import Batch, Family, Metrics, Params, check_name
 from gen_jax.models import MODELS
 
 LOSSES = ("non_saturating", "hinge", "wgan_gp")
@@ -23,7 +23,7 @@ def disc_loss_from_scores(kind: str, real_B: jax.Array, fake_B: jax.Array):
         return jnp.mean(jax.nn.relu(1 - real_B) + jax.nn.relu(1 + fake_B))
     if kind == "wgan_gp":  # the critic's Wasserstein estimate; the penalty is added
         return jnp.mean(fake_B - real_B)
-    raise ValueError(f"unknown gan.loss {kind!r}; valid: {LOSSES}")
+    raise ValueError(f"unknown config.gan.loss {kind!r}; valid: {', '.join(LOSSES)}")
 
 
 def gen_loss_from_scores(kind: str, fake_B: jax.Array) -> jax.Array:
@@ -50,14 +50,18 @@ def gradient_penalty(critic_fn, real_BHWC, fake_BHWC, key: jax.Array) -> jax.Arr
 
 def make(config: ml_collections.ConfigDict) -> Family:
     """Builds the GAN family from `config.model`, `config.gan` and `config.data`."""
+    cfg = config.gan
+    check_name("config.gan.loss", cfg.loss, LOSSES)
+    check_name("config.model.name", config.model.name, MODELS)
+    kind, z_dim = cfg.loss, config.model.z_dim
+    num_classes = config.data.num_classes if cfg.conditional else 0
     kwargs = {k: v for k, v in config.model.items() if k != "name"}
     model = MODELS[config.model.name](
-        **kwargs, image_size=config.data.image_size, out_channels=config.data.channels
+        **kwargs,
+        image_size=config.data.image_size,
+        out_channels=config.data.channels,
+        num_classes=num_classes,
     )
-    cfg = config.gan
-    kind, z_dim = cfg.loss, config.model.z_dim
-    num_classes = config.model.get("num_classes", 0)
-    disc_loss_from_scores(kind, jnp.zeros(1), jnp.zeros(1))  # fail fast on a bad name
 
     def labels_of(batch: Batch) -> jax.Array:
         return batch["label"] if num_classes else jnp.zeros(len(batch["image"]), int)

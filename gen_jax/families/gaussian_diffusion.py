@@ -13,6 +13,10 @@ import jax.numpy as jnp
 import jax.scipy.special
 import numpy as np
 
+SCHEDULES = ("linear", "cosine")
+PREDICTIONS = ("eps", "x0", "v")  # what the network outputs
+VARIANCES = ("small", "large")  # of p(x_{t-1} | x_t)
+
 
 class Schedule(NamedTuple):
     betas: jax.Array

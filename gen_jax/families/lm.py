@@ -9,12 +9,15 @@ import ml_collections
 import optax
 
 from gen_jax import text
-from gen_jax.families import Batch, Family, Metrics, Params
+from gen_jax.families.family import Batch, Family, Metrics, Params, check_name
 from gen_jax.models import MODELS, transformer
 
 
 def make_model(config: ml_collections.ConfigDict):
     """The Transformer for `config` and the tokenizer that sets its vocabulary."""
+    check_name("config.model.name", config.model.name, ("transformer",))
+    check_name("config.model.norm", config.model.norm, transformer.NORMS)
+    check_name("config.model.mlp", config.model.mlp, transformer.MLPS)
     tokenizer = text.make_tokenizer(config.data)
     kwargs = {k: v for k, v in config.model.items() if k != "name"}
     return MODELS[config.model.name](

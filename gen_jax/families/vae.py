@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from gen_jax.families import Batch, Family, Metrics, Params
+from gen_jax.families.family import Batch, Family, Metrics, Params, check_name
 from gen_jax.models import MODELS
+
+LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 def gaussian_kl(mean_BZ: jax.Array, logvar_BZ: jax.Array) -> jax.Array:
@@ -31,7 +33,8 @@ def reconstruction_nll(
         )
     else:
         raise ValueError(
-            f"unknown vae.likelihood {likelihood!r}; use bernoulli|gaussian"
+            f"unknown config.vae.likelihood {likelihood!r}; "
+            f"valid: {', '.join(LIKELIHOODS)}"
         )
     return jnp.sum(nll, axis=(1, 2, 3))
 
@@ -45,15 +48,14 @@ def decoded_image(out_BHWC: jax.Array, likelihood: str) -> jax.Array:
 
 def make(config: ml_collections.ConfigDict) -> Family:
     """Builds the VAE family from `config.model`, `config.vae` and `config.data`."""
+    check_name("config.vae.likelihood", config.vae.likelihood, LIKELIHOODS)
+    check_name("config.model.name", config.model.name, MODELS)
     kwargs = {k: v for k, v in config.model.items() if k != "name"}
     model = MODELS[config.model.name](
         **kwargs, image_size=config.data.image_size, out_channels=config.data.channels
     )
     likelihood, beta = config.vae.likelihood, config.vae.beta
     scale = config.vae.gaussian_scale
-    reconstruction_nll(
-        jnp.zeros((1, 1, 1, 1)), jnp.zeros((1, 1, 1, 1)), likelihood, scale
-    )  # fail fast on a bad likelihood name
 
     def init(key: jax.Array, batch: Batch) -> Params:
         z_BZ = jnp.zeros((1, config.model.latents))

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 
 from gen_jax.models import layers
 
+GEN_NORMS = ("group", "none")  # the generator's `norm`
+
 
 class DCGenerator(nn.Module):
     """z -> a `start` x `start` grid -> one stride-2 transposed conv per entry of
@@ -43,7 +45,9 @@ class DCGenerator(nn.Module):
         if self.norm == "group":
             h = layers.group_norm(h.shape[-1], 32, dtype)(h)
         elif self.norm != "none":
-            raise ValueError(f"unknown model.gen_norm {self.norm!r}; use group|none")
+            raise ValueError(
+                f"unknown model.gen_norm {self.norm!r}; valid: {', '.join(GEN_NORMS)}"
+            )
         return nn.relu(h)
 
 
@@ -85,6 +89,11 @@ def make_pair(
 ) -> layers.GANPair:
     """The DCGAN pair (`z_dim` is the family's: the networks take any width)."""
     del z_dim
+    if gen_norm not in GEN_NORMS:  # at build time, not when first traced
+        raise ValueError(
+            f"unknown config.model.gen_norm {gen_norm!r}; "
+            f"valid: {', '.join(sorted(GEN_NORMS))}"
+        )
     if image_size % 2 ** len(channel_mults):
         raise ValueError(
             f"image_size {image_size} is not divisible by 2**{len(channel_mults)} "

@@ -5,10 +5,8 @@ with the FID patches: average pools exclude padding, Mixed_7c max-pools, 1008 lo
 Inference only; weights are converted once from pytorch-fid's checkpoint.
 """
 
-import argparse
 import functools
 import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -248,8 +246,8 @@ def load_params(path: str) -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"no Inception weights at {path}. Download {PTH_NAME} from {PTH_URL}, "
-            f"then run (needs torch): python -m gen_jax.models.inception "
-            f"--convert {PTH_NAME} --out {path}"
+            f"then run (needs torch): gen-jax convert-inception "
+            f"--torch_weights={PTH_NAME} --out={path}"
         )
     with np.load(path) as data:
         flat = {k: data[k] for k in data.files}
@@ -288,25 +286,18 @@ def convert_pytorch_fid(state_dict: dict[str, np.ndarray]) -> dict:
     return _check_and_unflatten(flat, "pytorch-fid state dict")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: convert pytorch-fid's .pth checkpoint to our .npz."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--convert", required=True, metavar="PATH.pth")
-    parser.add_argument("--out", default=DEFAULT_WEIGHTS, metavar="PATH.npz")
-    args = parser.parse_args(argv)
+def convert_file(torch_weights: str, out: str = DEFAULT_WEIGHTS) -> str:
+    """Converts pytorch-fid's .pth checkpoint into our .npz at `out` (needs torch
+    for this step only); returns the path written."""
     try:
         import torch  # only the conversion needs torch; gen_jax does not
-    except ImportError:
-        print("error: the conversion needs torch: pip install torch", file=sys.stderr)
-        return 1
+    except ImportError as e:
+        raise ModuleNotFoundError(
+            "the conversion needs torch: pip install torch (for this step only)"
+        ) from e
     state_dict = torch.load(
-        os.path.expanduser(args.convert), map_location="cpu", weights_only=True
+        os.path.expanduser(torch_weights), map_location="cpu", weights_only=True
     )
     params = convert_pytorch_fid({k: v.numpy() for k, v in state_dict.items()})
-    save_params(params, args.out)
-    print(f"wrote {os.path.expanduser(args.out)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    save_params(params, out)
+    return os.path.expanduser(out)

@@ -19,6 +19,8 @@ Cache = list[dict[str, jax.Array]]  # per layer: k_BLHK, v_BLHK over max length
 
 
 _INIT = nn.initializers.normal(0.02)
+NORMS = ("rms", "layer")  # the `norm` field
+MLPS = ("gelu", "swiglu")  # the `mlp` field
 
 
 class Dense(nn.Module):
@@ -74,7 +76,7 @@ def _norm(kind: str, dtype, name: str):
         return nn.LayerNorm(
             dtype=dtype, scale_init=scale_init, bias_init=bias_init, name=name
         )
-    raise ValueError(f"unknown model.norm {kind!r}; use rms|layer")
+    raise ValueError(f"unknown model.norm {kind!r}; valid: {', '.join(NORMS)}")
 
 
 class Block(nn.Module):
@@ -129,7 +131,9 @@ class Block(nn.Module):
         elif self.mlp == "gelu":
             h_BLF = nn.gelu(mlp_in(name="up")(h))
         else:
-            raise ValueError(f"unknown model.mlp {self.mlp!r}; use gelu|swiglu")
+            raise ValueError(
+                f"unknown model.mlp {self.mlp!r}; valid: {', '.join(MLPS)}"
+            )
         out_BLD = Dense(
             (self.embed_dim,), ("mlp",), ("embed",), self.dtype, name="down"
         )(h_BLF)

@@ -1,0 +1,73 @@
+"""The family contract: the `Family` dataclass of a few pure functions, and its types."""
+
+import dataclasses
+from collections.abc import Callable, Collection
+from typing import Any
+
+import jax
+
+PyTree = Any
+Params = dict[str, PyTree]  # keyed by role: "model", or "disc" and "gen"
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+LossFn = Callable[[Params, Batch, jax.Array], tuple[jax.Array, Metrics]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What the shared loop needs from a family.
+
+    A phase is named by its role ("disc") or "role/name" ("disc/r1", a second
+    update of the same role with its own loss, like StyleGAN2's lazy
+    regulariser). A loss gets the whole params dict and is differentiated only
+    with respect to its own role. Params entries that are not roles (no loss)
+    are non-trainable state, e.g. spectral-norm vectors: a loss may return
+    their new values in `aux["new_state"]` ({name: tree}), and the step stores
+    them.
+    """
+
+    # (key, batch) -> {role: params}: train.setup's state init (under
+    # eval_shape, then jit), bench.py, the quick-start notebook.
+    init: Callable[[jax.Array, Batch], Params]
+    # Phase -> loss, in update order: step.train_step runs one update per
+    # phase; step.eval_step averages them when `evaluate` is None.
+    losses: dict[str, LossFn]
+    # (params, key, n) -> n images in [-1, 1] (LM: token rows): the samples and
+    # quality evaluators, `gen-jax sample`, bench.py. None for the classifier.
+    sample: Callable[[Params, jax.Array, int], jax.Array] | None = None
+    # The model's deterministic forward pass on a batch, for inspection (the
+    # quick-start notebook): VAE decoder output for a posterior sample,
+    # denoiser output at random timesteps, LM next-token logits, GAN
+    # discriminator scores, classifier logits.
+    apply: Callable[[Params, Batch, jax.Array], jax.Array] | None = None
+    # Batch -> reconstructed images, for families with an encoder: the samples
+    # evaluator's reconstruction grid.
+    reconstruct: Callable[[Params, Batch, jax.Array], jax.Array] | None = None
+    # Held-out metrics ("<role>/<name>") when they differ from the training
+    # losses (a diffusion bound over many timesteps): step.eval_step, so the
+    # heldout evaluator.
+    evaluate: Callable[[Params, Batch, jax.Array], Metrics] | None = None
+    # Per-example counts train.py and bench.py turn into rates: {"tokens": L}
+    # logs tokens_per_sec; {"flops": F} logs model FLOP/s and MFU.
+    per_example: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Phase -> update interval in steps (default 1): step.train_step skips a
+    # phase between its steps (a GAN's generator after n discriminator steps);
+    # train.py checks the intervals divide train.log_every_steps.
+    every: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def roles(self) -> list[str]:
+        """The roles with an optimizer, in update order."""
+        return list(dict.fromkeys(role_of(phase) for phase in self.losses))
+
+
+def role_of(phase: str) -> str:
+    """The role a phase updates: "disc/r1" -> "disc"."""
+    return phase.split("/")[0]
+
+
+def check_name(key: str, value: str, valid: Collection[str]) -> None:
+    """Fails fast, at make() time, on a config name outside `valid`."""
+    if value not in valid:
+        choices = ", ".join(sorted(valid))
+        raise ValueError(f"unknown {key} {value!r}; valid: {choices}")
