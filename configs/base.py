@@ -118,7 +118,7 @@ SMOKE_MODELS = {
 }
 
 
-def shrink_for_smoke(c: ml_collections.ConfigDict, num_steps: int = 4) -> None:
+def shrink_for_smoke(c: ml_collections.ConfigDict, num_steps: int = 6) -> None:
     """Every `:smoke` variant: the family's tiny model and a few steps with tiny
     batches that still pass through every log, checkpoint and eval path."""
     if c.data.name not in EMBEDDED_SOURCES:

@@ -1,9 +1,9 @@
 """The digits classifier behind the "Fréchet digits distance" of the embedded
 defaults (its features are 128-d, taken before the logits).
 
-  python -m gen_jax.main --config=configs/classifier_digits.py \
+  gen-jax train --config=configs/classifier_digits.py \
     --workdir=runs/classifier_digits
-  python -m gen_jax.features --workdir=runs/classifier_digits \
+  gen-jax export-classifier --workdir=runs/classifier_digits \
     --out=gen_jax/assets/digits_classifier.npz
 
 The shipped gen_jax/assets/digits_classifier.npz was made by these commands;

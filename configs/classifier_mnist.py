@@ -1,9 +1,9 @@
 """The mnist classifier behind gan_mnist's "Fréchet digits distance" (128-d
-features before the logits); exported with gen_jax.features for the evaluators.
+features before the logits), exported for the evaluators by the second command.
 
-  python -m gen_jax.main --config=configs/classifier_mnist.py \
+  gen-jax train --config=configs/classifier_mnist.py \
     --workdir=runs/classifier_mnist --config.data.data_dir=DATA
-  python -m gen_jax.features --workdir=runs/classifier_mnist \
+  gen-jax export-classifier --workdir=runs/classifier_mnist \
     --out=runs/classifier_mnist.npz
 
 Expected: held-out accuracy above 99%. `:smoke` uses synthetic data of mnist's shape.

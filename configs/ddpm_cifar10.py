@@ -8,7 +8,7 @@ dropout 0.1), T=1000 linear betas 1e-4..0.02, eps prediction with L_simple, Adam
 
   python -c "import tensorflow_datasets as tfds; \
     tfds.builder('cifar10', data_dir='DATA').download_and_prepare(file_format='array_record')"
-  python -m gen_jax.main --config=configs/ddpm_cifar10.py --workdir=runs/ddpm_cifar10 \
+  gen-jax train --config=configs/ddpm_cifar10.py --workdir=runs/ddpm_cifar10 \
     --config.data.data_dir=DATA
 
 `:smoke` runs a tiny UNet on synthetic 32x32x3 data in seconds.

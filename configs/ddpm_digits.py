@@ -1,8 +1,8 @@
 """Class-conditional DDPM on scikit-learn's bundled 8x8 digits (no download).
 
-  python -m gen_jax.main --config=configs/ddpm_digits.py --workdir=runs/ddpm_digits
-  python -m gen_jax.sample --workdir=runs/ddpm_digits --sampler=dpm_solver_pp_2m \
-    --steps=20 --guidance=2.0
+  gen-jax train --config=configs/ddpm_digits.py --workdir=runs/ddpm_digits
+  gen-jax sample --workdir=runs/ddpm_digits --sampler=dpm_solver_pp_2m \
+    --sampler_steps=20 --guidance=2.0
 
 Trained with label dropout 0.1, so classifier-free guidance works at sampling.
 Expected (2-core CPU, measured 2026-11-23): ~5.5 min at 9-10 steps/s,

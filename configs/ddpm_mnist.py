@@ -2,9 +2,9 @@
 
   python -c "import tensorflow_datasets as tfds; \
     tfds.builder('mnist', data_dir='DATA').download_and_prepare(file_format='array_record')"
-  python -m gen_jax.main --config=configs/ddpm_mnist.py --workdir=runs/ddpm_mnist \
+  gen-jax train --config=configs/ddpm_mnist.py --workdir=runs/ddpm_mnist \
     --config.data.data_dir=DATA
-  python -m gen_jax.sample --workdir=runs/ddpm_mnist --guidance=3.0
+  gen-jax sample --workdir=runs/ddpm_mnist --guidance=3.0
 
 UNet ch 64, mult (1,2,2) over 28 -> 14 -> 7, attention at 7x7, label dropout
 0.1 for classifier-free guidance. `:smoke` uses synthetic data of mnist's shape.

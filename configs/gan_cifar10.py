@@ -11,10 +11,10 @@ place of the generator's BatchNorm; FID from pytorch-fid's Inception weights.
 
   python -c "import tensorflow_datasets as tfds; \
     tfds.builder('cifar10', data_dir='DATA').download_and_prepare(file_format='array_record')"
-  python -m gen_jax.models.inception --convert pt_inception-2015-12-05-6726825d.pth
-  python -m gen_jax.main --config=configs/gan_cifar10.py --workdir=runs/gan_cifar10 \
+  gen-jax convert-inception --torch_weights=pt_inception-2015-12-05-6726825d.pth
+  gen-jax train --config=configs/gan_cifar10.py --workdir=runs/gan_cifar10 \
     --config.data.data_dir=DATA
-  python -m gen_jax.evaluate --workdir=runs/gan_cifar10 --features=inception \
+  gen-jax evaluate --workdir=runs/gan_cifar10 --features=inception \
     --num_samples=50000
 
 `:smoke` runs tiny networks on synthetic 32x32x3 data in seconds.

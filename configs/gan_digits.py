@@ -1,7 +1,7 @@
 """Class-conditional DCGAN (hinge loss, spectral norm, projection critic) on
 scikit-learn's bundled 8x8 digits: the embedded GAN default (no download).
 
-  python -m gen_jax.main --config=configs/gan_digits.py --workdir=runs/gan_digits
+  gen-jax train --config=configs/gan_digits.py --workdir=runs/gan_digits
 
 Expected (2-core CPU, measured 2026-11-23): 4 min 37 s at ~20 steps/s (one
 disc + one gen update per step), recognisable digits of the requested classes
@@ -40,4 +40,7 @@ def get_config(arg: str | None = None):
 
     if arg.smoke:
         base.shrink_for_smoke(c)
+        # Through every path of the loop: interval phases (generator and lazy
+        # R1 every 2 steps), two roles, spectral-norm state.
+        c.gan.update(disc_steps=2, r1_gamma=1.0, r1_every=2)
     return c

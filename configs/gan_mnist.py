@@ -3,11 +3,11 @@ penalty (gamma 1, every 4 steps), no spectral norm, projection discriminator.
 
   python -c "import tensorflow_datasets as tfds; \
     tfds.builder('mnist', data_dir='DATA').download_and_prepare(file_format='array_record')"
-  python -m gen_jax.main --config=configs/classifier_mnist.py \
+  gen-jax train --config=configs/classifier_mnist.py \
     --workdir=runs/classifier_mnist --config.data.data_dir=DATA
-  python -m gen_jax.features --workdir=runs/classifier_mnist \
+  gen-jax export-classifier --workdir=runs/classifier_mnist \
     --out=runs/classifier_mnist.npz
-  python -m gen_jax.main --config=configs/gan_mnist.py --workdir=runs/gan_mnist \
+  gen-jax train --config=configs/gan_mnist.py --workdir=runs/gan_mnist \
     --config.data.data_dir=DATA
 
 The "Fréchet digits distance" here uses the mnist classifier the first two

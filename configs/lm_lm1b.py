@@ -2,7 +2,7 @@
 
   python -c "import tensorflow_datasets as tfds; \
     tfds.builder('lm1b', data_dir='DATA').download_and_prepare(file_format='array_record')"
-  python -m gen_jax.main --config=configs/lm_lm1b.py --workdir=runs/lm_lm1b \
+  gen-jax train --config=configs/lm_lm1b.py --workdir=runs/lm_lm1b \
     --config.data.data_dir=DATA
 
 8 layers, 8 heads, width 512, SwiGLU, RMSNorm, 256-byte context, batch 256, bf16

@@ -1,8 +1,8 @@
 """Byte-level GPT on CPython's bundled documentation (`pydoc_data.topics`): the
 embedded LM default, no download.
 
-  python -m gen_jax.main --config=configs/lm_pydoc.py --workdir=runs/lm_pydoc
-  python -m gen_jax.sample --workdir=runs/lm_pydoc --prompt="The with statement" \
+  gen-jax train --config=configs/lm_pydoc.py --workdir=runs/lm_pydoc
+  gen-jax sample --workdir=runs/lm_pydoc --prompt="The with statement" \
     --max_len=300 --temperature=0.8 --top_k=40
 
 4 layers, 4 heads, width 128, RoPE, 128-byte context, batch 16. Held-out

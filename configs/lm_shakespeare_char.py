@@ -2,7 +2,7 @@
 
   python -c "import tensorflow_datasets as tfds; tfds.builder('tiny_shakespeare', \
     data_dir='DATA').download_and_prepare(file_format='array_record')"
-  python -m gen_jax.main --config=configs/lm_shakespeare_char.py \
+  gen-jax train --config=configs/lm_shakespeare_char.py \
     --workdir=runs/shakespeare_char --config.data.data_dir=DATA
 
 6 layers, 6 heads, width 384, block 256, batch 64, dropout 0.2, AdamW lr 1e-3

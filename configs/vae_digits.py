@@ -1,6 +1,6 @@
 """Conv VAE on scikit-learn's bundled 8x8 digits: the embedded default (no download).
 
-  python -m gen_jax.main --config=configs/vae_digits.py --workdir=runs/vae_digits
+  gen-jax train --config=configs/vae_digits.py --workdir=runs/vae_digits
 
 Expected (2-core CPU, measured 2026-11-23): about 70 s, ~94-113 steps/s,
 held-out negative ELBO 23.65 nats per 8x8 image (0.533 bits/dim, Bernoulli
@@ -39,5 +39,5 @@ def get_config(arg: str | None = None):
     c.evals.quality = base.quality_eval(every_steps=5000)
 
     if arg.smoke:
-        base.shrink_for_smoke(c, num_steps=6)
+        base.shrink_for_smoke(c)
     return c

@@ -2,7 +2,7 @@
 
   python -c "import tensorflow_datasets as tfds; \
     tfds.builder('mnist', data_dir='DATA').download_and_prepare(file_format='array_record')"
-  python -m gen_jax.main --config=configs/vae_mnist.py --workdir=runs/vae_mnist \
+  gen-jax train --config=configs/vae_mnist.py --workdir=runs/vae_mnist \
     --config.data.data_dir=DATA
 
 Shapes follow the classic conv VAE (32-64 k4 s2, fc 256, 20 latents, batch 128).

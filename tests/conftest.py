@@ -1,6 +1,8 @@
-"""Test setup: 4 simulated CPU devices (set before JAX starts) and strict ranks."""
+"""Test setup: 4 simulated CPU devices (set before JAX starts), strict ranks, a
+persistent compile cache, and the smoke runs every family's tests share."""
 
 import os
+import shutil
 
 from tests import helpers  # imports no JAX: XLA_FLAGS must be set first
 
@@ -25,3 +27,41 @@ def smoke_config():
     from configs import vae_digits
 
     return vae_digits.get_config("smoke")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """`trained(name)`: the workdir of `gen-jax train --config=configs/NAME.py:smoke`,
+    run through the console script once per session (the family's end-to-end
+    CLI run; tests/test_tools.py checks what it wrote and printed). Read it,
+    or copy it (`trained.copy(name, dest)`) to change it."""
+    runs = {}
+
+    def get(name: str) -> str:
+        if name not in runs:
+            workdir = str(tmp_path_factory.mktemp(name) / "run")
+            result = helpers.gen_jax(
+                "train", f"--config=configs/{name}.py:smoke", f"--workdir={workdir}"
+            )
+            assert result.returncode == 0, result.stderr[-3000:]
+            runs[name] = (workdir, result)
+        return runs[name][0]
+
+    def log(name: str) -> str:
+        get(name)
+        return runs[name][1].stderr
+
+    def copy(name: str, dest) -> str:
+        shutil.copytree(get(name), str(dest), dirs_exist_ok=True)
+        return str(dest)
+
+    get.log, get.copy = log, copy
+    return get
+
+
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (`-n`, `--dist loadgroup`), the tests of one shared run
+    go to one worker, so each smoke run trains once per session, not per worker."""
+    for item in items:
+        if "trained" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("trained"))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -35,6 +36,23 @@ def cli(
 ) -> subprocess.CompletedProcess:
     """Runs `python -m gen_jax.main ARGS` from the repository root."""
     return run_module("gen_jax.main", *args, devices=devices, timeout=timeout)
+
+
+def gen_jax(
+    *args: str, devices: int = 4, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Runs the `gen-jax` console script (as installed by pip) from the repository root."""
+    script = shutil.which("gen-jax")
+    assert script, "the gen-jax console script is missing: pip install -e ."
+    return subprocess.run(
+        [script, *args],
+        cwd=ROOT,
+        env=cli_env(devices),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start_cli(*args: str, devices: int = 4) -> subprocess.Popen:

@@ -56,15 +56,15 @@ def test_bench_cli_times_the_lm_sampler_and_reports_tokens(tmp_path):
         "bench",
         "--config=configs/lm_pydoc.py:smoke",
         "--config.data.seq_len=9",
-        "--sampler",
-        "--steps=2",
-        "--warmup=1",
+        "--mode=sample",
+        "--timed_steps=2",
+        "--warmup_steps=1",
         f"--out={out}",
         devices=1,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert record["mode"] == "sampler" and record["family"] == "lm"
+    assert record["mode"] == "sample" and record["family"] == "lm"
     assert record["tokens_per_s"] == pytest.approx(8 * record["examples_per_s"])
     assert "--config.data.seq_len=9" in record["config"]
     assert "tokens/s" in result.stdout
@@ -72,7 +72,8 @@ def test_bench_cli_times_the_lm_sampler_and_reports_tokens(tmp_path):
 
 def test_bench_cli_names_a_bad_override():
     result = helpers.run_module(
-        "gen_jax.bench",
+        "gen_jax.main",
+        "bench",
         "--config=configs/vae_digits.py:smoke",
         "--config.train.batch_sise=8",
         devices=1,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs import ddpm_digits
-from gen_jax import families, sample, train
+from gen_jax import families
 from gen_jax.families import diffusion, samplers
 from gen_jax.families import gaussian_diffusion as gd
 from tests import helpers
@@ -160,25 +160,6 @@ def test_heldout_bound_is_positive_and_consistent(config):
         rtol=1e-5,
     )
     assert float(metrics["model/nelbo"]) > 0
-
-
-def test_sample_entry_point_writes_grid_and_npz(config, tmp_path):
-    train.run(config, str(tmp_path))
-    prefix = sample.run(
-        str(tmp_path),
-        num_samples=8,
-        seed=1,
-        diffusion_overrides={
-            "sampler": "dpm_solver_pp_2m",
-            "sample_steps": 3,
-            "guidance_scale": 2.0,
-        },
-    )
-    images = np.load(prefix + ".npz")["images"]
-    assert images.shape == (8, 8, 8, 1) and np.isfinite(images).all()
-    assert (tmp_path / "samples").is_dir() and (prefix + ".png").endswith(".png")
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        sample.run(str(tmp_path / "nowhere"), num_samples=8)
 
 
 @pytest.mark.parametrize("prediction", ["x0", "v"])

@@ -2,15 +2,20 @@
 and their checkpoint restores in 1 process on 4 devices or on 1."""
 
 import importlib
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from gen_jax import sharding, train
+from configs import lm_pydoc
+from gen_jax import checkpoint, sharding, train
 from tests import helpers
 from tests.test_checkpoint import _restore
 
@@ -22,7 +27,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["vae_digits", "lm_pydoc"])  # image and text paths
+@pytest.mark.parametrize("name", ["vae_digits"])  # text: the SIGTERM test below
 def test_two_processes_match_one_process(name, tmp_path):
     smoke_config = importlib.import_module(f"configs.{name}").get_config("smoke")
     smoke_config.train.log_every_steps = 1
@@ -122,3 +127,92 @@ def _free_port_in(ports: range) -> int:
                 continue
             return port
     raise RuntimeError(f"no free port in {ports}")
+
+
+def _start_two(args: list[str], port: int) -> list[subprocess.Popen]:
+    coordinator = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gen_jax.main",
+                *args,
+                *coordinator,
+                f"--process_id={i}",
+            ],
+            cwd=helpers.ROOT,
+            env=helpers.cli_env(devices=2),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+
+
+def _logged_steps(workdir: str) -> list[int]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line)["step"] for line in f if line.endswith("\n")]
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_saves_exits_0_and_resumes(tmp_path):
+    """A preempted 2-process run (SIGTERM to both, as on a spot TPU slice) saves
+    at the step JAX's preemption sync picks, both exit 0, and the restarted run
+    ends where an uninterrupted one does (text path, 2 x 2 CPU devices)."""
+    steps = 300
+    overrides = {
+        "train.num_steps": steps,
+        "train.log_every_steps": 1,
+        "train.ckpt_every_steps": 1000,  # no periodic save: only the preemption's
+        "evals.heldout.every_steps": steps,
+    }
+    workdir = str(tmp_path / "two")
+    args = ["--config=configs/lm_pydoc.py:smoke", f"--workdir={workdir}"]
+    args += [f"--config.{k}={v}" for k, v in overrides.items()]
+    procs = _start_two(args, _free_port())
+    deadline = time.time() + 300
+    while len(_logged_steps(workdir)) < 5:  # training is under way
+        assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-3000:]
+        assert time.time() < deadline, "the run never started"
+        time.sleep(0.05)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    errors = [p.communicate(timeout=60)[1] for p in procs]  # "within a minute"
+    assert [p.returncode for p in procs] == [0, 0], (
+        errors[0][-3000:] + errors[1][-3000:]
+    )
+    manager = checkpoint.make_manager(workdir, keep=10)
+    stopped = manager.latest_step()
+    manager.close()
+    assert stopped is not None and 5 <= stopped < steps
+    assert max(_logged_steps(workdir)) == stopped
+
+    procs = _start_two(args, _free_port())
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors[0][-3000:]
+
+    config = lm_pydoc.get_config("smoke")
+    for key, value in overrides.items():
+        section, field = key.rsplit(".", 1)
+        node = config
+        for name in section.split("."):
+            node = node[name]
+        node[field] = value
+    reference = train.run(config, str(tmp_path / "one"))
+    one, two = (
+        helpers.train_losses(str(tmp_path / "one")),
+        helpers.train_losses(workdir),
+    )
+    assert sorted(one) == sorted(two) == list(range(1, steps + 1))
+    np.testing.assert_allclose([two[s] for s in one], [one[s] for s in one], rtol=1e-5)
+    restored, _ = _restore(config, workdir)
+    assert int(restored.step) == steps
+    for a, b in zip(
+        jax.tree.leaves(restored.params), jax.tree.leaves(reference.params)
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

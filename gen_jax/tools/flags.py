@@ -178,9 +178,17 @@ def run(main: Callable[[list[str]], None], tool: str, argv: list[str]) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF/XLA load
     _TOOL[0] = tool
     flags.DEFINE_bool("traceback", False, "Show the stack of an error.")
+    flags.DEFINE_bool(
+        "dry_run",
+        False,
+        "Parse the flags and load the config, print what would run, run nothing.",
+    )
 
     def guarded(args: list[str]) -> None:
         quiet_libraries()
+        if FLAGS.dry_run:
+            _print_dry_run(args)
+            return
         try:
             main(args)
         except Exception as e:
@@ -189,6 +197,19 @@ def run(main: Callable[[list[str]], None], tool: str, argv: list[str]) -> None:
             _exit(_exit_code(e), _describe(e))
 
     app.run(guarded, argv=argv, flags_parser=parse)
+
+
+def _print_dry_run(args: list[str]) -> None:
+    if len(args) > 1:
+        _exit(2, f"unexpected arguments: {args[1:]}")
+    given = {
+        name: FLAGS[name].value
+        for name in sorted(FLAGS)
+        if FLAGS[name].present and name not in ("dry_run", "config")
+    }
+    print(f"{args[0]}: would run with {given}")
+    if "config" in FLAGS and FLAGS.config is not None:
+        print(FLAGS.config)
 
 
 def _exit_code(e: Exception) -> int:
