@@ -1,7 +1,7 @@
 """Step-throughput benchmark: times a config's real train step (or its sampler);
 `gen-jax bench` (gen_jax/tools/bench.py) is its command line.
 
-The step is `train.setup`'s, so its code path and shardings are training's. It
+The step is `build.setup`'s, so its code path and shardings are training's. It
 reports compile time, step time (median/p10/p90, each step timed to
 `block_until_ready`), examples/s (tokens/s for the LM), FLOPs per step (XLA's
 cost analysis; the analytic 6N + attention count for the LM), MFU, the compiled
@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from gen_jax import data, metrics, sharding, train
+from gen_jax import build, data, metrics, sharding
 
 # Every JSON line has these keys (None where a field does not apply).
 FIELDS = (
@@ -125,7 +125,7 @@ def _profile(fn, args_fn, steps: int, profile_dir: str, out) -> None:
 
 def bench_train(config, *, steps, warmup, data_batches=10, profile_dir="", peak=None):
     """One JSON-ready record for `config`'s train step at its batch size."""
-    run_setup = train.setup(config)
+    run_setup = build.setup(config)
     family, mesh = run_setup.family, run_setup.mesh
     train_iter = data.make_train(
         config.data, batch_size=config.train.batch_size, mesh=mesh
@@ -177,7 +177,7 @@ def bench_sampler(config, *, steps, warmup, num_samples):
     """One record timing the family's sampler on freshly initialised EMA params
     (images/s; decode tokens/s for the LM). FLOPs are not reported: XLA's cost
     analysis counts a while loop's body once."""
-    run_setup = train.setup(config)
+    run_setup = build.setup(config)
     family = run_setup.family
     if family.sample is None:
         raise ValueError(f"family {config.family!r} has no sampler to time")

@@ -5,6 +5,7 @@ import math
 
 import jax
 import numpy as np
+from absl import logging
 from etils import epath
 
 
@@ -50,6 +51,20 @@ class Writer:
             pil = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
             with path.open("wb") as f:
                 pil.save(f, format="PNG")
+
+    def write_eval(self, step: int, name: str, results: dict) -> None:
+        """An evaluator's results: scalars as `eval/<name>/<key>` (and one log
+        line), images (HWC uint8) to TensorBoard and PNG."""
+        scalars = {f"eval/{name}/{k}": v for k, v in results.items() if np.ndim(v) == 0}
+        images = {f"eval/{name}/{k}": v for k, v in results.items() if np.ndim(v) == 3}
+        if scalars:
+            self.write_scalars(step, scalars)
+            text = "  ".join(
+                f"{k} {v:.4g}" for k, v in results.items() if np.ndim(v) == 0
+            )
+            logging.info("step %d  eval/%s  %s", step, name, text)
+        if images:
+            self.write_images(step, images)
 
     def close(self) -> None:
         if self.active:

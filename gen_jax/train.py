@@ -6,88 +6,18 @@ train step, with metrics fetched one step late -> evaluators and async
 checkpoints at their intervals -> a final save. SIGTERM saves and exits.
 """
 
-import dataclasses
-import functools
 import logging as logging_std
 import signal
 import time
-from collections.abc import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from etils import epath
-from jax.sharding import Mesh
 
-from gen_jax import checkpoint, data, evaluate, families, metrics, optim, sharding, step
+from gen_jax import build, checkpoint, data, metrics
 from gen_jax.train_state import TrainState
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-    """Everything a run (or a benchmark) needs, built without touching data or disk."""
-
-    family: families.Family
-    mesh: Mesh
-    abstract_state: TrainState  # ShapeDtypeStructs carrying their target shardings
-    state_shardings: TrainState
-    init: Callable[[jax.Array], TrainState]  # jitted: the state is born sharded
-    # jitted (state, batch, key) -> (state, metrics); donates the state.
-    train_step: Callable
-    init_key: jax.Array
-    step_key: jax.Array
-    eval_key: jax.Array
-
-
-def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
-    """Family, mesh, sharded init and the jitted train step for `config`."""
-    family = families.make(config)
-    mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
-    tx = optim.make(config, family.roles)
-    dummy = data.dummy_batch(config.data)
-
-    def init_fn(key):
-        return TrainState.create(family.init(key, dummy), tx)
-
-    repl = sharding.replicated(mesh)
-    # Keys made by jit with a replicated output are global arrays: valid jit
-    # inputs on every process of a multi-process mesh.
-    init_key, step_key, eval_key = jax.jit(
-        lambda: tuple(
-            jax.random.fold_in(jax.random.key(config.seed), i) for i in range(3)
-        ),
-        out_shardings=repl,
-    )()
-    # Params may come boxed with logical axis names: shard by them, then unbox.
-    boxed = jax.eval_shape(init_fn, init_key)
-    state_sh = sharding.state_shardings(boxed, mesh, config.mesh.fsdp_min_size)
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        nn.unbox(boxed),
-        state_sh,
-    )
-    train_step = jax.jit(
-        functools.partial(
-            step.train_step, family=family, ema_decay=config.train.ema_decay
-        ),
-        in_shardings=(state_sh, sharding.batch_sharding(mesh), repl),
-        out_shardings=(state_sh, repl),
-        donate_argnums=0,
-    )
-    return Setup(
-        family,
-        mesh,
-        abstract,
-        state_sh,
-        jax.jit(lambda key: nn.unbox(init_fn(key)), out_shardings=state_sh),
-        train_step,
-        init_key,
-        step_key,
-        eval_key,
-    )
 
 
 class _MetricsBuffer:
@@ -185,36 +115,6 @@ class _ProgressLine(logging_std.Filter):
         return True
 
 
-def make_evaluators(config, family, mesh, key, workdir) -> dict:
-    """{name: (every_steps, evaluator)} for `config.evals`, given the jitted
-    functions they need."""
-    repl = sharding.replicated(mesh)
-    deps = {
-        "workdir": workdir,
-        "family": family,
-        "data_cfg": config.data,
-        "mesh": mesh,
-        "key": key,
-        "eval_step": jax.jit(
-            functools.partial(step.eval_step, family=family), out_shardings=repl
-        ),
-        "sample_fn": (
-            jax.jit(family.sample, static_argnums=2, out_shardings=repl)
-            if family.sample
-            else None
-        ),
-        "reconstruct_fn": (
-            jax.jit(family.reconstruct, out_shardings=repl)
-            if family.reconstruct
-            else None
-        ),
-    }
-    return {
-        name: (cfg.every_steps, evaluate.make(name, cfg, **deps))
-        for name, cfg in config.evals.items()
-    }
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains `config` in `workdir` (resuming if it holds checkpoints): a local
     directory or a Cloud Storage URL (gs://bucket/run)."""
@@ -230,12 +130,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
 
 def _run(config, workdir, preemption) -> TrainState:
-    run_setup = setup(config)
+    run_setup = build.setup(config)
     mesh = run_setup.mesh
     train_iter = data.make_train(
         config.data, batch_size=config.train.batch_size, mesh=mesh
     )
-    evaluators = make_evaluators(
+    evaluators = build.make_evaluators(
         config, run_setup.family, mesh, run_setup.eval_key, workdir
     )
     manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
@@ -323,7 +223,7 @@ def _loop(
             with report.timed("eval", wait_jax_async_dispatch=False):
                 for name, (every, run_eval) in evaluators.items():
                     if done % every == 0 or done == cfg.num_steps:
-                        write_eval(writer, done, name, run_eval(state))
+                        writer.write_eval(done, name, run_eval(state))
             last_time += time.perf_counter() - eval_start  # rates count training only
             if done % cfg.ckpt_every_steps == 0 or done == cfg.num_steps or stop:
                 buffer.flush()  # never save a state whose step went non-finite
@@ -353,14 +253,3 @@ def _rates(steps_per_sec, batch_size, per_example, peak) -> dict[str, float]:
     if peak:
         out["mfu"] = out["flops_per_sec"] / peak
     return out
-
-
-def write_eval(writer, step: int, name: str, results: dict) -> None:
-    """Scalars to TensorBoard + metrics.jsonl, images to TensorBoard + PNG."""
-    scalars = {f"eval/{name}/{k}": v for k, v in results.items() if np.ndim(v) == 0}
-    images = {f"eval/{name}/{k}": v for k, v in results.items() if np.ndim(v) == 3}
-    if scalars:
-        writer.write_scalars(step, scalars)
-        logging.info("step %d: %s", step, {k: f"{v:.4g}" for k, v in scalars.items()})
-    if images:
-        writer.write_images(step, images)

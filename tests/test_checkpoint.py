@@ -1,5 +1,6 @@
 import importlib
 import os
+import shutil
 import signal
 import time
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gen_jax import checkpoint, data, families, metrics, sharding, train
+from gen_jax import build, checkpoint, data, families, metrics, sharding, train
 from gen_jax.families import Family
 from tests import helpers
 
@@ -24,7 +25,7 @@ def _assert_trees_equal(a, b):
 
 def _restore(config, workdir, mesh=None):
     """(state, iterator state) of the newest checkpoint in `workdir`."""
-    s = train.setup(config, mesh)
+    s = build.setup(config, mesh)
     it = data.make_train(config.data, batch_size=config.train.batch_size, mesh=s.mesh)
     manager = checkpoint.make_manager(workdir, keep=10)
     state = checkpoint.restore_latest(manager, s.abstract_state, it.iterator)
@@ -33,7 +34,7 @@ def _restore(config, workdir, mesh=None):
 
 
 def test_round_trip_is_bitwise(smoke_config, tmp_path):
-    s = train.setup(smoke_config)
+    s = build.setup(smoke_config)
     state = s.init(s.init_key)
     it = data.make_train(smoke_config.data, batch_size=16, mesh=s.mesh)
     state, _ = s.train_step(state, next(it), s.step_key)  # non-trivial opt_state
@@ -49,42 +50,39 @@ def test_round_trip_is_bitwise(smoke_config, tmp_path):
 @pytest.mark.parametrize(
     "name", ["vae_digits", "ddpm_digits", "lm_pydoc", "gan_digits"]
 )
-def test_exact_resume_matches_uninterrupted_run(name, tmp_path):
-    # The smoke variants: 6 steps, saved at 3 and 6 (the GAN's with two roles,
-    # interval phases and spectral-norm state), as their CLI runs compile them.
-    smoke_config = importlib.import_module(f"configs.{name}").get_config("smoke")
-    assert (smoke_config.train.num_steps, smoke_config.train.ckpt_every_steps) == (6, 3)
-    smoke_config.evals = {}  # evaluators read the state, never change it
-    full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
-    smoke_config.train.log_every_steps = 1  # the reference logs every step
-    reference = train.run(smoke_config, full)
-    smoke_config.train.log_every_steps = 3  # windows (0, 3] and (3, 6]
-    train.run(smoke_config, resumed)
-    # As if killed right after the step-3 save: drop the step-6 checkpoint, rerun.
-    os.rename(os.path.join(resumed, "checkpoints", "6"), str(tmp_path / "dropped"))
-    final = train.run(smoke_config, resumed)
-    assert int(final.step) == smoke_config.train.num_steps
-    _assert_trees_equal(final.params, reference.params)
-    _assert_trees_equal(final.opt_state, reference.opt_state)
-    _assert_trees_equal(final.ema_params, reference.ema_params)
+def test_exact_resume_matches_uninterrupted_run(name, trained, tmp_path):
+    """The family's shared smoke run (6 steps, saved at 3 and 6; the GAN's with
+    two roles, every-2-steps phases and spectral-norm state) is the
+    uninterrupted run. A copy without its step-6 checkpoint, as if killed right
+    after the step-3 save, resumes and must end bitwise where it ended."""
+    config = importlib.import_module(f"configs.{name}").get_config("smoke")
+    assert (config.train.num_steps, config.train.ckpt_every_steps) == (6, 3)
+    reference = trained(name)
+    resumed = trained.copy(name, tmp_path / "resumed")
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))
+    config.train.log_every_steps = 3  # one window, (3, 6], after the resume
+    final = train.run(config, resumed)
+    want, want_data = _restore(config, reference)
+    got, got_data = _restore(config, resumed)
+    _assert_trees_equal(got, want)
+    _assert_trees_equal(final, want)
+    assert got_data == want_data
     if name == "gan_digits":
-        _assert_windows_average_their_updates(full, resumed)
+        _assert_window_averages_its_updates(reference, resumed)
 
 
-def _assert_windows_average_their_updates(full: str, resumed: str) -> None:
-    """Each logged window of the resumed run (resumed at step 3, which the
-    every-2-steps phases do not divide) holds the mean of exactly the updates
-    it contains, as the every-step reference logged them."""
-    per_step = {r["step"]: r for r in helpers.read_metrics(full)}
-    windows = {r["step"]: r for r in helpers.read_metrics(resumed)}  # last wins
-    assert {"gen/loss", "disc/r1/loss"} & set(per_step[1]) == set()  # no update
-    for end, steps in {3: [1, 2, 3], 6: [4, 5, 6]}.items():
-        for key in ("disc/loss", "gen/loss", "gen/grad_norm", "disc/r1/loss"):
-            updates = [per_step[s][key] for s in steps if key in per_step[s]]
-            assert updates and len(updates) < 3 or key == "disc/loss", key
-            np.testing.assert_allclose(
-                windows[end][key], np.mean(updates), rtol=1e-5, err_msg=key
-            )
+def _assert_window_averages_its_updates(reference: str, resumed: str) -> None:
+    """The resumed run's window (3, 6] (3 is unaligned with the every-2-steps
+    generator and lazy R1 phases) holds the mean of exactly its updates, at
+    steps 4 and 6; the reference logs every 2 steps, one update per window."""
+    rows = helpers.read_metrics(reference)
+    per_update = {r["step"]: r for r in rows if "gen/loss" in r}
+    window = [r for r in helpers.read_metrics(resumed) if "gen/loss" in r][-1]
+    assert window["step"] == 6 and sorted(per_update) == [2, 4, 6]
+    for key in ("gen/loss", "gen/grad_norm", "disc/r1/loss", "disc/r1/r1"):
+        want = (per_update[4][key] + per_update[6][key]) / 2
+        np.testing.assert_allclose(window[key], want, rtol=1e-5, err_msg=key)
+    assert not any(k.endswith("/updates") for k in window)  # counts stay internal
 
 
 def test_damaged_latest_checkpoint_falls_back_to_previous(

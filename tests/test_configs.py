@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from configs import base
-from gen_jax import data, families, train
+from gen_jax import build, data, families
 from gen_jax.models import MODELS
 from tests import helpers
 
@@ -82,7 +82,7 @@ def _shapes(tree):
 def test_smoke_config_builds_abstractly(variant):
     """Family, mesh, init and train step trace for every :smoke config (no compile)."""
     config = _config(*variant.split(":"))
-    setup = train.setup(config)
+    setup = build.setup(config)
     state = jax.eval_shape(setup.init, setup.init_key)
     assert _shapes(state) == _shapes(setup.abstract_state)
     new_state, metrics = jax.eval_shape(

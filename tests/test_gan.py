@@ -14,7 +14,9 @@ from gen_jax.train_state import TrainState
 
 def _family(**gan_overrides):
     config = gan_digits.get_config("smoke")
-    config.gan.update(gan_overrides)
+    # One update of each role per step unless a test asks for intervals (the
+    # smoke variant itself runs the generator and lazy R1 every 2 steps).
+    config.gan.update({"disc_steps": 1, "r1_gamma": 0.0, "r1_every": 1} | gan_overrides)
     for role in ("disc", "gen"):  # smoke warms up from lr 0: one step would not move
         config.optim[role].warmup_steps = 0
     return config, gan.make(config)

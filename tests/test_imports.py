@@ -20,6 +20,20 @@ MODULES = [
     "gen_jax.train_state",
     "gen_jax.optim",
     "gen_jax.sharding",
+    "gen_jax.data",
+    "gen_jax.checkpoint",
+    "gen_jax.sample",
+    "gen_jax.evaluate",
+    "gen_jax.build",
+    "gen_jax.train",
+    "gen_jax.bench",
+    "gen_jax.main",
+    "gen_jax.tools.main",
+    "gen_jax.tools.flags",
+    "gen_jax.tools.train",
+    "gen_jax.tools.sample",
+    "gen_jax.tools.evaluate",
+    "gen_jax.tools.bench",
 ]
 
 
@@ -28,7 +42,9 @@ def test_importing_models_loads_no_tensorflow_and_touches_nothing(tmp_path):
         "import os, sys\n"
         "import jax._src.xla_bridge as xla_bridge\n"
         "heavy = 'tensorflow' in sys.modules or 'torch' in sys.modules\n"
-        "print(heavy, bool(xla_bridge._backends), os.listdir())\n"
+        "from absl import flags\n"
+        "defined = [f for f in flags.FLAGS if f.startswith(('config', 'workdir'))]\n"
+        "print(heavy, bool(xla_bridge._backends), os.listdir(), defined)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -39,5 +55,6 @@ def test_importing_models_loads_no_tensorflow_and_touches_nothing(tmp_path):
         env={"PYTHONPATH": helpers.ROOT},
     )
     assert out.returncode == 0, out.stderr
-    # No TensorFlow or torch, no backend initialised (no device work), no files written.
-    assert out.stdout.split() == ["False", "False", "[]"], out.stdout
+    # No TensorFlow or torch, no backend initialised (no device work), no files
+    # written, no flags defined (a tool defines its flags only when it runs).
+    assert out.stdout.split() == ["False", "False", "[]", "[]"], out.stdout

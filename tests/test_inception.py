@@ -100,7 +100,8 @@ def test_missing_file_names_the_path_and_the_conversion(tmp_path):
     path = str(tmp_path / "missing.npz")
     with pytest.raises(FileNotFoundError, match=re.escape(path)) as info:
         inception.load_params(path)
-    assert "--convert" in str(info.value) and "pytorch-fid" in str(info.value)
+    assert "gen-jax convert-inception" in str(info.value)
+    assert "pytorch-fid" in str(info.value)
 
 
 def test_file_with_a_missing_key_or_wrong_shape_is_rejected(params, tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import lm_pydoc
-from gen_jax import data, families, sharding, text, train
+from gen_jax import build, data, families, sharding, text
 from gen_jax.families import lm
 from gen_jax.models import transformer
 from tests import helpers
@@ -117,7 +117,7 @@ def test_loss_falls_when_overfitting_and_bits_per_byte_arithmetic(config):
 def test_sharding_rules_place_params_as_declared(config):
     config.mesh.update(data=1, fsdp=2, tensor=2)
     config.model.update(num_heads=2, embed_dim=16, mlp_dim=32)
-    s = train.setup(config)
+    s = build.setup(config)
     params = s.state_shardings.params["model"]
     P = jax.sharding.PartitionSpec
     assert params["block_0"]["qkv"]["kernel"].spec == P("fsdp", "tensor", None, None)

@@ -62,17 +62,18 @@ def test_unet_shapes_finite_and_float32_params(dtype):
     )
     x_BHWC = jnp.ones((2, 8, 8, 3))
     t_B, label_B = jnp.array([0, 999]), jnp.array([3, 10])  # 10: the null label
-    params = model.init(jax.random.key(0), x_BHWC, t_B, label_B)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), x_BHWC, t_B, label_B)["params"]
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
     out = jax.jit(model.apply)({"params": params}, x_BHWC, t_B, label_B)
     assert out.shape == (2, 8, 8, 3) and out.dtype == jnp.float32
     assert np.isfinite(out).all()
-    train_out = model.apply(
-        {"params": params},
-        x_BHWC,
-        t_B,
-        label_B,
-        train=True,
-        rngs={"dropout": jax.random.key(1)},
-    )
-    assert train_out.shape == out.shape
+    if dtype == "float32":  # without jit too, once: op by op is slow to dispatch
+        train_out = model.apply(
+            {"params": params},
+            x_BHWC,
+            t_B,
+            label_B,
+            train=True,
+            rngs={"dropout": jax.random.key(1)},
+        )
+        assert train_out.shape == out.shape and np.isfinite(train_out).all()

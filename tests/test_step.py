@@ -4,7 +4,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding
 
-from gen_jax import data, sharding, step, train
+from gen_jax import build, data, sharding, step
 from gen_jax.families import Family
 from gen_jax.train_state import TrainState
 
@@ -86,7 +86,7 @@ def test_two_role_family_trains_to_its_fixed_point():
 
 
 def _run_steps(config, mesh, batches):
-    s = train.setup(config, mesh)
+    s = build.setup(config, mesh)
     state = s.init(s.init_key)
     for b in batches:
         state, metrics = s.train_step(state, b, s.step_key)
@@ -97,7 +97,7 @@ def test_sharded_and_single_device_steps_agree(smoke_config):
     smoke_config.mesh.fsdp = 2
     smoke_config.mesh.fsdp_min_size = 256  # so some of the tiny leaves get sharded
     mesh4 = sharding.make_mesh(smoke_config.mesh)
-    s4 = train.setup(smoke_config, mesh4)
+    s4 = build.setup(smoke_config, mesh4)
     sharded = [
         x
         for x in jax.tree.leaves(s4.state_shardings)

@@ -26,7 +26,7 @@ class Family:
     them.
     """
 
-    # (key, batch) -> {role: params}: train.setup's state init (under
+    # (key, batch) -> {role: params}: build.setup's state init (under
     # eval_shape, then jit), bench.py, the quick-start notebook.
     init: Callable[[jax.Array, Batch], Params]
     # Phase -> loss, in update order: step.train_step runs one update per

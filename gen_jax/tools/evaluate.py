@@ -67,20 +67,20 @@ def main(argv: list[str]) -> None:
     tool_flags.require("workdir")
     import jax
 
-    from gen_jax import checkpoint, metrics, train
+    from gen_jax import build, checkpoint, metrics
 
     config = checkpoint.load_config(FLAGS.workdir)
     tool_flags.apply_sampler_overrides(config, FLAGS.workdir)
     run = checkpoint.open_run(FLAGS.workdir, config=config)
     config.evals = {FLAGS.name: _eval_config()}
-    ((_, evaluator),) = train.make_evaluators(
+    ((_, evaluator),) = build.make_evaluators(
         config, run.family, run.mesh, jax.random.key(FLAGS.seed), FLAGS.workdir
     ).values()
     # The quality evaluator reads only the EMA params: the opened run's.
     results = evaluator(types.SimpleNamespace(ema_params=run.params))
     writer = metrics.Writer(FLAGS.workdir)
     try:
-        train.write_eval(writer, run.step, FLAGS.name, results)
+        writer.write_eval(run.step, FLAGS.name, results)
     finally:
         writer.close()
     print(f"step {run.step}: " + " ".join(f"{k}={v:.4g}" for k, v in results.items()))

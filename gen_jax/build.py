@@ -1,0 +1,109 @@
+"""Builds what a run needs from its config, touching neither data nor disk: the
+family, the mesh, the sharded init, the jitted train step, and the evaluators
+with the jitted functions they call (jit lives here for the loop's programs)."""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import ml_collections
+from jax.sharding import Mesh
+
+from gen_jax import data, evaluate, families, optim, sharding, step
+from gen_jax.train_state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything a run (or a benchmark) needs."""
+
+    family: families.Family
+    mesh: Mesh
+    abstract_state: TrainState  # ShapeDtypeStructs carrying their target shardings
+    state_shardings: TrainState
+    init: Callable[[jax.Array], TrainState]  # jitted: the state is born sharded
+    # jitted (state, batch, key) -> (state, metrics); donates the state.
+    train_step: Callable
+    init_key: jax.Array
+    step_key: jax.Array
+    eval_key: jax.Array
+
+
+def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
+    """Family, mesh, sharded init and the jitted train step for `config`."""
+    family = families.make(config)
+    mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
+    tx = optim.make(config, family.roles)
+    dummy = data.dummy_batch(config.data)
+
+    def init_fn(key):
+        return TrainState.create(family.init(key, dummy), tx)
+
+    repl = sharding.replicated(mesh)
+    # Keys made by jit with a replicated output are global arrays: valid jit
+    # inputs on every process of a multi-process mesh.
+    init_key, step_key, eval_key = jax.jit(
+        lambda: tuple(
+            jax.random.fold_in(jax.random.key(config.seed), i) for i in range(3)
+        ),
+        out_shardings=repl,
+    )()
+    # Params may come boxed with logical axis names: shard by them, then unbox.
+    boxed = jax.eval_shape(init_fn, init_key)
+    state_sh = sharding.state_shardings(boxed, mesh, config.mesh.fsdp_min_size)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        nn.unbox(boxed),
+        state_sh,
+    )
+    train_step = jax.jit(
+        functools.partial(
+            step.train_step, family=family, ema_decay=config.train.ema_decay
+        ),
+        in_shardings=(state_sh, sharding.batch_sharding(mesh), repl),
+        out_shardings=(state_sh, repl),
+        donate_argnums=0,
+    )
+    return Setup(
+        family,
+        mesh,
+        abstract,
+        state_sh,
+        jax.jit(lambda key: nn.unbox(init_fn(key)), out_shardings=state_sh),
+        train_step,
+        init_key,
+        step_key,
+        eval_key,
+    )
+
+
+def make_evaluators(config, family, mesh, key, workdir) -> dict:
+    """{name: (every_steps, evaluator)} for `config.evals`, given the jitted
+    functions they need."""
+    repl = sharding.replicated(mesh)
+    deps = {
+        "workdir": workdir,
+        "family": family,
+        "data_cfg": config.data,
+        "mesh": mesh,
+        "key": key,
+        "eval_step": jax.jit(
+            functools.partial(step.eval_step, family=family), out_shardings=repl
+        ),
+        "sample_fn": (
+            jax.jit(family.sample, static_argnums=2, out_shardings=repl)
+            if family.sample
+            else None
+        ),
+        "reconstruct_fn": (
+            jax.jit(family.reconstruct, out_shardings=repl)
+            if family.reconstruct
+            else None
+        ),
+    }
+    return {
+        name: (cfg.every_steps, evaluate.make(name, cfg, **deps))
+        for name, cfg in config.evals.items()
+    }
