@@ -126,7 +126,9 @@ def shrink_for_smoke(c: ml_collections.ConfigDict, num_steps: int = 6) -> None:
     c.model.update(SMOKE_MODELS[c.family])
     if c.family == "diffusion":
         c.model.attention_resolutions = (c.data.image_size // 2,)
-        c.diffusion.update(num_timesteps=20, sample_steps=4, eval_timesteps=4)
+        # T=40: room for the README's 20-step samplers; a longer T costs only
+        # the ddpm sampler's loop length, nothing to compile.
+        c.diffusion.update(num_timesteps=40, sample_steps=4, eval_timesteps=4)
     if c.family == "lm":
         c.data.seq_len = 17
     for role in c.optim:

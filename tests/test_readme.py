@@ -66,32 +66,64 @@ def _workdir_run(args: list[str]) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("command", readme_commands())
-def test_readme_command_runs(command, trained, tmp_path):
+def _kind(command: str) -> str:
+    """not_run | launcher | real (on a shared smoke run) | dry_run."""
     if any(command.startswith(prefix) for prefix in NOT_RUN):
-        pytest.skip(next(r for p, r in NOT_RUN.items() if command.startswith(p)))
+        return "not_run"
     args = shlex.split(command)
-    if args[0] == "launch/tpu_vm.sh" or args[0].startswith("launch/"):
-        result = subprocess.run(
-            ["bash", args[0], "--dry-run", *args[1:]],
-            cwd=helpers.ROOT,
-            env=helpers.cli_env(1),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr[-2000:]
-        return
+    if args[0].startswith("launch/"):
+        return "launcher"
     if args[:3] == ["python", "-m", "gen_jax.main"]:
         args = ["gen-jax", *args[3:]]
     assert args[0] == "gen-jax", f"a README command of unknown kind: {command}"
+    return (
+        "real"
+        if args[1] in ("sample", "evaluate") and _workdir_run(args)
+        else "dry_run"
+    )
+
+
+def _gen_jax_args(command: str) -> list[str]:
+    args = shlex.split(command)
+    return args[3:] if args[:3] == ["python", "-m", "gen_jax.main"] else args[1:]
+
+
+COMMANDS = readme_commands()
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if _kind(c) == "not_run"])
+def test_readme_commands_not_run_here_say_why(command):
+    assert next(r for p, r in NOT_RUN.items() if command.startswith(p))
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if _kind(c) == "launcher"])
+def test_readme_launcher_command_dry_runs(command):
+    args = shlex.split(command)
+    result = subprocess.run(
+        ["bash", args[0], "--dry-run", *args[1:]],
+        cwd=helpers.ROOT,
+        env=helpers.cli_env(1),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if _kind(c) == "dry_run"])
+def test_readme_gen_jax_command_dry_runs(command):
+    """Flags parsed, the config loaded with its overrides; nothing trained."""
+    result = helpers.gen_jax(*_gen_jax_args(command), "--dry_run", devices=1)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if _kind(c) == "real"])
+def test_readme_sample_and_evaluate_commands_run_on_smoke_runs(
+    command, trained, tmp_path
+):
+    args = _gen_jax_args(command)
     name = _workdir_run(args)
-    if args[1] in ("sample", "evaluate") and name:  # run it for real
-        workdir = trained.copy(name, tmp_path / name)
-        real = [
-            f"--workdir={workdir}" if a.startswith("--workdir=") else a for a in args
-        ]
-        result = helpers.gen_jax(*real[1:])
-    else:
-        result = helpers.gen_jax(*args[1:], "--dry_run", devices=1)
+    workdir = trained.copy(name, tmp_path / name)
+    args = [f"--workdir={workdir}" if a.startswith("--workdir=") else a for a in args]
+    result = helpers.gen_jax(*args)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -77,6 +77,11 @@ def dpm_solver_pp_2m(s: gd.Schedule, denoise: Denoise, x_T, key, *, steps: int):
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) from t = T-1 to t = 0 in `steps`
     model calls; first order on the first step (and the last, below 15 steps)."""
     del key  # deterministic
+    if not 1 <= steps < s.betas.shape[0]:  # `steps` intervals need steps + 1 points
+        raise ValueError(
+            f"dpm_solver_pp_2m takes 1 to {s.betas.shape[0] - 1} sampler steps "
+            f"with {s.betas.shape[0]} timesteps, got {steps}"
+        )
     ts = jnp.asarray(respaced_timesteps(s.betas.shape[0], steps + 1))
     abar = s.alphas_cumprod[ts]
     alpha, sigma = jnp.sqrt(abar), jnp.sqrt(1 - abar)
