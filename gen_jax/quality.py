@@ -50,8 +50,10 @@ def _poly_kernel_row_sums(x_BD, y_MD):
     return jnp.sum(k_BM, axis=1)
 
 
-def _kernel_sum(x_MD: jax.Array, y_MD: jax.Array) -> float:
-    # Row sums come back per batch and are added in float64 on the host.
+def _kernel_sum(x_MD: np.ndarray, y_MD: np.ndarray) -> float:
+    # Row sums come back per batch and are added in float64 on the host. The
+    # batches are sliced on the host: slicing a jax.Array at a Python offset
+    # compiles one program per offset.
     sums = [
         np.asarray(_poly_kernel_row_sums(x_MD[i : i + _KID_BATCH_SIZE], y_MD))
         for i in range(0, x_MD.shape[0], _KID_BATCH_SIZE)
@@ -73,7 +75,7 @@ def kernel_inception_distance(
     if m < 2:
         raise ValueError(f"KID needs subsets of at least 2 rows, got {m}")
     rng = np.random.default_rng(seed)
-    real, fake = jnp.asarray(real_ND, jnp.float32), jnp.asarray(fake_ND, jnp.float32)
+    real, fake = np.asarray(real_ND, np.float32), np.asarray(fake_ND, np.float32)
     d = real.shape[1]
     mmds = []
     for _ in range(num_subsets):
@@ -81,7 +83,7 @@ def kernel_inception_distance(
         y_MD = fake[rng.choice(len(fake_ND), m, replace=False)]
         # Unbiased: the diagonal k(x_i, x_i) terms of K_xx and K_yy are dropped.
         diag = sum(
-            np.sum((np.asarray(jnp.sum(a**2, axis=1), np.float64) / d + 1) ** 3)
+            np.sum((np.sum(np.asarray(a, np.float64) ** 2, axis=1) / d + 1) ** 3)
             for a in (x_MD, y_MD)
         )
         within = _kernel_sum(x_MD, x_MD) + _kernel_sum(y_MD, y_MD) - diag
@@ -127,7 +129,8 @@ def _covered(a_BD, b_ND, radii2_N):
 
 
 def _coverage(centers_ND, points_MD, *, k: int, batch_size: int) -> float:
-    """Fraction of points inside the k-NN ball (among centers) of some center."""
+    """Fraction of points inside the k-NN ball (among centers) of some center
+    (numpy inputs, batches sliced on the host as in `_kernel_sum`)."""
     radii2_N = jnp.concatenate(
         [
             _kth_other_sq_dist(centers_ND[i : i + batch_size], centers_ND, i, k=k)
@@ -151,8 +154,8 @@ def precision_recall(
     # Distances are translation invariant; centring first keeps the norms, and
     # so the float32 cancellation error in |a|^2 - 2ab + |b|^2, small.
     shift_D = np.mean(np.asarray(real_ND, np.float64), axis=0)
-    real = jnp.asarray(np.asarray(real_ND, np.float64) - shift_D, jnp.float32)
-    fake = jnp.asarray(np.asarray(fake_ND, np.float64) - shift_D, jnp.float32)
+    real = (np.asarray(real_ND, np.float64) - shift_D).astype(np.float32)
+    fake = (np.asarray(fake_ND, np.float64) - shift_D).astype(np.float32)
     precision = _coverage(real, fake, k=k, batch_size=batch_size)
     recall = _coverage(fake, real, k=k, batch_size=batch_size)
     return precision, recall
