@@ -47,14 +47,20 @@ def _handlers() -> dict:
         "data": ocp.JsonCheckpointHandler(),
     }
     # After the handlers: building one re-registers orbax's default handler.
-    ocp.type_handlers.register_type_handler(
-        jax.Array,
-        ocp.type_handlers.ArrayHandler(
-            array_metadata_store=array_metadata_store.Store(),  # orbax's default
-            min_slice_bytes_for_replica_parallel=_MIN_REPLICA_SLICE_BYTES,
-        ),
-        override=True,
-    )
+    # orbax warns on every override; this one is deliberate.
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        ocp.type_handlers.register_type_handler(
+            jax.Array,
+            ocp.type_handlers.ArrayHandler(
+                array_metadata_store=array_metadata_store.Store(),  # orbax's default
+                min_slice_bytes_for_replica_parallel=_MIN_REPLICA_SLICE_BYTES,
+            ),
+            override=True,
+        )
+    finally:
+        logging.set_verbosity(verbosity)
     return handlers
 
 

@@ -118,12 +118,9 @@ def test_readme_gen_jax_command_dry_runs(command):
 
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if _kind(c) == "real"])
-def test_readme_sample_and_evaluate_commands_run_on_smoke_runs(
-    command, trained, tmp_path
-):
-    args = _gen_jax_args(command)
-    name = _workdir_run(args)
-    workdir = trained.copy(name, tmp_path / name)
-    args = [f"--workdir={workdir}" if a.startswith("--workdir=") else a for a in args]
-    result = helpers.gen_jax(*args)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_readme_sample_and_evaluate_commands_run_in_test_tools(command):
+    """These run for real on the shared smoke runs, their outputs checked, in
+    tests/test_tools.py; here: that each one is among those."""
+    from tests.test_tools import README_RUN
+
+    assert any(command.startswith(p) for p in README_RUN.values()), command

@@ -4,12 +4,14 @@ and evaluate on those runs, and bad input that ends in one line."""
 
 import importlib
 import os
+import shlex
 
 import numpy as np
 import pytest
 
 from gen_jax.tools import main as tools_main
 from tests import helpers
+from tests.test_readme import readme_commands
 
 FAMILIES = ["vae_digits", "ddpm_digits", "gan_digits", "lm_pydoc", "classifier_digits"]
 
@@ -44,42 +46,61 @@ def test_train_cli_runs_each_family_end_to_end(trained, name):
             assert any(k.startswith(f"eval/{evaluator}/") for r in rows for k in r)
 
 
-def test_sample_cli_writes_diffusion_images_with_sampler_flags(trained):
-    workdir = trained("ddpm_digits")
-    flags = ["--sampler=dpm_solver_pp_2m", "--sampler_steps=3", "--guidance=2.0"]
-    result = helpers.gen_jax(
-        "sample", f"--workdir={workdir}", "--num_samples=8", "--seed=1", *flags
-    )
+def _readme_run(trained, tmp_path, prefix: str):
+    """Runs the README's command that starts with `prefix` on a copy of the
+    smoke run its --workdir=runs/NAME names (tests/test_readme.py counts on
+    these tests to run the README's sample and evaluate commands for real)."""
+    (command,) = [c for c in readme_commands() if c.startswith(prefix)]
+    args = shlex.split(command)[1:]
+    name = next(a.split("runs/")[1] for a in args if a.startswith("--workdir="))
+    workdir = str(tmp_path / name)
+    if not os.path.exists(workdir):  # a second command works on the same copy
+        trained.copy(name, workdir)
+    args = [f"--workdir={workdir}" if a.startswith("--workdir=") else a for a in args]
+    result = helpers.gen_jax(*args)
     assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
+
+
+# The README's sample and evaluate commands, run for real below (by prefix).
+README_RUN = {
+    "ddpm_sample": "gen-jax sample --workdir=runs/ddpm_digits",
+    "lm_sample": "gen-jax sample --workdir=runs/lm_pydoc",
+    "gan_evaluate": "gen-jax evaluate --workdir=runs/gan_digits --num_samples=1000",
+    "gan_floor": "gen-jax evaluate --workdir=runs/gan_digits --compare_split=test",
+}
+
+
+def test_sample_cli_writes_diffusion_images_with_sampler_flags(trained, tmp_path):
+    _, result = _readme_run(trained, tmp_path, README_RUN["ddpm_sample"])
     prefix = result.stdout.strip().splitlines()[-1][: -len(".png")]
-    assert os.path.basename(prefix).startswith("step6_seed1")
+    name = os.path.basename(prefix)
+    assert name.startswith("step6_seed0") and "sample_steps20" in name
     images = np.load(prefix + ".npz")["images"]
-    assert images.shape == (8, 8, 8, 1) and np.isfinite(images).all()
+    assert images.shape == (64, 8, 8, 1) and np.isfinite(images).all()
+    assert images.min() >= -1 and images.max() <= 1
     assert os.path.exists(prefix + ".png")
 
 
-def test_sample_cli_completes_lm_prompts_greedily(trained):
-    workdir = trained("lm_pydoc")
-    args = [f"--workdir={workdir}", "--prompt=The with", "--num_samples=2"]
-    result = helpers.gen_jax("sample", *args, "--max_len=12", "--temperature=0")
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_sample_cli_completes_lm_prompts(trained, tmp_path):
+    workdir, result = _readme_run(trained, tmp_path, README_RUN["lm_sample"])
     texts = result.stdout[:-1].split("\n\n=====\n\n")  # print adds one "\\n"
-    assert len(texts) == 2 and texts[0] == texts[1]  # greedy: seeds do not matter
-    assert texts[0].startswith("The with") and len(texts[0]) == 12  # bytes
+    assert len(texts) == 2 and all(t.startswith("The with statement") for t in texts)
+    assert texts[0] != texts[1]  # one seed per row, temperature 0.8
+    (path,) = os.listdir(os.path.join(workdir, "samples"))
+    assert path == "completions_step6_seed0.txt"
 
 
 def test_evaluate_cli_scores_samples_and_real_data_better(trained, tmp_path):
-    workdir = trained.copy("gan_digits", tmp_path / "gan")
-    common = [f"--workdir={workdir}", "--num_samples=96", "--batch_size=32"]
-    noise = helpers.gen_jax("evaluate", *common, "--name=noise")
-    assert noise.returncode == 0, noise.stderr[-3000:]
-    real = helpers.gen_jax("evaluate", *common, "--compare_split=test", "--name=real")
-    assert real.returncode == 0, real.stderr[-3000:]
-    rows = [r for r in helpers.read_metrics(workdir) if "eval/noise/kid" in r]
-    assert rows[-1]["step"] == 6 and rows[-1]["eval/noise/num_samples"] == 96
-    noise = {k[len("eval/noise/") :]: v for k, v in rows[-1].items() if "noise" in k}
-    (real,) = [r for r in helpers.read_metrics(workdir) if "eval/real/kid" in r]
-    real = {k[len("eval/real/") :]: v for k, v in real.items() if "real" in k}
+    workdir, _ = _readme_run(trained, tmp_path, README_RUN["gan_evaluate"])
+    _readme_run(trained, tmp_path, README_RUN["gan_floor"])  # on the same copy
+    rows = helpers.read_metrics(workdir)
+    (noise,) = [r for r in rows if "eval/quality/kid" in r and r["step"] == 6][-1:]
+    assert noise["eval/quality/num_samples"] == 1000
+    noise = {k[len("eval/quality/") :]: v for k, v in noise.items() if "quality" in k}
+    (real,) = [r for r in rows if "eval/floor/kid" in r]
+    real = {k[len("eval/floor/") :]: v for k, v in real.items() if "floor" in k}
+    assert real["num_samples"] == 300
     assert os.listdir(os.path.join(workdir, "quality_cache"))  # real features cached
     assert real["frechet_distance"] < noise["frechet_distance"] / 2
     assert real["precision"] > noise["precision"] and real["recall"] > noise["recall"]
