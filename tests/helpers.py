@@ -44,15 +44,7 @@ def gen_jax(
     """Runs the `gen-jax` console script (as installed by pip) from the repository root."""
     script = shutil.which("gen-jax")
     assert script, "the gen-jax console script is missing: pip install -e ."
-    return subprocess.run(
-        [script, *args],
-        cwd=ROOT,
-        env=cli_env(devices),
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return _run([script, *args], devices, timeout)
 
 
 def start_cli(*args: str, devices: int = 4) -> subprocess.Popen:
@@ -101,8 +93,12 @@ def run_module(
     module: str, *args: str, devices: int = 4, timeout: int = 300
 ) -> subprocess.CompletedProcess:
     """Runs `python -m MODULE ARGS` from the repository root."""
+    return _run([sys.executable, "-m", module, *args], devices, timeout)
+
+
+def _run(argv: list[str], devices: int, timeout: int) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        argv,
         cwd=ROOT,
         env=cli_env(devices),
         check=False,
