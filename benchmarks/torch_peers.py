@@ -523,7 +523,7 @@ def main(argv=None) -> None:
         "examples_per_s": batch_size / median,
         "tokens_per_s": tokens / median if tokens else None,
         "torch_version": torch.__version__,
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(),
         "optim_impl": args.optim_impl,
         "channels_last": args.channels_last,
         "loss": {k: float(v) for k, v in metrics.items()},
