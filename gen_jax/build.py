@@ -52,11 +52,8 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
     )()
     # Params may come boxed with logical axis names: shard by them, then unbox.
     boxed = jax.eval_shape(init_fn, init_key)
-    state_sh = sharding.state_shardings(boxed, mesh, config.mesh.fsdp_min_size)
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        nn.unbox(boxed),
-        state_sh,
+    abstract, state_sh = sharding.abstract_with_shardings(
+        boxed, mesh, config.mesh.fsdp_min_size
     )
     train_step = jax.jit(
         functools.partial(

@@ -13,7 +13,6 @@ needs the same count back).
 import dataclasses
 import json
 
-import flax.linen as nn
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -215,12 +214,7 @@ def abstract_params(family, config, mesh: Mesh) -> dict:
     """ShapeDtypeStructs of `family`'s params, carrying their target shardings."""
     dummy = data.dummy_batch(config.data)
     boxed = jax.eval_shape(family.init, jax.random.key(0), dummy)
-    shardings = sharding.state_shardings(boxed, mesh, config.mesh.fsdp_min_size)
-    return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        nn.unbox(boxed),
-        shardings,
-    )
+    return sharding.abstract_with_shardings(boxed, mesh, config.mesh.fsdp_min_size)[0]
 
 
 def open_run(

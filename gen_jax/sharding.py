@@ -101,3 +101,16 @@ def state_shardings(abstract_state, mesh: Mesh, fsdp_min_size: int):
     return jax.tree.map(
         leaf, names, nn.unbox(abstract_state), is_leaf=lambda x: isinstance(x, P)
     )
+
+
+def abstract_with_shardings(boxed, mesh: Mesh, fsdp_min_size: int):
+    """(ShapeDtypeStructs carrying their target shardings, the shardings) for an
+    abstract tree (a state or params) whose leaves may be boxed with logical
+    axis names: sharded by `state_shardings`, then unboxed."""
+    shardings = state_shardings(boxed, mesh, fsdp_min_size)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        nn.unbox(boxed),
+        shardings,
+    )
+    return abstract, shardings

@@ -8,6 +8,7 @@ A tool never exits 0 after an error.
 """
 
 import difflib
+import functools
 import importlib.util
 import os
 import sys
@@ -55,20 +56,16 @@ def define_sampler() -> None:
     flags.DEFINE_float("eta", None, "Diffusion DDIM eta (0: deterministic).")
 
 
-def sampler_overrides() -> dict:
-    """config.diffusion fields set by the sampler flags (only those given)."""
+def apply_sampler_overrides(config, workdir: str) -> dict:
+    """Sets the sampler flags given into `config.diffusion`; returns them
+    (flags left out keep the run's own values)."""
     values = {
         "sampler": FLAGS.sampler,
         "sample_steps": FLAGS.sampler_steps,
         "guidance_scale": FLAGS.guidance,
         "ddim_eta": FLAGS.eta,
     }
-    return {k: v for k, v in values.items() if v is not None}
-
-
-def apply_sampler_overrides(config, workdir: str) -> dict:
-    """Sets the sampler flags given into `config.diffusion`; returns them."""
-    overrides = sampler_overrides()
+    overrides = {k: v for k, v in values.items() if v is not None}
     if overrides and config.family != "diffusion":
         raise app.UsageError(
             f"--sampler/--sampler_steps/--guidance/--eta apply to diffusion runs; "
@@ -127,10 +124,11 @@ def _override_error(config, argv: list[str], error: Exception) -> str:
     return str(error)  # flag type errors name the key already
 
 
-def parse(argv: list[str]) -> list[str]:
-    """Parses `argv` into FLAGS; `--help` prints the tool's help and exits 0."""
+def parse(argv: list[str], tool: str) -> list[str]:
+    """Parses `argv` into FLAGS; `--help` prints the help of `tool` (a module
+    name) and exits 0."""
     if any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in argv[1:]):
-        print(_help(argv[0]))
+        print(_help(argv[0], tool))
         sys.exit(0)
     spec = _config_spec(argv)
     config = None
@@ -144,15 +142,11 @@ def parse(argv: list[str]) -> list[str]:
         _exit(2, _override_error(config, argv, e))
 
 
-def _help(program: str) -> str:
-    tool = _TOOL[0]
+def _help(program: str, tool: str) -> str:
     doc = (sys.modules[tool].__doc__ or "").strip()
     own = FLAGS.module_help(tool)
     shared = FLAGS.module_help(__name__)
     return f"usage: {program} [flags]\n\n{doc}\n\n{own}\n{shared}".rstrip()
-
-
-_TOOL = [""]  # the module name of the running tool, for --help
 
 
 def _exit(code: int, message: str) -> None:
@@ -176,7 +170,6 @@ def run(main: Callable[[list[str]], None], tool: str, argv: list[str]) -> None:
     """Runs `main` as an absl app under the exit policy above; `tool` is the
     tool's module name (its docstring and flags are its --help)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF/XLA load
-    _TOOL[0] = tool
     flags.DEFINE_bool("traceback", False, "Show the stack of an error.")
     flags.DEFINE_bool(
         "dry_run",
@@ -196,7 +189,7 @@ def run(main: Callable[[list[str]], None], tool: str, argv: list[str]) -> None:
                 raise
             _exit(_exit_code(e), _describe(e))
 
-    app.run(guarded, argv=argv, flags_parser=parse)
+    app.run(guarded, argv=argv, flags_parser=functools.partial(parse, tool=tool))
 
 
 def _print_dry_run(args: list[str]) -> None:
