@@ -155,11 +155,19 @@ def lm_defaults(c: ml_collections.ConfigDict) -> None:
             "name": "transformer",
             "num_layers": 4,
             "num_heads": 4,
+            "num_kv_heads": 0,  # grouped-query attention; 0 = num_heads
+            "head_dim": 0,  # 0 = embed_dim // num_heads
             "embed_dim": 128,
             "mlp_dim": 512,
             "dropout": 0.0,
             "norm": "rms",
+            "norm_eps": 1e-6,
             "mlp": "gelu",
+            "qkv_bias": False,  # Qwen2
+            "qk_norm": False,  # Qwen3
+            "rope_theta": 10_000.0,
+            # (factor, low_freq_factor, high_freq_factor, original_max_len)
+            "rope_llama3": (),
             "tie_embeddings": True,
             "remat": False,
             "dtype": "float32",

@@ -34,7 +34,20 @@ def _model(**kw):
 
 @pytest.mark.parametrize(
     "kw",
-    [{}, {"mlp": "swiglu", "norm": "layer", "remat": True, "tie_embeddings": False}],
+    [
+        {},
+        {"mlp": "swiglu", "norm": "layer", "remat": True, "tie_embeddings": False},
+        # Published-decoder options: GQA, a head size apart from the width,
+        # Qwen2's biases, Qwen3's q/k norm, llama3 RoPE scaling.
+        {
+            "num_heads": 4,
+            "num_kv_heads": 2,
+            "head_dim": 6,
+            "qkv_bias": True,
+            "qk_norm": True,
+            "rope_llama3": (8.0, 1.0, 4.0, 8),
+        },
+    ],
 )
 def test_causality_by_gradients(kw):
     model, variables, tokens = _model(**kw)
@@ -51,8 +64,9 @@ def test_causality_by_gradients(kw):
         assert per_position[t] > 0
 
 
-def test_kv_cache_decoding_matches_full_forward_at_every_position():
-    model, variables, tokens = _model()
+@pytest.mark.parametrize("kw", [{}, {"num_heads": 4, "num_kv_heads": 1}])
+def test_kv_cache_decoding_matches_full_forward_at_every_position(kw):
+    model, variables, tokens = _model(**kw)
     full, _ = model.apply(variables, tokens)
     cache = transformer.init_cache(model, 2, 12)
     for i in range(12):
@@ -60,6 +74,19 @@ def test_kv_cache_decoding_matches_full_forward_at_every_position():
             variables, tokens[:, i : i + 1], jnp.full((2, 1), i), cache
         )
         np.testing.assert_allclose(logits[:, 0], full[:, i], atol=1e-5)
+
+
+def test_a_packed_row_gives_each_segment_its_logits_alone():
+    model, variables, tokens = _model(num_heads=4, num_kv_heads=2)
+    a, b = tokens[0, :7], tokens[1, :5]  # two examples in one 12-token row
+    row = jnp.concatenate([a, b])[None]
+    segments = jnp.array([[1] * 7 + [2] * 5])
+    positions = jnp.array([list(range(7)) + list(range(5))])
+    packed, _ = model.apply(variables, row, positions, segment_ids_BL=segments)
+    alone_a, _ = model.apply(variables, a[None])
+    alone_b, _ = model.apply(variables, b[None])
+    np.testing.assert_allclose(packed[0, :7], alone_a[0], atol=1e-5)
+    np.testing.assert_allclose(packed[0, 7:], alone_b[0], atol=1e-5)
 
 
 def test_top_k_and_top_p_never_emit_masked_tokens():
@@ -120,15 +147,15 @@ def test_sharding_rules_place_params_as_declared(config):
     s = build.setup(config)
     params = s.state_shardings.params["model"]
     P = jax.sharding.PartitionSpec
-    assert params["block_0"]["qkv"]["kernel"].spec == P("fsdp", "tensor", None, None)
+    assert params["block_0"]["q"]["kernel"].spec == P("fsdp", "tensor", None)
     assert params["block_0"]["up"]["kernel"].spec == P("fsdp", "tensor")
     assert params["block_0"]["down"]["kernel"].spec == P("tensor", "fsdp")
     assert params["Embed_0"]["embedding"].spec == P("tensor", "fsdp")
     state = s.init(s.init_key)
     batches = data.make_train(config.data, batch_size=16, mesh=s.mesh)
     state, metrics = s.train_step(state, next(batches), s.step_key)
-    assert state.params["model"]["block_0"]["qkv"]["kernel"].sharding.spec == P(
-        "fsdp", "tensor", None, None
+    assert state.params["model"]["block_0"]["k"]["kernel"].sharding.spec == P(
+        "fsdp", "tensor", None
     )
     assert np.isfinite(float(metrics["model/loss"]))
 

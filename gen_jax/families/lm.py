@@ -20,6 +20,7 @@ def make_model(config: ml_collections.ConfigDict):
     check_name("config.model.mlp", config.model.mlp, transformer.MLPS)
     tokenizer = text.make_tokenizer(config.data)
     kwargs = {k: v for k, v in config.model.items() if k != "name"}
+    kwargs["rope_llama3"] = tuple(kwargs.get("rope_llama3", ()))  # JSON gives a list
     return MODELS[config.model.name](
         vocab_size=tokenizer.vocab_size, **kwargs
     ), tokenizer
@@ -27,8 +28,10 @@ def make_model(config: ml_collections.ConfigDict):
 
 def flops_per_token(num_params: int, model, seq_len: int) -> float:
     """Training FLOPs per token: 6N for the matmuls of forward + backward, plus
-    the attention scores and values, 12 * layers * width * length (PaLM, App. B)."""
-    return 6 * num_params + 12 * model.num_layers * model.embed_dim * seq_len
+    the attention scores and values, 12 * layers * (heads * head size) * length
+    (PaLM, App. B)."""
+    attention_width = model.num_heads * model.head_size
+    return 6 * num_params + 12 * model.num_layers * attention_width * seq_len
 
 
 def sample_logits(logits_BV, key_B, temperature, top_k, top_p):
@@ -116,10 +119,14 @@ def make(config: ml_collections.ConfigDict) -> Family:
         return {"model": model.init(key, batch["tokens"][:, :-1])["params"]}
 
     def logits(params, batch, key, train: bool) -> jax.Array:
-        """Next-token logits for every input position of the rows."""
+        """Next-token logits for every input position of the rows (packed rows:
+        each segment sees only itself, at its own positions)."""
+        packed = "segment_ids" in batch
         logits_BLV, _ = model.apply(
             {"params": params["model"]},
             batch["tokens"][:, :-1],
+            batch["positions"][:, :-1] if packed else None,
+            segment_ids_BL=batch["segment_ids"][:, :-1] if packed else None,
             train=train,
             rngs={"dropout": key},
         )
@@ -130,9 +137,13 @@ def make(config: ml_collections.ConfigDict) -> Family:
 
     def nll(params, batch, key, train: bool) -> jax.Array:
         tokens_BL = batch["tokens"]
+        # mask: which tokens are targets (SFT: answer tokens only; 0 on padding).
         mask_BL = (
             batch["mask"][:, 1:] if "mask" in batch else jnp.ones_like(tokens_BL[:, 1:])
         )
+        if "segment_ids" in batch:  # no target across a packed boundary
+            seg_BL = batch["segment_ids"]
+            mask_BL = mask_BL * (seg_BL[:, 1:] == seg_BL[:, :-1])
         logits_BLV = logits(params, batch, key, train)
         nll_BL = optax.softmax_cross_entropy_with_integer_labels(
             logits_BLV, tokens_BL[:, 1:]

@@ -1,5 +1,8 @@
-"""Decoder-only Transformer LM (GPT-2 style, pre-norm) with rotary positions and an
-explicit KV cache. Radford et al. 2019; Su et al. 2021 (RoPE); Shazeer 2020 (SwiGLU).
+"""Decoder-only Transformer LM (pre-norm) with rotary positions and an explicit KV
+cache, shaped to load published decoders (Llama, Mistral, Qwen2/3): grouped-query
+attention, q/k/v biases, q/k RMSNorm, untied unembedding, llama3 RoPE scaling.
+Radford et al. 2019; Su et al. 2021 (RoPE); Shazeer 2020 (SwiGLU); Ainslie et al.
+2023 (GQA).
 
 Params carry logical axis names ("vocab", "embed", "heads", "kv", "mlp") that
 sharding.py maps onto mesh axes. Logits and the softmax run in float32.
@@ -15,7 +18,9 @@ import jax.numpy as jnp
 
 from gen_jax.models import layers
 
-Cache = list[dict[str, jax.Array]]  # per layer: k_BLHK, v_BLHK over max length
+Cache = list[
+    dict[str, jax.Array]
+]  # per layer: k_BLGK, v_BLGK over max length (G kv heads)
 
 
 _INIT = nn.initializers.normal(0.02)
@@ -36,6 +41,7 @@ class Dense(nn.Module):
     in_axes: tuple[str | None, ...]
     out_axes: tuple[str | None, ...]
     dtype: Any = jnp.float32
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -50,14 +56,41 @@ class Dense(nn.Module):
         y = x.reshape(-1, size_in).astype(self.dtype) @ kernel.reshape(
             size_in, -1
         ).astype(self.dtype)
-        return y.reshape(lead + tuple(self.features))
+        y = y.reshape(lead + tuple(self.features))
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, self.out_axes),
+                tuple(self.features),
+            )
+            y = y + bias.astype(self.dtype)[(None,) * len(lead)]
+        return y
 
 
-def rope(x_BLHK: jax.Array, positions_BL: jax.Array, base: float = 10_000.0):
-    """Rotates channel pairs (i, i + K/2) by position-dependent angles (RoPE)."""
+def rope_frequencies(head_dim: int, theta: float, llama3: tuple = ()) -> jax.Array:
+    """The K/2 rotation frequencies theta^(-2i/K); `llama3` = (factor,
+    low_freq_factor, high_freq_factor, original_max_len) stretches the long
+    wavelengths as Llama 3.1 does (no scaling when empty)."""
+    half = head_dim // 2
+    freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    if not llama3:
+        return freqs
+    factor, low, high, original = llama3
+    wavelen = 2 * math.pi / freqs
+    smooth = (original / wavelen - low) / (high - low)
+    mid = (1 - smooth) * freqs / factor + smooth * freqs
+    return jnp.where(
+        wavelen > original / low,
+        freqs / factor,
+        jnp.where(wavelen < original / high, freqs, mid),
+    )
+
+
+def rope(x_BLHK: jax.Array, positions_BL: jax.Array, freqs_K: jax.Array):
+    """Rotates channel pairs (i, i + K/2) by position-dependent angles (RoPE);
+    the pairing is Hugging Face's `rotate_half`."""
     half = x_BLHK.shape[-1] // 2
-    freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles_BLK = positions_BL[..., None].astype(jnp.float32) * freqs[None, None, :]
+    angles_BLK = positions_BL[..., None].astype(jnp.float32) * freqs_K[None, None, :]
     sin, cos = jnp.sin(angles_BLK)[:, :, None], jnp.cos(angles_BLK)[:, :, None]
     x1, x2 = (
         x_BLHK[..., :half].astype(jnp.float32),
@@ -67,60 +100,91 @@ def rope(x_BLHK: jax.Array, positions_BL: jax.Array, base: float = 10_000.0):
     return out.astype(x_BLHK.dtype)
 
 
-def _norm(kind: str, dtype, name: str):
-    scale_init = nn.with_logical_partitioning(nn.initializers.ones, ("embed",))
+def _norm(kind: str, eps: float, dtype, name: str, axis: str = "embed"):
+    scale_init = nn.with_logical_partitioning(nn.initializers.ones, (axis,))
     if kind == "rms":
-        return nn.RMSNorm(dtype=dtype, scale_init=scale_init, name=name)
+        return nn.RMSNorm(epsilon=eps, dtype=dtype, scale_init=scale_init, name=name)
     if kind == "layer":
-        bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("embed",))
+        bias_init = nn.with_logical_partitioning(nn.initializers.zeros, (axis,))
         return nn.LayerNorm(
-            dtype=dtype, scale_init=scale_init, bias_init=bias_init, name=name
+            epsilon=eps,
+            dtype=dtype,
+            scale_init=scale_init,
+            bias_init=bias_init,
+            name=name,
         )
     raise ValueError(f"unknown model.norm {kind!r}; valid: {', '.join(NORMS)}")
 
 
+def attention_mask(
+    positions_BL: jax.Array, segment_ids_BL: jax.Array | None
+) -> jax.Array | None:
+    """[B, 1, L, L] causal-and-same-segment mask for packed rows (None without
+    segments: the attention then uses its fused causal path). Causality is by
+    index, so per-segment positions may restart at 0."""
+    if segment_ids_BL is None:
+        return None
+    length = positions_BL.shape[1]
+    causal_LL = jnp.tril(jnp.ones((length, length), bool))
+    same_BLL = segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :]
+    return (causal_LL[None] & same_BLL)[:, None]
+
+
 class Block(nn.Module):
     num_heads: int
+    num_kv_heads: int
+    head_dim: int
     embed_dim: int
     mlp_dim: int
     dropout: float
     norm: str
+    norm_eps: float
     mlp: str
+    qkv_bias: bool
+    qk_norm: bool
     dtype: Any
 
     @nn.compact
-    def __call__(self, x_BLD, positions_BL, cache, train: bool):
-        head_dim = self.embed_dim // self.num_heads
+    def __call__(self, x_BLD, positions_BL, freqs_K, mask, cache, train: bool):
         drop = nn.Dropout(self.dropout, deterministic=not train)
-        h = _norm(self.norm, self.dtype, "attn_norm")(x_BLD)
-        qkv = Dense(
-            (self.num_heads, 3, head_dim),
-            ("embed",),
-            ("heads", None, "kv"),
-            self.dtype,
-            name="qkv",
+        h = _norm(self.norm, self.norm_eps, self.dtype, "attn_norm")(x_BLD)
+        proj = functools.partial(
+            Dense, in_axes=("embed",), dtype=self.dtype, use_bias=self.qkv_bias
+        )
+        q_BLHK = proj(
+            (self.num_heads, self.head_dim), out_axes=("heads", "kv"), name="q"
         )(h)
-        q_BLHK, k_BLHK, v_BLHK = (qkv[:, :, :, i] for i in range(3))
-        q_BLHK, k_BLHK = rope(q_BLHK, positions_BL), rope(k_BLHK, positions_BL)
-        if cache is None:
-            # is_causal lets XLA/cuDNN use a fused causal kernel where one exists.
-            out_BLHK = jax.nn.dot_product_attention(
-                q_BLHK, k_BLHK, v_BLHK, is_causal=True
+        k_BLGK, v_BLGK = (
+            proj((self.num_kv_heads, self.head_dim), out_axes=("heads", "kv"), name=n)(
+                h
             )
-        else:  # write this chunk at its positions, attend over the whole cache
+            for n in ("k", "v")
+        )
+        if self.qk_norm:  # Qwen3: RMSNorm over each head's channels, before RoPE
+            q_BLHK = _norm(self.norm, self.norm_eps, self.dtype, "q_norm", "kv")(q_BLHK)
+            k_BLGK = _norm(self.norm, self.norm_eps, self.dtype, "k_norm", "kv")(k_BLGK)
+        q_BLHK = rope(q_BLHK, positions_BL, freqs_K)
+        k_BLGK = rope(k_BLGK, positions_BL, freqs_K)
+        if (
+            cache is not None
+        ):  # write this chunk at its positions, attend over the cache
             start = positions_BL[0, 0]
-            k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_BLHK, start, 1)
-            v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BLHK, start, 1)
-            cache = {"k": k_all, "v": v_all}
-            key_pos = jnp.arange(k_all.shape[1])
+            k_BLGK = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_BLGK, start, 1)
+            v_BLGK = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BLGK, start, 1)
+            cache = {"k": k_BLGK, "v": v_BLGK}
+            key_pos = jnp.arange(k_BLGK.shape[1])
             mask = key_pos[None, None, None, :] <= positions_BL[:, None, :, None]
-            out_BLHK = jax.nn.dot_product_attention(q_BLHK, k_all, v_all, mask=mask)
+        # Grouped-query attention natively: H query heads share G kv heads.
+        # is_causal lets XLA/cuDNN use a fused causal kernel where one exists.
+        out_BLHK = jax.nn.dot_product_attention(
+            q_BLHK, k_BLGK, v_BLGK, mask=mask, is_causal=mask is None
+        )
         out_BLD = Dense(
             (self.embed_dim,), ("heads", "kv"), ("embed",), self.dtype, name="attn_out"
         )(out_BLHK)
         x_BLD = x_BLD + drop(out_BLD)
 
-        h = _norm(self.norm, self.dtype, "mlp_norm")(x_BLD)
+        h = _norm(self.norm, self.norm_eps, self.dtype, "mlp_norm")(x_BLD)
         mlp_in = functools.partial(
             Dense, (self.mlp_dim,), ("embed",), ("mlp",), self.dtype
         )
@@ -144,14 +208,31 @@ class Transformer(nn.Module):
     vocab_size: int
     num_layers: int = 4
     num_heads: int = 4
+    num_kv_heads: int = 0  # grouped-query attention; 0: num_heads (multi-head)
+    head_dim: int = 0  # 0: embed_dim // num_heads
     embed_dim: int = 256
     mlp_dim: int = 1024
     dropout: float = 0.0
     norm: str = "rms"  # rms | layer
+    norm_eps: float = 1e-6
     mlp: str = "gelu"  # gelu | swiglu
+    qkv_bias: bool = False  # Qwen2
+    qk_norm: bool = False  # Qwen3
+    rope_theta: float = 10_000.0
+    # Llama 3.1 RoPE scaling: (factor, low_freq_factor, high_freq_factor,
+    # original_max_len); empty = none.
+    rope_llama3: tuple = ()
     tie_embeddings: bool = True
     remat: bool = False  # recompute each block in the backward pass
     dtype: str = "float32"
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.embed_dim // self.num_heads
 
     @nn.compact
     def __call__(
@@ -160,9 +241,18 @@ class Transformer(nn.Module):
         positions_BL=None,
         cache: Cache | None = None,
         *,
+        segment_ids_BL=None,
         train: bool = False,
     ):
-        """Logits (float32) and the updated cache (None when `cache` is None)."""
+        """Logits (float32) and the updated cache (None when `cache` is None).
+
+        Packed rows pass `segment_ids_BL` (tokens attend only within their
+        segment) and per-segment `positions_BL`."""
+        if self.num_heads % self.kv_heads:
+            raise ValueError(
+                f"model.num_heads={self.num_heads} is not a multiple of "
+                f"model.num_kv_heads={self.kv_heads}"
+            )
         dtype = layers.compute_dtype(self.dtype)
         if positions_BL is None:
             positions_BL = jnp.broadcast_to(
@@ -180,21 +270,35 @@ class Transformer(nn.Module):
         # A no-op unless a "perturbations" collection is passed: lets tests take
         # gradients with respect to the embedded inputs (causality).
         x_BLD = self.perturb("embedded", x_BLD)
-        block = nn.remat(Block, static_argnums=(4,)) if self.remat else Block
+        freqs_K = rope_frequencies(self.head_size, self.rope_theta, self.rope_llama3)
+        mask = attention_mask(positions_BL, segment_ids_BL)
+        block = nn.remat(Block, static_argnums=(6,)) if self.remat else Block
         new_cache = []
         for i in range(self.num_layers):
             x_BLD, layer_cache = block(
                 self.num_heads,
+                self.kv_heads,
+                self.head_size,
                 self.embed_dim,
                 self.mlp_dim,
                 self.dropout,
                 self.norm,
+                self.norm_eps,
                 self.mlp,
+                self.qkv_bias,
+                self.qk_norm,
                 dtype,
                 name=f"block_{i}",
-            )(x_BLD, positions_BL, None if cache is None else cache[i], train)
+            )(
+                x_BLD,
+                positions_BL,
+                freqs_K,
+                mask,
+                None if cache is None else cache[i],
+                train,
+            )
             new_cache.append(layer_cache)
-        x_BLD = _norm(self.norm, dtype, "final_norm")(x_BLD)
+        x_BLD = _norm(self.norm, self.norm_eps, dtype, "final_norm")(x_BLD)
         if self.tie_embeddings:  # float32 logits, whatever the compute dtype
             b, length, _ = x_BLD.shape
             logits_BLV = (
@@ -209,9 +313,9 @@ class Transformer(nn.Module):
 
 
 def init_cache(model: Transformer, batch: int, max_len: int) -> Cache:
-    """Zeroed KV cache for `batch` sequences of up to `max_len` tokens."""
-    head_dim = model.embed_dim // model.num_heads
-    shape = (batch, max_len, model.num_heads, head_dim)
+    """Zeroed KV cache for `batch` sequences of up to `max_len` tokens, sized by
+    the kv heads (grouped-query attention stores num_heads / num_kv_heads less)."""
+    shape = (batch, max_len, model.kv_heads, model.head_size)
     dtype = layers.compute_dtype(model.dtype)
     return [
         {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
