@@ -153,6 +153,7 @@ def lm_defaults(c: ml_collections.ConfigDict) -> None:
     c.model = ml_collections.ConfigDict(
         {
             "name": "transformer",
+            "vocab_size": 0,  # 0 = the tokenizer's (published models pad it)
             "num_layers": 4,
             "num_heads": 4,
             "num_kv_heads": 0,  # grouped-query attention; 0 = num_heads
@@ -174,8 +175,9 @@ def lm_defaults(c: ml_collections.ConfigDict) -> None:
         }
     )
     c.data.name = "pydoc"  # pydoc | synthetic | tiny_shakespeare | lm1b
-    c.data.tokenizer = "byte"  # byte | char | sentencepiece
+    c.data.tokenizer = "byte"  # byte | char | sentencepiece | hf
     c.data.sentencepiece_model = ""
+    c.data.tokenizer_dir = ""  # hf: tokenizer.json (+ tokenizer_config.json) here
     c.data.seq_len = 129  # tokens per row: 128 inputs, targets shifted by one
     c.optim.model.update(weight_decay=0.1, b2=0.99)
     c.evals.heldout = heldout_eval(batch_size=32, perplexity=True)
@@ -289,6 +291,20 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.peak_flops_per_device = -1.0
 
     c.evals = ml_collections.ConfigDict()
+
+    # LoRA (rank > 0): the model's params frozen, low-rank adapters trained on
+    # the Dense kernels matched by `targets` (a regex over module paths such as
+    # "block_0/q") or carrying a logical axis in `target_axes` ("mlp", "heads").
+    c.lora = ml_collections.ConfigDict(
+        {
+            "rank": 0,
+            "alpha": 16.0,  # the adapter's output is scaled by alpha / rank
+            "dropout": 0.0,  # on the adapter's input, training only
+            "targets": "",
+            "target_axes": (),
+            "base_dtype": "float32",  # bfloat16 halves the frozen base's memory
+        }
+    )
 
     # -1 takes all remaining devices. Batches split over (data, fsdp). Params
     # with logical axis names follow sharding.LOGICAL_RULES (fsdp, tensor); the

@@ -39,7 +39,7 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
     dummy = data.dummy_batch(config.data)
 
     def init_fn(key):
-        return TrainState.create(family.init(key, dummy), tx)
+        return TrainState.create(family.init(key, dummy), tx, family.frozen)
 
     repl = sharding.replicated(mesh)
     # Keys made by jit with a replicated output are global arrays: valid jit

@@ -14,6 +14,7 @@ import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
@@ -23,6 +24,7 @@ from jax.sharding import Mesh
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 from gen_jax import data, families, sharding
+from gen_jax.families import lora
 from gen_jax.train_state import TrainState
 
 
@@ -234,6 +236,9 @@ def open_run(
     mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
     abstract = abstract_params(family, config, mesh)
     params, step = load_params(workdir, abstract, ema=ema, step=step)
+    if lora.BASE in params:  # adapters folded in: the plain family samples it
+        params = lora.merge(params, config.lora.alpha / config.lora.rank)
+        family = families.make(config, lora=False)
     return Run(config, family, mesh, params, step)
 
 
@@ -256,12 +261,14 @@ def load_params(
         step = max(steps, default=None) if step is None else step
         if step not in steps:
             raise FileNotFoundError(f"no checkpoint step {step} under {directory}")
-        name = "ema_params" if ema else "params"
-        item = {name: abstract}
         meta = ocp.StandardCheckpointHandler().metadata(directory / str(step) / "state")
         saved = _flat_shapes(meta.tree)
-        want = _flat_shapes(item)
-        if problem := _mismatch({k: saved[k] for k in saved.keys() & want}, want):
+        item = _params_item(saved, abstract, ema)
+        # A params-only read casts to the wanted dtype (a bfloat16 import read
+        # into float32), so only the shapes must agree.
+        shapes = lambda flat: {k: v[0] for k, v in flat.items()}  # noqa: E731
+        want = shapes(_flat_shapes(item))
+        if problem := _mismatch({k: v for k, v in shapes(saved).items() if k in want}, want):
             raise CheckpointError(
                 f"the checkpoint at {directory}/{step} does not fit this config "
                 f"({problem})"
@@ -271,5 +278,29 @@ def load_params(
             restore_args=ocp.checkpoint_utils.construct_restore_args(item),
             partial_restore=True,
         )
-        restored = manager.restore(step, args=ocp.args.Composite(state=args))
-    return restored.state[name], step
+        restored = manager.restore(step, args=ocp.args.Composite(state=args)).state
+    return {**restored.get("params", {}), **restored.get("ema_params", {})}, step
+
+
+def _params_item(saved: dict, abstract: dict, ema: bool) -> dict:
+    """What a params-only read restores: `params`, or with `ema` the EMA of each
+    entry the checkpoint has one for. Entries the EMA does not track (LoRA's
+    frozen base) and checkpoints written without one (import-hf) read `params`."""
+    if not ema:
+        return {"params": abstract}
+    tracked = {k.split("/")[1] for k in saved if k.startswith("ema_params/")}
+    item = {"ema_params": {k: v for k, v in abstract.items() if k in tracked}}
+    rest = {k: v for k, v in abstract.items() if k not in tracked}
+    return item | ({"params": rest} if rest else {})
+
+
+def save_params(workdir: str, params: dict, step: int = 0) -> None:
+    """A params-only checkpoint (no optimizer state, no EMA, no data state), as
+    import-hf writes: `open_run` and `train.init_from` read it; a run cannot
+    resume from it."""
+    options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
+    with ocp.CheckpointManager(
+        checkpoints_dir(workdir), item_names=("state", "data"), options=options
+    ) as manager:
+        state = {"step": jnp.asarray(step, jnp.int32), "params": params}
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))

@@ -1,7 +1,7 @@
 """Evaluators, chosen by `type` in `config.evals`: each is `run(state) -> {name: value}`.
 
 Values are scalars or uint8 HWC images. Jitted functions come from train.py. An
-evaluator reads only `state.params` or `state.ema_params` (sample-based ones
+evaluator reads only `state.params` or `state.sampling_params` (sample-based ones
 the EMA), so a tool may pass the params of an opened run in their place.
 Every key an evaluator reads is declared by the builders in configs/base.py.
 """
@@ -25,7 +25,7 @@ def _heldout(cfg, *, data_cfg, mesh, key, eval_step, **_) -> Evaluator:
     ds = data.make_eval(data_cfg, batch_size=cfg.batch_size, mesh=mesh)
 
     def run(state: TrainState) -> dict:
-        params = state.ema_params if cfg.use_ema else state.params
+        params = state.sampling_params if cfg.use_ema else state.params
         # Dispatch every batch first; fetch once at the end (no per-batch stalls).
         outs = [
             eval_step(params, batch, jax.random.fold_in(key, i))
@@ -60,11 +60,11 @@ def _samples(
     ds = data.make_eval(data_cfg, batch_size=cfg.num_samples, mesh=mesh)
 
     def run(state: TrainState) -> dict:
-        images = np.asarray(sample_fn(state.ema_params, key, cfg.num_samples))
+        images = np.asarray(sample_fn(state.sampling_params, key, cfg.num_samples))
         out = {"samples": metrics.image_grid(images)}
         if family.reconstruct is not None:
             batch = next(data.eval_batches(ds, mesh))
-            x = np.asarray(jax.device_get(reconstruct_fn(state.ema_params, batch, key)))
+            x = np.asarray(jax.device_get(reconstruct_fn(state.sampling_params, batch, key)))
             real = np.asarray(
                 jax.experimental.multihost_utils.process_allgather(
                     batch["image"], tiled=True
@@ -110,7 +110,7 @@ def _quality(cfg, *, data_cfg, key, sample_fn, workdir=None, **_) -> Evaluator:
             images = [b["image"] for b in ds]
         else:
             images = [
-                np.asarray(sample_fn(state.ema_params, jax.random.fold_in(key, i), n))
+                np.asarray(sample_fn(state.sampling_params, jax.random.fold_in(key, i), n))
                 for i, n in enumerate(
                     [cfg.batch_size] * (cfg.num_samples // cfg.batch_size)
                 )

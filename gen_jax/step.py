@@ -37,9 +37,10 @@ def train_step(
     # EMA warmup: with a fixed 0.999 the init would still weigh e^-1 after 1000
     # steps; (1 + n) / (10 + n) lets early EMAs follow the params closely.
     decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
-    ema = jax.tree.map(
-        functools.partial(_ema, decay=decay), state.ema_params, state.params
-    )
+    ema = {  # the entries the EMA tracks (frozen ones it does not copy)
+        k: jax.tree.map(functools.partial(_ema, decay=decay), e, state.params[k])
+        for k, e in state.ema_params.items()
+    }
     return state.replace(step=state.step + 1, ema_params=ema), metrics
 
 

@@ -1,4 +1,5 @@
-"""Text for the LM: tokenizers (byte, char, SentencePiece) and document sources.
+"""Text for the LM: tokenizers (byte, char, SentencePiece, a Hugging Face
+`tokenizer.json` with its chat template) and document sources.
 
 Sources: CPython's bundled documentation (`pydoc_data.topics`, ~465k characters,
 no download), `synthetic`, and tfds text datasets (`tiny_shakespeare`, `lm1b`)
@@ -26,8 +27,16 @@ TFDS_TEXT_KEYS = {"tiny_shakespeare": "text", "lm1b": "text"}
 class Tokenizer:
     name: str
     vocab_size: int
-    encode: Callable[[str], np.ndarray]  # -> int32 ids
+    encode: Callable[[str], np.ndarray]  # -> int32 ids, no special tokens
     decode: Callable[[np.ndarray], str]
+    # A prompt's ids as the model's own tokenizer gives them (Llama's adds <s>).
+    encode_prompt: Callable[[str], np.ndarray] | None = None
+    eos_id: int | None = None  # completions end at it
+    chat_template: str | None = None  # jinja2, rendered by `render_chat`
+    special_tokens: dict = dataclasses.field(default_factory=dict)  # bos/eos text
+
+    def prompt(self, text: str) -> np.ndarray:
+        return (self.encode_prompt or self.encode)(text)
 
 
 def _byte_tokenizer() -> Tokenizer:
@@ -142,6 +151,71 @@ def _cached_tokenizer(cfg_json: str) -> Tokenizer:
         return _char_tokenizer("".join(sorted(set(text))))
     if cfg.tokenizer == "sentencepiece":
         return _sentencepiece_tokenizer(cfg.sentencepiece_model)
+    if cfg.tokenizer == "hf":
+        return _hf_tokenizer(cfg.tokenizer_dir)
     raise ValueError(
-        f"unknown data.tokenizer {cfg.tokenizer!r}; use byte|char|sentencepiece"
+        f"unknown data.tokenizer {cfg.tokenizer!r}; use byte|char|sentencepiece|hf"
+    )
+
+
+def _special(value) -> str:
+    """tokenizer_config.json spells a special token as text or {"content": text}."""
+    return value.get("content", "") if isinstance(value, dict) else (value or "")
+
+
+def _hf_tokenizer(directory: str) -> Tokenizer:
+    """A Hugging Face tokenizer from its files (tokenizer.json,
+    tokenizer_config.json, chat_template.jinja) through `tokenizers`: no torch,
+    no transformers."""
+    import pathlib
+
+    import tokenizers
+
+    path = pathlib.Path(directory or ".")
+    if not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(
+            f"data.tokenizer='hf' needs a tokenizer.json in data.tokenizer_dir="
+            f"{directory!r} (a Hugging Face model directory or an import-hf workdir's hf/)"
+        )
+    tok = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
+    cfg_path = path / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    template = cfg.get("chat_template")
+    if (path / "chat_template.jinja").is_file():  # transformers >= 4.43 writes it apart
+        template = (path / "chat_template.jinja").read_text()
+    if isinstance(template, list):  # named templates: take the default
+        template = {t["name"]: t["template"] for t in template}.get("default")
+    specials = {k: _special(cfg.get(f"{k}_token")) for k in ("bos", "eos")}
+    eos_id = tok.token_to_id(specials["eos"]) if specials["eos"] else None
+    return Tokenizer(
+        "hf",
+        tok.get_vocab_size(),
+        lambda s: np.asarray(tok.encode(s, add_special_tokens=False).ids, np.int32),
+        lambda ids: tok.decode([int(i) for i in ids], skip_special_tokens=False),
+        encode_prompt=lambda s: np.asarray(tok.encode(s).ids, np.int32),
+        eos_id=eos_id,
+        chat_template=template,
+        special_tokens={f"{k}_token": v for k, v in specials.items()},
+    )
+
+
+def render_chat(
+    tokenizer: Tokenizer, messages: list[dict], *, add_generation_prompt: bool
+) -> str:
+    """`messages` through the tokenizer's chat template, rendered as transformers
+    does (a sandboxed jinja2 with trim_blocks and lstrip_blocks)."""
+    import jinja2.sandbox
+
+    def raise_exception(message):
+        raise ValueError(f"chat template: {message}")
+
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True
+    )
+    env.filters["tojson"] = lambda x, indent=None: json.dumps(x, indent=indent)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(tokenizer.chat_template).render(
+        messages=messages,
+        add_generation_prompt=add_generation_prompt,
+        **tokenizer.special_tokens,
     )

@@ -17,6 +17,7 @@ from absl import logging
 from etils import epath
 
 from gen_jax import build, checkpoint, data, metrics
+from gen_jax.families import lora
 from gen_jax.train_state import TrainState
 
 
@@ -146,12 +147,7 @@ def _run(config, workdir, preemption) -> TrainState:
         if state is None:
             state = run_setup.init(run_setup.init_key)
             if config.train.init_from:
-                params, _ = checkpoint.load_params(
-                    config.train.init_from, run_setup.abstract_state.params
-                )
-                state = state.replace(
-                    params=params, ema_params=jax.tree.map(jnp.copy, params)
-                )
+                state = _init_from(config.train.init_from, state, run_setup)
         # Every start: a resumed run with changed overrides leaves no stale config.
         checkpoint.write_config(config, workdir)
         writer = metrics.Writer(workdir)
@@ -171,6 +167,17 @@ def _run(config, workdir, preemption) -> TrainState:
     finally:
         manager.wait_until_finished()  # an async save must land before we exit
         manager.close()
+
+
+def _init_from(path: str, state: TrainState, run_setup) -> TrainState:
+    """The state with `path`'s params: the whole model (and its EMA), or for a
+    LoRA run the frozen base (the adapters keep their zero-delta init)."""
+    abstract = run_setup.abstract_state.params
+    if lora.BASE in abstract:
+        base, _ = checkpoint.load_params(path, abstract[lora.BASE])
+        return state.replace(params={**state.params, lora.BASE: base})
+    params, _ = checkpoint.load_params(path, abstract)
+    return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
 
 
 def _loop(

@@ -29,10 +29,12 @@ __all__ = [
 ]
 
 
-def make(config: ml_collections.ConfigDict) -> Family:
-    """Builds the family named by `config.family`."""
+def make(config: ml_collections.ConfigDict, *, lora: bool = True) -> Family:
+    """Builds the family named by `config.family`; with `config.lora.rank` > 0
+    (and `lora`), it trains LoRA adapters on a frozen base."""
     # Explicit imports, no registration side effects.
     from gen_jax.families import classifier, diffusion, gan, lm, vae
+    from gen_jax.families import lora as lora_lib
 
     families = {
         "classifier": classifier.make,
@@ -42,4 +44,7 @@ def make(config: ml_collections.ConfigDict) -> Family:
         "vae": vae.make,
     }
     check_name("config.family", config.family, families)
-    return families[config.family](config)
+    family = families[config.family](config)
+    if lora and "lora" in config and config.lora.rank > 0:
+        return lora_lib.wrap(family, config.lora)
+    return family

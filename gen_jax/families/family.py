@@ -54,6 +54,10 @@ class Family:
     # phase between its steps (a GAN's generator after n discriminator steps);
     # train.py checks the intervals divide train.log_every_steps.
     every: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Params entries that no optimizer updates and the EMA does not copy
+    # (LoRA's frozen base, families/lora.py): TrainState.create, so the EMA
+    # and optimizer state hold only what trains.
+    frozen: tuple[str, ...] = ()
 
     @property
     def roles(self) -> list[str]:

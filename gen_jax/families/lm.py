@@ -21,9 +21,13 @@ def make_model(config: ml_collections.ConfigDict):
     tokenizer = text.make_tokenizer(config.data)
     kwargs = {k: v for k, v in config.model.items() if k != "name"}
     kwargs["rope_llama3"] = tuple(kwargs.get("rope_llama3", ()))  # JSON gives a list
-    return MODELS[config.model.name](
-        vocab_size=tokenizer.vocab_size, **kwargs
-    ), tokenizer
+    vocab = kwargs.pop("vocab_size", 0) or tokenizer.vocab_size
+    if vocab < tokenizer.vocab_size:
+        raise ValueError(
+            f"config.model.vocab_size={vocab} is smaller than the tokenizer's "
+            f"{tokenizer.vocab_size} tokens; set it to 0 (the tokenizer's) or more"
+        )
+    return MODELS[config.model.name](vocab_size=vocab, **kwargs), tokenizer
 
 
 def flops_per_token(num_params: int, model, seq_len: int) -> float:

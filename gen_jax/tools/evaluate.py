@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
         config, run.family, run.mesh, jax.random.key(FLAGS.seed), FLAGS.workdir
     ).values()
     # The quality evaluator reads only the EMA params: the opened run's.
-    results = evaluator(types.SimpleNamespace(ema_params=run.params))
+    results = evaluator(types.SimpleNamespace(sampling_params=run.params))
     writer = metrics.Writer(FLAGS.workdir)
     try:
         writer.write_eval(run.step, FLAGS.name, results)
