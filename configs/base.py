@@ -6,7 +6,7 @@ from ml_collections import config_dict
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 # Sources that need no download; `:smoke` swaps any other for `synthetic`.
-EMBEDDED_SOURCES = ("digits", "pydoc", "synthetic")
+EMBEDDED_SOURCES = ("digits", "pydoc", "pydoc_qa", "synthetic")
 
 
 def _convert(name: str, value: str, default):
@@ -183,6 +183,21 @@ def lm_defaults(c: ml_collections.ConfigDict) -> None:
     c.evals.heldout = heldout_eval(batch_size=32, perplexity=True)
 
 
+def sft_defaults(c: ml_collections.ConfigDict, name: str = "pydoc_qa") -> None:
+    """Supervised fine-tuning data over an LM config: conversations packed whole,
+    the loss on answer tokens only, LoRA on every attention and MLP kernel, and
+    the held-out loss measured before the first step too."""
+    c.data.name = name  # pydoc_qa (embedded) | jsonl
+    c.data.train_file = ""  # jsonl: {"messages": [...]} or {"prompt", "completion"}
+    c.data.eval_file = ""
+    c.data.overlong = "truncate"  # examples longer than seq_len: truncate | drop
+    c.lora.update(
+        rank=8, alpha=16.0, targets=r"block_\d+/(q|k|v|attn_out|gate|up|down)"
+    )
+    c.train.eval_at_start = True
+    c.train.ema_decay = 0.0  # a short fine-tune: the EMA is the weights as trained
+
+
 def gan_defaults(c: ml_collections.ConfigDict) -> None:
     """The GAN's loss fields, and one optimizer per role (no `optim.model`)."""
     c.family = "gan"
@@ -286,6 +301,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.ema_decay = 0.999
     c.train.init_from = ""  # a workdir or checkpoint dir: load params only
+    c.train.eval_at_start = False  # run the evaluators before the first step too
     # For MFU (families that count FLOPs): datasheet peak FLOP/s per device,
     # or -1 to time a float32 matmul once at start.
     c.train.peak_flops_per_device = -1.0

@@ -191,7 +191,9 @@ def bench_sampler(config, *, steps, warmup, num_samples):
     start = time.perf_counter()
     compiled = sample_fn.lower(state.sampling_params, key, num_samples).compile()
     compile_s = time.perf_counter() - start
-    times, _ = _time_calls(compiled, lambda out: (state.sampling_params, key), steps, warmup)
+    times, _ = _time_calls(
+        compiled, lambda out: (state.sampling_params, key), steps, warmup
+    )
     record = _base_record(config, run_setup, "sample", steps, warmup, compile_s)
     record |= _percentiles(times) | _memory(compiled)
     record["batch_size"] = num_samples

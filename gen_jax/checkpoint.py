@@ -266,9 +266,11 @@ def load_params(
         item = _params_item(saved, abstract, ema)
         # A params-only read casts to the wanted dtype (a bfloat16 import read
         # into float32), so only the shapes must agree.
-        shapes = lambda flat: {k: v[0] for k, v in flat.items()}  # noqa: E731
+        shapes = lambda flat: {k: v[0] for k, v in flat.items()}
         want = shapes(_flat_shapes(item))
-        if problem := _mismatch({k: v for k, v in shapes(saved).items() if k in want}, want):
+        if problem := _mismatch(
+            {k: v for k, v in shapes(saved).items() if k in want}, want
+        ):
             raise CheckpointError(
                 f"the checkpoint at {directory}/{step} does not fit this config "
                 f"({problem})"

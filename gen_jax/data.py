@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from gen_jax import sharding, text
+from gen_jax import sharding, sft, text
 
 DIGITS_TEST_SIZE = 300  # of 1797; the split is fixed, independent of config.seed
 
@@ -129,9 +129,14 @@ class Batches:
         return _to_global(next(self.iterator), self.mesh)
 
 
-def _token_stream(cfg: ml_collections.ConfigDict, split: str, *, train: bool):
+def _token_stream(
+    cfg: ml_collections.ConfigDict, split: str, *, train: bool, rows: int
+):
     """Documents -> tokens -> packed `seq_len` rows: {"tokens", "mask"} (mask is 0
-    on the padding of a final partial row)."""
+    on the padding of a final partial row). SFT sources pack whole examples
+    first-fit over `rows` bins instead, with segment ids and positions."""
+    if cfg.name in sft.SOURCES:
+        return sft.packed_rows(cfg, split, train=train, rows_per_pack=rows)
     tokenizer = text.make_tokenizer(cfg)
     ds = text.documents(cfg, split)
     if train:
@@ -175,7 +180,7 @@ def local_batches(
         )
     local = batch_size // count
     if is_text(cfg):
-        ds = _token_stream(cfg, cfg.train_split, train=True)
+        ds = _token_stream(cfg, cfg.train_split, train=True, rows=batch_size)
         return ds.batch(batch_size, drop_remainder=True).map(_rows(index, local))
     ds = make_source(cfg, cfg.train_split).seed(cfg.shuffle_seed)
     ds = ds.shuffle().repeat().batch(local, drop_remainder=True)
@@ -202,7 +207,7 @@ def make_eval(
     re-iterable dataset of this process's local batches."""
     local = _local_batch_size(batch_size, mesh)  # also checks divisibility
     if is_text(cfg):
-        ds = _token_stream(cfg, cfg.eval_split, train=False)
+        ds = _token_stream(cfg, cfg.eval_split, train=False, rows=batch_size)
         rows = _rows(jax.process_index(), local)
         return ds.batch(batch_size, drop_remainder=True).map(rows)
     ds = make_source(cfg, cfg.eval_split).batch(local, drop_remainder=True)

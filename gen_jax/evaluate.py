@@ -64,7 +64,9 @@ def _samples(
         out = {"samples": metrics.image_grid(images)}
         if family.reconstruct is not None:
             batch = next(data.eval_batches(ds, mesh))
-            x = np.asarray(jax.device_get(reconstruct_fn(state.sampling_params, batch, key)))
+            x = np.asarray(
+                jax.device_get(reconstruct_fn(state.sampling_params, batch, key))
+            )
             real = np.asarray(
                 jax.experimental.multihost_utils.process_allgather(
                     batch["image"], tiled=True
@@ -110,7 +112,9 @@ def _quality(cfg, *, data_cfg, key, sample_fn, workdir=None, **_) -> Evaluator:
             images = [b["image"] for b in ds]
         else:
             images = [
-                np.asarray(sample_fn(state.sampling_params, jax.random.fold_in(key, i), n))
+                np.asarray(
+                    sample_fn(state.sampling_params, jax.random.fold_in(key, i), n)
+                )
                 for i, n in enumerate(
                     [cfg.batch_size] * (cfg.num_samples // cfg.batch_size)
                 )

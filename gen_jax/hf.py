@@ -115,8 +115,14 @@ def _weights(model: ml_collections.ConfigDict) -> list[tuple[str, tuple, int]]:
                 out.append((hf + f"self_attn.{p}_proj.bias", (ours, p, "bias"), 0))
         if model.qk_norm:
             for p in ("q", "k"):
-                out.append((hf + f"self_attn.{p}_norm.weight", (ours, f"{p}_norm", "scale"), 0))
-        for p, name in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
+                out.append(
+                    (hf + f"self_attn.{p}_norm.weight", (ours, f"{p}_norm", "scale"), 0)
+                )
+        for p, name in (
+            ("gate", "gate_proj"),
+            ("up", "up_proj"),
+            ("down", "down_proj"),
+        ):
             out.append((hf + f"mlp.{name}.weight", (ours, p, "kernel"), 1))
     return out
 
@@ -136,16 +142,21 @@ def _tensor_files(hf_dir: epath.Path) -> dict[str, epath.Path]:
     from safetensors import safe_open
 
     with safe_open(str(single), "numpy") as f:
-        return {name: single for name in f.keys()}
+        return dict.fromkeys(f.keys(), single)
 
 
-def _get(tree: dict, path: tuple):
+def _node(tree: dict, path: tuple):
+    """The subtree at `path`, or None where it is absent."""
     for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
         tree = tree[key]
     return tree
 
 
-def load_params(hf_dir: str, model: ml_collections.ConfigDict, abstract: dict, dtype: str) -> dict:
+def load_params(
+    hf_dir: str, model: ml_collections.ConfigDict, abstract: dict, dtype: str
+) -> dict:
     """The model's params from `hf_dir`'s safetensors, each tensor read alone and
     placed in `abstract`'s sharding as `dtype` (each process reads only its shards'
     slices into device memory)."""
@@ -158,7 +169,7 @@ def load_params(hf_dir: str, model: ml_collections.ConfigDict, abstract: dict, d
         raise ValueError(f"{hf_dir}: tensors {missing[:3]} missing for this config")
     out: dict = {}
     for name, path, n_in in table:
-        target = _get(abstract, path)
+        target = _node(abstract, path)
         with safe_open(str(files[name]), "numpy") as f:
             tensor = f.get_tensor(name)
         value = tensor.T if n_in else tensor
@@ -169,7 +180,9 @@ def load_params(hf_dir: str, model: ml_collections.ConfigDict, abstract: dict, d
                 f"{target.shape} at {'/'.join(path)}"
             )
         value = np.ascontiguousarray(value.reshape(target.shape)).astype(dtype)
-        leaf = jax.make_array_from_callback(target.shape, target.sharding, lambda i, v=value: v[i])
+        leaf = jax.make_array_from_callback(
+            target.shape, target.sharding, lambda i, v=value: v[i]
+        )
         node = out
         for key in path[:-1]:
             node = node.setdefault(key, {})
@@ -178,7 +191,9 @@ def load_params(hf_dir: str, model: ml_collections.ConfigDict, abstract: dict, d
     return out
 
 
-def hf_config(model: ml_collections.ConfigDict, vocab_size: int, dtype: str, base: dict) -> dict:
+def hf_config(
+    model: ml_collections.ConfigDict, vocab_size: int, dtype: str, base: dict
+) -> dict:
     """An HF config.json for `model` (Llama, Qwen2 with q/k/v biases, Qwen3 with
     q/k norm); ids and lengths carried over from `base` (the imported one)."""
     if model.mlp != "swiglu" or model.norm != "rms":
@@ -194,7 +209,11 @@ def hf_config(model: ml_collections.ConfigDict, vocab_size: int, dtype: str, bas
         else ("LlamaForCausalLM", "llama")
     )
     heads = model.num_heads
-    out = {k: base[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in base}
+    out = {
+        k: base[k]
+        for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+        if k in base
+    }
     scaling = None
     if model.rope_llama3:
         factor, low, high, original = model.rope_llama3
@@ -238,7 +257,10 @@ def _host(x: jax.Array) -> np.ndarray:
 
 
 def save_params(
-    params: dict, model: ml_collections.ConfigDict, out_dir: str, dtype: str,
+    params: dict,
+    model: ml_collections.ConfigDict,
+    out_dir: str,
+    dtype: str,
     max_shard_bytes: int = 2**31,
 ) -> list[str]:
     """Writes params as HF safetensors shards (+ index when more than one);
@@ -248,7 +270,7 @@ def save_params(
     out = epath.Path(out_dir)
     shards, current, size = [], {}, 0
     for name, path, n_in in _weights(model):
-        value = _host(_get(params, path))
+        value = _host(_node(params, path))
         if n_in:
             value = value.reshape(math.prod(value.shape[:n_in]), -1).T
         elif path[-1] == "bias":
@@ -263,7 +285,10 @@ def save_params(
     names = (
         ["model.safetensors"]
         if len(shards) == 1
-        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        else [
+            f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            for i in range(len(shards))
+        ]
     )
     if jax.process_index() == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -274,7 +299,9 @@ def save_params(
         if len(names) > 1:
             total = sum(v.nbytes for s in shards for v in s.values())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+            (out / "model.safetensors.index.json").write_text(
+                json.dumps(index, indent=2)
+            )
     return names
 
 
@@ -299,5 +326,137 @@ def copy_tokenizer(src: str, dst: str) -> list[str]:
 def read_config(hf_dir: str) -> dict:
     path = epath.Path(hf_dir) / "config.json"
     if not path.exists():
-        raise FileNotFoundError(f"{hf_dir} is not a Hugging Face model directory (no config.json)")
+        raise FileNotFoundError(
+            f"{hf_dir} is not a Hugging Face model directory (no config.json)"
+        )
     return json.loads(path.read_text())
+
+
+def import_run(
+    hf_dir: str,
+    workdir: str,
+    config: ml_collections.ConfigDict,
+    *,
+    dtype: str = "float32",
+) -> ml_collections.ConfigDict:
+    """Turns a local HF model directory into a gen_jax workdir: the tokenizer
+    files under WORKDIR/hf/, the resolved config.json (`config` with the model's
+    fields), and a params-only step-0 checkpoint. Returns the config."""
+    from gen_jax import checkpoint, families, sharding
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype={dtype!r}; valid: {', '.join(DTYPES)}")
+    hf = read_config(hf_dir)
+    fields = model_fields(hf)
+    if checkpoint.checkpoints_dir(workdir).exists():
+        raise ValueError(
+            f"--workdir={workdir} already holds checkpoints; give a new one"
+        )
+    tokenizer_dir = epath.Path(workdir) / "hf"
+    copy_tokenizer(hf_dir, str(tokenizer_dir))
+    if jax.process_index() == 0:
+        shutil.copyfile(
+            epath.Path(hf_dir) / "config.json", tokenizer_dir / "config.json"
+        )
+    config.model.update(fields)
+    config.data.update(tokenizer="hf", tokenizer_dir=str(tokenizer_dir.resolve()))
+    config.lora.rank = 0
+    config.train.init_from = ""
+    family = families.make(config)
+    mesh = sharding.make_mesh(config.mesh)
+    abstract = checkpoint.abstract_params(family, config, mesh)
+    params = {"model": load_params(hf_dir, config.model, abstract["model"], dtype)}
+    checkpoint.write_config(config, workdir)
+    checkpoint.save_params(workdir, params)
+    return config
+
+
+def _peft_adapter(adapters: dict, model, cfg, out: epath.Path, base_dir: str) -> None:
+    """A PEFT LoRA directory: lora_A [r, in] = A^T and lora_B [out, r] = B^T per
+    adapted projection, so peft's B A (alpha / r) is our (A B)^T."""
+    from safetensors.numpy import save_file
+
+    tensors, modules = {}, set()
+    for name, path, n_in in _weights(model):
+        node = _node(adapters, path[:-1])
+        if n_in == 0 or node is None or "lora_a" not in node:
+            continue
+        prefix = "base_model.model." + name[: -len(".weight")]
+        tensors[prefix + ".lora_A.weight"] = np.ascontiguousarray(
+            _host(node["lora_a"]).T
+        )
+        tensors[prefix + ".lora_B.weight"] = np.ascontiguousarray(
+            _host(node["lora_b"]).T
+        )
+        modules.add(name.split(".")[-2])
+    if jax.process_index() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(
+            tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"}
+        )
+        adapter_config = {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_dir,
+            "r": cfg.rank,
+            "lora_alpha": cfg.alpha,
+            "lora_dropout": cfg.dropout,
+            "target_modules": sorted(modules),
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "use_rslora": False,
+            "init_lora_weights": True,
+            "inference_mode": True,
+        }
+        (out / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+
+
+def export_run(
+    workdir: str, out_dir: str, *, merge: bool = False, dtype: str = "float32"
+) -> list[str]:
+    """Writes `workdir`'s newest EMA params as an HF directory (config.json,
+    safetensors, tokenizer files). A LoRA run writes its base model and a PEFT
+    adapter in OUT/adapter, or with `merge` the merged weights. Returns the
+    directories written."""
+    from gen_jax import checkpoint, families, sharding
+    from gen_jax.families import lm, lora
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype={dtype!r}; valid: {', '.join(DTYPES)}")
+    config = checkpoint.load_config(workdir)
+    if config.family != "lm" or config.data.tokenizer != "hf":
+        raise ValueError(
+            "export-hf writes LM runs with a Hugging Face tokenizer "
+            f"(data.tokenizer='hf'); this run has family={config.family!r}, "
+            f"tokenizer={config.data.get('tokenizer')!r}"
+        )
+    tokenizer_dir = config.data.tokenizer_dir
+    base_cfg_path = epath.Path(tokenizer_dir) / "config.json"
+    base = json.loads(base_cfg_path.read_text()) if base_cfg_path.exists() else {}
+    family = families.make(config)
+    mesh = sharding.make_mesh(config.mesh)
+    abstract = checkpoint.abstract_params(family, config, mesh)
+    params, _ = checkpoint.load_params(workdir, abstract, ema=True)
+    is_lora = lora.BASE in params
+    vocab = lm.make_model(config)[0].vocab_size
+    written = [out_dir]
+    if is_lora and merge:
+        model_params = lora.merge(params, config.lora.alpha / config.lora.rank)["model"]
+    elif is_lora:
+        model_params = params[lora.BASE]["model"]
+        _peft_adapter(
+            params["model"],
+            config.model,
+            config.lora,
+            epath.Path(out_dir) / "adapter",
+            str(out_dir),
+        )
+        written.append(str(epath.Path(out_dir) / "adapter"))
+    else:
+        model_params = params["model"]
+    save_params(model_params, config.model, out_dir, dtype)
+    if jax.process_index() == 0:
+        cfg = hf_config(config.model, vocab, dtype, base)
+        (epath.Path(out_dir) / "config.json").write_text(json.dumps(cfg, indent=2))
+    copy_tokenizer(tokenizer_dir, out_dir)
+    return written

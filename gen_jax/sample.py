@@ -56,7 +56,7 @@ def complete(
             f"a prompt completes LM runs; this run trains {run.config.family!r}"
         )
     model, tokenizer = lm.make_model(run.config)
-    ids = tokenizer.encode(prompt)
+    ids = tokenizer.prompt(prompt)  # as the model's own tokenizer encodes it
     if not 0 < len(ids) < max_len:
         raise ValueError(
             f"the prompt has {len(ids)} tokens; --max_len={max_len} "
@@ -66,4 +66,15 @@ def complete(
     prompt_BP = np.broadcast_to(ids, (num_samples, len(ids)))
     seeds = np.arange(seed, seed + num_samples, dtype=np.int32)
     tokens = generate(run.params, prompt_BP, seeds, max_len, temperature, top_k, top_p)
-    return [tokenizer.decode(row) for row in np.asarray(tokens)]
+    return [
+        tokenizer.decode(_until_eos(row, len(ids), tokenizer.eos_id))
+        for row in np.asarray(tokens)
+    ]
+
+
+def _until_eos(row: np.ndarray, start: int, eos_id: int | None) -> np.ndarray:
+    """The row up to and including its first end-of-text token after the prompt."""
+    if eos_id is None:
+        return row
+    hits = np.flatnonzero(row[start:] == eos_id)
+    return row[: start + hits[0] + 1] if len(hits) else row

@@ -199,6 +199,9 @@ def _loop(
     )
     progress = _ProgressLine()
     logging_std.getLogger("absl").addFilter(progress)
+    if cfg.eval_at_start and start == 0:  # the starting point (a fine-tune's base)
+        for name, (_, run_eval) in evaluators.items():
+            writer.write_eval(0, name, run_eval(state))
     last_log, last_time = start, time.perf_counter()
     try:
         for s in range(start, cfg.num_steps):

@@ -70,9 +70,7 @@ def _select(found: dict, model_params: dict, cfg) -> dict:
         name = "/".join(path)
         kernels.append(name)
         names = set(getattr(kernel, "names", ()) or ())
-        if not (
-            (pattern and pattern.fullmatch(name)) or names & set(cfg.target_axes)
-        ):
+        if not ((pattern and pattern.fullmatch(name)) or names & set(cfg.target_axes)):
             continue
         if _inputs(module) is None:
             raise ValueError(
@@ -102,7 +100,9 @@ def _adapted(adapters: dict, scale: float, rate: float, key):
         if rate > 0 and key is not None:
             # Seeded by the path, not call order: a remat recomputation draws
             # the same mask as the forward pass.
-            path_key = jax.random.fold_in(key, zlib.crc32("/".join(context.module.path).encode()))
+            path_key = jax.random.fold_in(
+                key, zlib.crc32("/".join(context.module.path).encode())
+            )
             keep = jax.random.bernoulli(path_key, 1 - rate, x.shape)
             x = jnp.where(keep, x / (1 - rate), 0)
         delta = (x @ a.astype(jnp.float32)) @ b.astype(jnp.float32)
@@ -119,10 +119,14 @@ def merge(params: Params, scale: float) -> Params:
     def fold(node, adapters):
         if isinstance(adapters, dict) and "lora_a" in adapters:
             kernel = node["kernel"]
-            delta = adapters["lora_a"].astype(jnp.float32) @ adapters["lora_b"].astype(jnp.float32)
+            delta = adapters["lora_a"].astype(jnp.float32) @ adapters["lora_b"].astype(
+                jnp.float32
+            )
             merged = kernel.astype(jnp.float32) + scale * delta.reshape(kernel.shape)
             return {**node, "kernel": merged}
-        return {k: fold(v, adapters[k]) if k in adapters else v for k, v in node.items()}
+        return {
+            k: fold(v, adapters[k]) if k in adapters else v for k, v in node.items()
+        }
 
     rest = {k: v for k, v in params.items() if k not in (BASE, "model")}
     return rest | {"model": fold(base, params["model"])}
@@ -159,19 +163,29 @@ def wrap(family: Family, cfg: ml_collections.ConfigDict) -> Family:
         with nn.intercept_methods(_record(found)):
             params = family.init(key_base, batch)
         adapters = {}
-        for i, (path, (kernel, n_in)) in enumerate(_select(found, params["model"], cfg).items()):
+        for i, (path, (kernel, n_in)) in enumerate(
+            _select(found, params["model"], cfg).items()
+        ):
             fan_in = math.prod(kernel.shape[:n_in])
             bound = 1 / math.sqrt(fan_in)  # Kaiming-uniform(a=sqrt 5), peft's default
             node = adapters
             for k in path:
                 node = node.setdefault(k, {})
             node["lora_a"] = jax.random.uniform(
-                jax.random.fold_in(key_lora, i), (fan_in, cfg.rank), jnp.float32, -bound, bound
+                jax.random.fold_in(key_lora, i),
+                (fan_in, cfg.rank),
+                jnp.float32,
+                -bound,
+                bound,
             )
             # B = 0: step 0 is exactly the base model.
-            node["lora_b"] = jnp.zeros((cfg.rank, math.prod(kernel.shape[n_in:])), jnp.float32)
+            node["lora_b"] = jnp.zeros(
+                (cfg.rank, math.prod(kernel.shape[n_in:])), jnp.float32
+            )
         frozen = jax.tree.map(
-            lambda x: x.astype(base_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+            lambda x: (
+                x.astype(base_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+            ),
             params["model"],
         )
         return {**params, "model": adapters, BASE: {"model": frozen}}
@@ -181,7 +195,9 @@ def wrap(family: Family, cfg: ml_collections.ConfigDict) -> Family:
             key, dropout_key = jax.random.split(key)
             inner = {**params, "model": params[BASE]["model"]}
             del inner[BASE]
-            with nn.intercept_methods(_adapted(params["model"], scale, cfg.dropout, dropout_key)):
+            with nn.intercept_methods(
+                _adapted(params["model"], scale, cfg.dropout, dropout_key)
+            ):
                 return loss_fn(inner, batch, key)
 
         return loss
@@ -195,7 +211,9 @@ def wrap(family: Family, cfg: ml_collections.ConfigDict) -> Family:
         sample=merged(family.sample),
         apply=merged(family.apply),
         reconstruct=merged(family.reconstruct),
-        evaluate=lambda params, batch, key: _evaluate(family, merge(params, scale), batch, key),
+        evaluate=lambda params, batch, key: _evaluate(
+            family, merge(params, scale), batch, key
+        ),
         per_example=family.per_example,
         every=family.every,
         frozen=(BASE,),

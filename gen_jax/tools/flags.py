@@ -24,11 +24,12 @@ class ConfigError(ValueError):
     """A config file, variant or override that cannot be loaded."""
 
 
-def define_config() -> None:
+def define_config(default: str | None = None, help_text: str = "") -> None:
     config_flags.DEFINE_config_file(
         "config",
-        None,
-        "Experiment config file and variant, e.g. configs/vae_digits.py:smoke; "
+        default,
+        (help_text + " " if help_text else "")
+        + "Experiment config file and variant, e.g. configs/vae_digits.py:smoke; "
         "override any field with --config.a.b=value.",
         lock_config=True,
     )

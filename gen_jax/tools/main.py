@@ -16,6 +16,14 @@ COMMANDS = {
         "export_classifier",
         "write a trained classifier run as the features .npz the evaluators load",
     ),
+    "import-hf": (
+        "import_hf",
+        "a local Hugging Face decoder (Llama, Mistral, Qwen2/3) as a gen_jax workdir",
+    ),
+    "export-hf": (
+        "export_hf",
+        "an LM run as a Hugging Face directory (with a PEFT adapter for LoRA runs)",
+    ),
     "convert-inception": (
         "convert_inception",
         "convert pytorch-fid's InceptionV3 weights for the inception features",

@@ -1,0 +1,100 @@
+"""Hugging Face import / export, checked against transformers' own numbers: the
+fixtures under tests/fixtures/hf/ were written by tests/fixtures/make_hf.py with
+transformers (float32 logits on 300 tokens, greedy `generate`), so no torch here."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from configs import lm_pydoc
+from gen_jax import checkpoint, hf, text
+from gen_jax.families import lm
+from tests import helpers
+
+FIXTURES = pathlib.Path(helpers.ROOT) / "tests" / "fixtures" / "hf"
+KINDS = ("llama", "qwen2", "qwen3")
+
+
+def _import(kind: str, workdir) -> checkpoint.Run:
+    hf.import_run(str(FIXTURES / kind), str(workdir), lm_pydoc.get_config())
+    return checkpoint.open_run(str(workdir))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_imported_logits_and_greedy_tokens_match_transformers(kind, tmp_path):
+    run = _import(kind, tmp_path / kind)
+    expected = np.load(FIXTURES / kind / "expected.npz")
+    strings = json.loads((FIXTURES / kind / "expected.json").read_text())
+    model, tokenizer = lm.make_model(run.config)
+    params = {"params": run.params["model"]}
+
+    logits, _ = jax.jit(model.apply)(params, expected["input_ids"][None])
+    diff = np.abs(np.asarray(logits[0]) - expected["logits"]).max()
+    assert diff <= 1e-4, diff
+    assert expected["logits"].std() > 1.0  # far from uniform: a wrong map shows
+
+    prompt = tokenizer.prompt(strings["prompt"])
+    np.testing.assert_array_equal(prompt, expected["prompt_ids"])  # <s> for llama
+    greedy = expected["greedy"]
+    generate = jax.jit(lm.make_generate(model), static_argnums=3)
+    tokens = generate(run.params, prompt[None], np.zeros(1, np.int32), len(greedy), 0.0)
+    np.testing.assert_array_equal(np.asarray(tokens[0]), greedy)
+    if strings["chat"]:
+        rendered = text.render_chat(
+            tokenizer, strings["messages"], add_generation_prompt=False
+        )
+        assert rendered == strings["chat"]
+
+
+def test_export_then_import_is_bitwise_identical(tmp_path):
+    run = _import("llama", tmp_path / "a")  # untied, llama3 RoPE, sharded files
+    hf.export_run(str(tmp_path / "a"), str(tmp_path / "out"))
+    exported = json.loads((tmp_path / "out" / "config.json").read_text())
+    original = json.loads((FIXTURES / "llama" / "config.json").read_text())
+    assert hf.model_fields(exported) == hf.model_fields(original)
+    again = _import_dir(tmp_path / "out", tmp_path / "b")
+    for a, b in zip(jax.tree.leaves(run.params), jax.tree.leaves(again.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (
+        FIXTURES / "llama" / "tokenizer.json"
+    ).read_bytes()
+
+
+def _import_dir(hf_dir, workdir) -> checkpoint.Run:
+    hf.import_run(str(hf_dir), str(workdir), lm_pydoc.get_config())
+    return checkpoint.open_run(str(workdir))
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"architectures": ["GPT2LMHeadModel"]}, "GPT2LMHeadModel is not supported"),
+        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling 'yarn'"),
+        (
+            {"architectures": ["MistralForCausalLM"], "sliding_window": 4096},
+            "a sliding window (4096)",
+        ),
+        ({"use_sliding_window": True}, "sliding window"),
+        ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+    ],
+)
+def test_unsupported_models_are_refused_in_one_line(change, words):
+    config = json.loads((FIXTURES / "qwen2" / "config.json").read_text()) | change
+    with pytest.raises(ValueError, match="not supported") as e:
+        hf.model_fields(config)
+    assert words in str(e.value) and "\n" not in str(e.value)
+    assert "Qwen3ForCausalLM" in str(e.value)  # names what is supported
+
+
+def test_a_missing_tensor_is_named(tmp_path):
+    out = tmp_path / "broken"
+    out.mkdir()
+    for f in FIXTURES.joinpath("qwen2").iterdir():
+        (out / f.name).write_bytes(f.read_bytes())
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(config | {"num_hidden_layers": 3}))
+    with pytest.raises(ValueError, match="model.layers.2.input_layernorm.weight"):
+        hf.import_run(str(out), str(tmp_path / "w"), lm_pydoc.get_config())
