@@ -154,6 +154,16 @@ def _token_stream(
     )
 
 
+def _pad_rows(batch_size: int):
+    """A short final batch padded with empty rows (segment 0, mask 0: no loss)."""
+
+    def pad(batch):
+        missing = batch_size - len(batch["tokens"])
+        return {k: np.pad(v, ((0, missing), (0, 0))) for k, v in batch.items()}
+
+    return pad
+
+
 def _rows(index: int, local: int):
     """Batch -> its rows [index * local, (index + 1) * local): one process's part."""
     rows = slice(index * local, (index + 1) * local)
@@ -209,6 +219,8 @@ def make_eval(
     if is_text(cfg):
         ds = _token_stream(cfg, cfg.eval_split, train=False, rows=batch_size)
         rows = _rows(jax.process_index(), local)
+        if cfg.name in sft.SOURCES:  # small sets: pad the last batch, keep every example
+            return ds.batch(batch_size).map(_pad_rows(batch_size)).map(rows)
         return ds.batch(batch_size, drop_remainder=True).map(rows)
     ds = make_source(cfg, cfg.eval_split).batch(local, drop_remainder=True)
     n = len(ds) // jax.process_count()

@@ -48,12 +48,13 @@ def test_round_trip_is_bitwise(smoke_config, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["vae_digits", "ddpm_digits", "lm_pydoc", "gan_digits"]
+    "name", ["vae_digits", "ddpm_digits", "lm_pydoc", "gan_digits", "sft_pydoc"]
 )
 def test_exact_resume_matches_uninterrupted_run(name, trained, tmp_path):
     """The family's shared smoke run (6 steps, saved at 3 and 6; the GAN's with
     two roles, every-2-steps phases and spectral-norm state) is the
-    uninterrupted run. A copy without its step-6 checkpoint, as if killed right
+    uninterrupted run; sft_pydoc's trains LoRA adapters on packed SFT rows.
+    A copy without its step-6 checkpoint, as if killed right
     after the step-3 save, resumes and must end bitwise where it ended."""
     config = importlib.import_module(f"configs.{name}").get_config("smoke")
     assert (config.train.num_steps, config.train.ckpt_every_steps) == (6, 3)

@@ -72,7 +72,10 @@ def _import_dir(hf_dir, workdir) -> checkpoint.Run:
     "change, words",
     [
         ({"architectures": ["GPT2LMHeadModel"]}, "GPT2LMHeadModel is not supported"),
-        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling 'yarn'"),
+        (
+            {"rope_parameters": {"rope_type": "yarn", "factor": 4.0}},
+            "rope_scaling 'yarn'",
+        ),
         (
             {"architectures": ["MistralForCausalLM"], "sliding_window": 4096},
             "a sliding window (4096)",
@@ -98,3 +101,78 @@ def test_a_missing_tensor_is_named(tmp_path):
     (out / "config.json").write_text(json.dumps(config | {"num_hidden_layers": 3}))
     with pytest.raises(ValueError, match="model.layers.2.input_layernorm.weight"):
         hf.import_run(str(out), str(tmp_path / "w"), lm_pydoc.get_config())
+
+
+def _ok(result) -> str:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_import_sample_lora_sft_export_through_the_cli(tmp_path):
+    """import-hf -> sample (greedy = transformers' greedy) -> LoRA SFT on a
+    jsonl file with the chat template -> export-hf (base + PEFT adapter, and
+    --merge) -> the merged export imports back as the fine-tuned weights."""
+    kind, work = "qwen2", tmp_path / "imported"
+    strings = json.loads((FIXTURES / kind / "expected.json").read_text())
+    expected = np.load(FIXTURES / kind / "expected.npz")
+    _ok(
+        helpers.gen_jax("import-hf", f"--hf_dir={FIXTURES / kind}", f"--workdir={work}")
+    )
+    out = _ok(
+        helpers.gen_jax(
+            "sample",
+            f"--workdir={work}",
+            f"--prompt={strings['prompt']}",
+            "--temperature=0",
+            f"--max_len={len(expected['greedy'])}",
+            "--num_samples=1",
+        )
+    )
+    tokenizer = lm.make_model(checkpoint.load_config(str(work)))[1]
+    assert tokenizer.decode(expected["greedy"]) in out
+
+    rows = [
+        {"messages": strings["messages"]},
+        {"prompt": "What is a tuple?", "completion": "An immutable sequence."},
+    ]
+    jsonl = tmp_path / "train.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows * 4))
+    sft = tmp_path / "sft"
+    _ok(
+        helpers.gen_jax(
+            "train",
+            f"--config=configs/sft_hf.py:base={work},train_file={jsonl}",
+            f"--workdir={sft}",
+            "--config.train.num_steps=4",
+            "--config.train.batch_size=4",
+            "--config.train.log_every_steps=2",
+            "--config.train.ckpt_every_steps=4",
+            "--config.data.seq_len=65",
+            "--config.evals.heldout.batch_size=4",
+            "--config.evals.heldout.every_steps=4",
+            "--config.optim.model.lr=0.05",  # so four steps move the adapters
+        )
+    )
+    _ok(helpers.gen_jax("export-hf", f"--workdir={sft}", f"--out={tmp_path / 'hf'}"))
+    adapter = json.loads(
+        (tmp_path / "hf" / "adapter" / "adapter_config.json").read_text()
+    )
+    assert adapter["peft_type"] == "LORA" and adapter["r"] == 8
+    assert "q_proj" in adapter["target_modules"]
+    _ok(
+        helpers.gen_jax(
+            "export-hf", f"--workdir={sft}", f"--out={tmp_path / 'merged'}", "--merge"
+        )
+    )
+
+    tuned = checkpoint.open_run(str(sft))  # merged by open_run
+    base = checkpoint.open_run(str(work))
+    again = _import_dir(tmp_path / "merged", tmp_path / "again")
+    moved = 0.0
+    for a, b, c in zip(*(jax.tree.leaves(r.params) for r in (tuned, again, base))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        moved = max(moved, float(np.abs(np.asarray(a) - np.asarray(c)).max()))
+    assert moved > 1e-3  # the fine-tune changed the weights it exported
+    unmerged = _import_dir(tmp_path / "hf", tmp_path / "unmerged")  # the base
+    for a, b in zip(jax.tree.leaves(unmerged.params), jax.tree.leaves(base.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -192,7 +192,8 @@ def wrap(family: Family, cfg: ml_collections.ConfigDict) -> Family:
 
     def adapted_loss(loss_fn):
         def loss(params, batch, key):
-            key, dropout_key = jax.random.split(key)
+            # The family's own key unchanged: step 0 is the base run exactly.
+            dropout_key = jax.random.fold_in(key, 0x10A)
             inner = {**params, "model": params[BASE]["model"]}
             del inner[BASE]
             with nn.intercept_methods(

@@ -24,10 +24,10 @@ class ConfigError(ValueError):
     """A config file, variant or override that cannot be loaded."""
 
 
-def define_config(default: str | None = None, help_text: str = "") -> None:
+def define_config(help_text: str = "") -> None:
     config_flags.DEFINE_config_file(
         "config",
-        default,
+        None,
         (help_text + " " if help_text else "")
         + "Experiment config file and variant, e.g. configs/vae_digits.py:smoke; "
         "override any field with --config.a.b=value.",
@@ -85,6 +85,11 @@ def require(*names: str) -> None:
 
 def _config_spec(argv: list[str]) -> str | None:
     return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+
+
+def load_config_file(spec: str):
+    """The config of a `path[:arg]` spec (a tool's default config), errors in words."""
+    return _load_config(spec)
 
 
 def _load_config(spec: str):

@@ -14,12 +14,13 @@ from absl import app, flags
 from gen_jax.tools import flags as tool_flags
 
 FLAGS = flags.FLAGS
+DEFAULT_CONFIG = "configs/lm_pydoc.py"
 
 
 def _define_flags() -> None:
     tool_flags.define_config(
-        "configs/lm_pydoc.py",
-        "The LM config the model's fields are written over (data, mesh, ...).",
+        f"The LM config the model's fields are written over (data, mesh, ...); "
+        f"default {DEFAULT_CONFIG}, from the repository root."
     )
     tool_flags.define_workdir("The new workdir to write.")
     flags.DEFINE_string("hf_dir", None, "A local Hugging Face model directory.")
@@ -34,7 +35,8 @@ def main(argv: list[str]) -> None:
     tool_flags.require("workdir", "hf_dir")
     from gen_jax import hf
 
-    config = hf.import_run(FLAGS.hf_dir, FLAGS.workdir, FLAGS.config, dtype=FLAGS.dtype)
+    base = FLAGS.config or tool_flags.load_config_file(DEFAULT_CONFIG)
+    config = hf.import_run(FLAGS.hf_dir, FLAGS.workdir, base, dtype=FLAGS.dtype)
     m = config.model
     print(
         f"wrote {FLAGS.workdir}: {m.num_layers} layers, width {m.embed_dim}, "
