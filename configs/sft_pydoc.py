@@ -22,9 +22,7 @@ def get_config(arg: str | None = None):
     base.sft_defaults(c, "pydoc_qa")
     c.data.seq_len = 513  # 221 bytes a pair on average; 2 of 79 are truncated
     c.train.init_from = arg.base
-    c.train.update(
-        num_steps=100, batch_size=8, log_every_steps=10, ckpt_every_steps=50
-    )
+    c.train.update(num_steps=100, batch_size=8, log_every_steps=10, ckpt_every_steps=50)
     c.optim.model.update(lr=1e-3, warmup_steps=20, weight_decay=0.0)
     if arg.full:  # every weight trains: a 10x smaller step
         c.lora.rank = 0

@@ -32,6 +32,10 @@ FIELDS = (
     "mesh",
     "batch_size",
     "num_params",
+    "frozen_params",
+    "state_bytes",
+    "opt_state_bytes",
+    "ema_bytes",
     "steps",
     "warmup",
     "compile_s",
@@ -203,6 +207,10 @@ def bench_sampler(config, *, steps, warmup, num_samples):
     return record
 
 
+def _bytes(tree) -> int:
+    return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
 def _base_record(config, run_setup, mode, steps, warmup, compile_s) -> dict:
     params = run_setup.abstract_state.params
     roles = [r for r in run_setup.family.roles if r in params]
@@ -220,6 +228,16 @@ def _base_record(config, run_setup, mode, steps, warmup, compile_s) -> dict:
         "num_params": sum(
             math.prod(x.shape) for r in roles for x in jax.tree.leaves(params[r])
         ),
+        # LoRA: the base the optimizer and the EMA never see.
+        "frozen_params": sum(
+            math.prod(x.shape)
+            for k in run_setup.family.frozen
+            for x in jax.tree.leaves(params[k])
+        ),
+        # The train state a device holds: params, optimizer moments, EMA.
+        "state_bytes": _bytes(run_setup.abstract_state),
+        "opt_state_bytes": _bytes(run_setup.abstract_state.opt_state),
+        "ema_bytes": _bytes(run_setup.abstract_state.ema_params),
         "steps": steps,
         "warmup": warmup,
         "compile_s": compile_s,
@@ -230,6 +248,11 @@ def format_table(records: list[dict]) -> str:
     """One column per record: the fields a reader compares, in readable units."""
     rows = [
         ("batch", "batch_size", "{:d}"),
+        ("trained params M", "num_params", "{:.3f}", 1e-6),
+        ("frozen params M", "frozen_params", "{:.3f}", 1e-6),
+        ("state MiB", "state_bytes", "{:.1f}", 2**-20),
+        ("optimizer MiB", "opt_state_bytes", "{:.2f}", 2**-20),
+        ("EMA MiB", "ema_bytes", "{:.2f}", 2**-20),
         ("compile s", "compile_s", "{:.2f}"),
         ("ms/step median", "step_s_median", "{:.2f}", 1e3),
         ("ms/step p10", "step_s_p10", "{:.2f}", 1e3),

@@ -219,7 +219,9 @@ def make_eval(
     if is_text(cfg):
         ds = _token_stream(cfg, cfg.eval_split, train=False, rows=batch_size)
         rows = _rows(jax.process_index(), local)
-        if cfg.name in sft.SOURCES:  # small sets: pad the last batch, keep every example
+        if (
+            cfg.name in sft.SOURCES
+        ):  # small sets: pad the last batch, keep every example
             return ds.batch(batch_size).map(_pad_rows(batch_size)).map(rows)
         return ds.batch(batch_size, drop_remainder=True).map(rows)
     ds = make_source(cfg, cfg.eval_split).batch(local, drop_remainder=True)
