@@ -6,9 +6,9 @@ embedded LM default, no download.
     --max_len=300 --temperature=0.8 --top_k=40
 
 4 layers, 4 heads, width 128, RoPE, 128-byte context, batch 16. Held-out
-split: every 10th topic. Expected (2-core CPU, measured 2026-11-23): 6 min 15 s,
-~8.6k tokens/s, held-out loss 1.519 nats/byte (2.19 bits/byte) after 1500
-steps. `:smoke` runs a few steps in seconds.
+split: every 10th topic. Expected (2-core CPU, measured 2026-12-02, separate
+q/k/v projections): about 3 min 20 s at ~8 steps/s, held-out loss 1.543
+nats/byte (2.23 bits/byte) after 1500 steps. `:smoke` runs a few steps in seconds.
 """
 
 from configs import base

@@ -38,7 +38,7 @@ def test_config_loads_documents_its_command_and_smoke_needs_no_download(name):
     module = importlib.import_module(f"configs.{name}")
     assert module.__doc__ and "--workdir" in module.__doc__  # the command to run it
     full, smoke = module.get_config(), module.get_config("smoke")
-    assert full.family and full.model.name and full.train.num_steps > 100
+    assert full.family and full.model.name and full.train.num_steps >= 100
     assert smoke.train.num_steps < 10
     assert smoke.data.name in NO_DOWNLOAD, smoke.data.name  # asserted, not overridden
     for config in (full, smoke):

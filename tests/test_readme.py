@@ -21,6 +21,7 @@ NOT_RUN = {
     "tensorboard": "a server for the user's eyes",
     "sbatch": "needs a Slurm cluster (the script's dry run: tests/test_launch.py)",
     "python -m benchmarks": "needs the bench extra (torch)",
+    "python tests/fixtures/make_hf.py": "needs the hf extra (torch, transformers)",
 }
 # README workdirs that the shared smoke runs stand in for (same config, :smoke).
 SMOKE_RUNS = ("vae_digits", "ddpm_digits", "gan_digits", "lm_pydoc")
