@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from gen_jax import sharding, sft, text
+from gen_jax import sft, sharding, text
 
 DIGITS_TEST_SIZE = 300  # of 1797; the split is fixed, independent of config.seed
 
