@@ -111,6 +111,8 @@ SMOKE_MODELS = {
     "lm": {
         "num_layers": 1,
         "num_heads": 2,
+        "num_kv_heads": 0,
+        "head_dim": 0,
         "embed_dim": 16,
         "mlp_dim": 32,
         "dtype": "float32",
