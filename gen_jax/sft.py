@@ -27,15 +27,8 @@ OVERLONG = ("truncate", "drop")
 def _pydoc_pairs(split: str) -> list[list[dict]]:
     from pydoc_data import topics
 
-    keys = sorted(topics.topics)
-    chosen = {
-        "train": [k for i, k in enumerate(keys) if i % 10],
-        "test": [k for i, k in enumerate(keys) if i % 10 == 0],
-    }
-    if split not in chosen:
-        raise ValueError(f"pydoc_qa has splits {sorted(chosen)}, not {split!r}")
     out = []
-    for key in chosen[split]:
+    for key in text.pydoc_topics(split):
         title, _, body = topics.topics[key].partition("\n")
         paragraphs = [p.strip() for p in body.split("\n\n") if p.strip("*\n ")]
         answer = " ".join(paragraphs[0].split())  # re-flowed onto one line

@@ -6,7 +6,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gen_jax.families.family import Batch, Family, Metrics, Params, role_of
+from gen_jax.families.family import (
+    Batch,
+    Family,
+    Metrics,
+    Params,
+    heldout_metrics,
+    role_of,
+)
 from gen_jax.train_state import TrainState
 
 
@@ -85,13 +92,4 @@ def eval_step(
 ) -> Metrics:
     """Every role's loss and metrics on one batch, without updates (or the
     family's own held-out metrics, when it defines them)."""
-    if family.evaluate is not None:
-        return family.evaluate(params, batch, key)
-    metrics = {}
-    for phase, loss_fn in family.losses.items():
-        key, subkey = jax.random.split(key)
-        loss, aux = loss_fn(params, batch, subkey)
-        aux = {k: v for k, v in aux.items() if k != "new_state"}
-        metrics[f"{phase}/loss"] = loss
-        metrics |= {f"{phase}/{k}": v for k, v in aux.items()}
-    return metrics
+    return heldout_metrics(family, params, batch, key)

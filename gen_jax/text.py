@@ -86,19 +86,26 @@ def _sentencepiece_tokenizer(path: str) -> Tokenizer:
     )
 
 
-@functools.cache
-def _pydoc_documents(split: str) -> tuple[str, ...]:
+def pydoc_topics(split: str) -> list[str]:
+    """The split's `pydoc_data.topics` keys: a fixed 1-in-10 hold-out of topics,
+    independent of any seed (the LM text and the SFT pairs share it)."""
     from pydoc_data import topics  # bundled with CPython
 
     keys = sorted(topics.topics)
-    # A fixed 1-in-10 hold-out of topics, independent of any seed.
     chosen = {
         "train": [k for i, k in enumerate(keys) if i % 10],
         "test": [k for i, k in enumerate(keys) if i % 10 == 0],
     }
     if split not in chosen:
         raise ValueError(f"pydoc has splits {sorted(chosen)}, not {split!r}")
-    return tuple(topics.topics[k] for k in chosen[split])
+    return chosen[split]
+
+
+@functools.cache
+def _pydoc_documents(split: str) -> tuple[str, ...]:
+    from pydoc_data import topics
+
+    return tuple(topics.topics[k] for k in pydoc_topics(split))
 
 
 def documents(cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:

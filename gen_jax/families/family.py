@@ -65,6 +65,22 @@ class Family:
         return list(dict.fromkeys(role_of(phase) for phase in self.losses))
 
 
+def heldout_metrics(
+    family: Family, params: Params, batch: Batch, key: jax.Array
+) -> Metrics:
+    """The family's own held-out metrics, else every phase's loss and metrics
+    on the batch (no updates): step.eval_step, and LoRA's merged evaluation."""
+    if family.evaluate is not None:
+        return family.evaluate(params, batch, key)
+    metrics = {}
+    for phase, loss_fn in family.losses.items():
+        key, subkey = jax.random.split(key)
+        loss, aux = loss_fn(params, batch, subkey)
+        metrics[f"{phase}/loss"] = loss
+        metrics |= {f"{phase}/{k}": v for k, v in aux.items() if k != "new_state"}
+    return metrics
+
+
 def role_of(phase: str) -> str:
     """The role a phase updates: "disc/r1" -> "disc"."""
     return phase.split("/")[0]

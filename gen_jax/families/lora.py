@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gen_jax.families.family import Family, Params
+from gen_jax.families.family import Family, Params, heldout_metrics
 
 BASE = "lora_base"  # the params entry of the frozen base: {"model": params}
 
@@ -132,20 +132,6 @@ def merge(params: Params, scale: float) -> Params:
     return rest | {"model": fold(base, params["model"])}
 
 
-def _evaluate(family: Family, params: Params, batch, key) -> dict:
-    """Held-out metrics of the merged model: the family's own, else its losses
-    (as step.eval_step computes them), so no adapter dropout at evaluation."""
-    if family.evaluate is not None:
-        return family.evaluate(params, batch, key)
-    metrics = {}
-    for phase, loss_fn in family.losses.items():
-        key, subkey = jax.random.split(key)
-        loss, aux = loss_fn(params, batch, subkey)
-        metrics[f"{phase}/loss"] = loss
-        metrics |= {f"{phase}/{k}": v for k, v in aux.items() if k != "new_state"}
-    return metrics
-
-
 def wrap(family: Family, cfg: ml_collections.ConfigDict) -> Family:
     """`family` training adapters only: params {"model": adapters, BASE:
     {"model": frozen base}}; the optimizer and the EMA see adapter-sized arrays."""
@@ -212,7 +198,8 @@ def wrap(family: Family, cfg: ml_collections.ConfigDict) -> Family:
         sample=merged(family.sample),
         apply=merged(family.apply),
         reconstruct=merged(family.reconstruct),
-        evaluate=lambda params, batch, key: _evaluate(
+        # Merged weights: no adapter dropout at evaluation.
+        evaluate=lambda params, batch, key: heldout_metrics(
             family, merge(params, scale), batch, key
         ),
         per_example=family.per_example,
