@@ -206,6 +206,52 @@ def _hf_tokenizer(directory: str) -> Tokenizer:
     )
 
 
+def describe_tokenizer(
+    cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, directory: str
+) -> dict:
+    """What rebuilds `tokenizer` without the data (an export artifact): a
+    JSON-able spec, with its files copied into `directory` (named relative to it)."""
+    import pathlib
+    import shutil
+
+    out = pathlib.Path(directory)
+    if tokenizer.name == "byte":
+        return {"tokenizer": "byte"}
+    if tokenizer.name == "char":  # the vocabulary is the decoded ids, in order
+        return {
+            "tokenizer": "char",
+            "chars": tokenizer.decode(np.arange(tokenizer.vocab_size)),
+        }
+    out.mkdir(parents=True, exist_ok=True)
+    if tokenizer.name == "sentencepiece":
+        shutil.copyfile(cfg.sentencepiece_model, out / "tokenizer.model")
+        return {"tokenizer": "sentencepiece", "sentencepiece_model": "tokenizer.model"}
+    if tokenizer.name == "hf":
+        src = pathlib.Path(cfg.tokenizer_dir or ".")
+        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            if (src / name).is_file():
+                shutil.copyfile(src / name, out / name)
+        return {"tokenizer": "hf", "tokenizer_dir": "."}
+    raise ValueError(f"cannot describe tokenizer {tokenizer.name!r}")
+
+
+def tokenizer_from_spec(spec: dict, directory: str) -> Tokenizer:
+    """The tokenizer `describe_tokenizer` wrote, its files under `directory`."""
+    import pathlib
+
+    kind = spec.get("tokenizer")
+    if kind == "byte":
+        return _byte_tokenizer()
+    if kind == "char":
+        return _char_tokenizer(spec["chars"])
+    if kind == "sentencepiece":
+        path = pathlib.Path(directory) / spec["sentencepiece_model"]
+        return _sentencepiece_tokenizer(str(path))
+    if kind == "hf":
+        return _hf_tokenizer(str(pathlib.Path(directory) / spec["tokenizer_dir"]))
+    raise ValueError(f"unknown tokenizer spec {spec!r}")
+
+
 def render_chat(
     tokenizer: Tokenizer, messages: list[dict], *, add_generation_prompt: bool
 ) -> str:

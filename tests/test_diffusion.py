@@ -116,14 +116,15 @@ def test_ddim_eta0_is_deterministic_and_eta1_full_equals_ddpm(config):
     _, batch, params = _setup(config)
     s, denoise = _denoise_fn(config, params, batch["label"])
     x_T = jax.random.normal(jax.random.key(5), batch["image"].shape)
-    a = samplers.ddim(s, denoise, x_T, jax.random.key(1), steps=7, eta=0.0)
-    b = samplers.ddim(s, denoise, x_T, jax.random.key(2), steps=7, eta=0.0)
+    keys = lambda seed: jax.random.split(jax.random.key(seed), len(x_T))
+    a = samplers.ddim(s, denoise, x_T, keys(1), steps=7, eta=0.0)
+    b = samplers.ddim(s, denoise, x_T, keys(2), steps=7, eta=0.0)
     np.testing.assert_array_equal(a, b)
     # DDIM with eta=1 on the full grid is the DDPM posterior-mean path with the
     # posterior variance, step for step (same noise draws).
     t = config.diffusion.num_timesteps
-    full = samplers.ddim(s, denoise, x_T, jax.random.key(3), steps=t, eta=1.0)
-    ddpm = samplers.ddpm(s, denoise, x_T, jax.random.key(3), variance="small")
+    full = samplers.ddim(s, denoise, x_T, keys(3), steps=t, eta=1.0)
+    ddpm = samplers.ddpm(s, denoise, x_T, keys(3), variance="small")
     assert full.shape == ddpm.shape == x_T.shape
     np.testing.assert_allclose(full, ddpm, atol=5e-4)  # two float32 algebraic forms
 
@@ -131,18 +132,33 @@ def test_ddim_eta0_is_deterministic_and_eta1_full_equals_ddpm(config):
 def test_guidance_one_equals_conditional_model_and_does_not_recompile(config):
     _, batch, params = _setup(config)
     guided = jax.jit(diffusion.make_guided_sampler(config))
-    key, labels = jax.random.key(7), batch["label"]
-    got = guided(params, key, labels, 1.0)
+    labels = batch["label"]
+    keys = jax.random.split(jax.random.key(7), len(labels))
+    got = guided(params, keys, labels, jnp.ones(len(labels)))
     s, denoise = _denoise_fn(config, params, labels)
-    noise_key, sampler_key = jax.random.split(key)
-    x_T = jax.random.normal(noise_key, batch["image"].shape)
+    noise_keys, sampler_keys = samplers.split_per_image(keys)
+    x_T = jax.vmap(lambda k: jax.random.normal(k, batch["image"].shape[1:]))(noise_keys)
     want = samplers.ddim(
-        s, denoise, x_T, sampler_key, steps=config.diffusion.sample_steps, eta=0.0
+        s, denoise, x_T, sampler_keys, steps=config.diffusion.sample_steps, eta=0.0
     )
     np.testing.assert_allclose(got, want, atol=1e-5)
-    guided(params, key, labels, 3.0)
-    guided(params, key, labels, 0.0)
+    guided(params, keys, labels, jnp.full(len(labels), 3.0))
+    guided(params, keys, labels, jnp.asarray([0.0, 2.0] * (len(labels) // 2)))
     assert guided._cache_size() == 1
+
+
+def test_an_image_does_not_depend_on_what_it_is_batched_with(config):
+    """Per-image keys, labels and guidance (what the server's micro-batches
+    rely on): the first images of a larger batch with other seeds, labels and
+    guidance equal the same images generated alone."""
+    _, _, params = _setup(config)
+    family = diffusion.make(config)
+    generate = jax.jit(family.generate)
+    keys = jax.random.split(jax.random.key(3), 4)
+    labels, guidance = jnp.asarray([1, 2, 3, 4]), jnp.asarray([2.0, 1.0, 3.0, 0.5])
+    alone = generate(params, keys[:1], labels[:1], guidance[:1])
+    batched = generate(params, keys, labels, guidance)
+    np.testing.assert_allclose(alone[0], batched[0], atol=1e-6)
 
 
 @pytest.mark.parametrize("name", diffusion.SAMPLERS)

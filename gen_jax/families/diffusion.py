@@ -13,7 +13,15 @@ import ml_collections
 
 from gen_jax.families import gaussian_diffusion as gd
 from gen_jax.families import samplers
-from gen_jax.families.family import Batch, Family, Metrics, Params, check_name
+from gen_jax.families.family import (
+    Batch,
+    Family,
+    Metrics,
+    Params,
+    check_name,
+    images_sampler,
+    normal_per_key,
+)
 from gen_jax.models import MODELS
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp_2m")
@@ -46,10 +54,10 @@ def _model_and_schedule(config: ml_collections.ConfigDict):
 
 
 def make_guided_sampler(config: ml_collections.ConfigDict):
-    """(params, key, labels_B, guidance) -> images in [-1, 1], with the sampler,
-    its steps and eta fixed by `config.diffusion` and `guidance` a traced
-    scalar (changing it does not recompile). Labels are ignored when the model
-    is unconditional."""
+    """(params, keys_N, labels_N, guidance_N) -> images in [-1, 1] (the family's
+    `generate`), with the sampler, its steps and eta fixed by `config.diffusion`
+    and one traced guidance weight per image (changing them does not
+    recompile). Labels are ignored when the model is unconditional."""
     model, s = _model_and_schedule(config)
     d = config.diffusion
     num_classes = _num_classes(config)
@@ -62,27 +70,29 @@ def make_guided_sampler(config: ml_collections.ConfigDict):
         ),
     }[d.sampler]
 
-    def sample(params: Params, key: jax.Array, labels_B: jax.Array, guidance):
+    def sample(params: Params, keys_N, labels_N, guidance_N):
         p = {"params": params["model"]}
+        guidance_N111 = jnp.broadcast_to(guidance_N, labels_N.shape)[
+            :, None, None, None
+        ]
 
-        def denoise(x_t, t_B):
+        def denoise(x_t, t_N):
             if not num_classes:
-                out = model.apply(p, x_t, t_B)
+                out = model.apply(p, x_t, t_N)
             else:  # one batched pass for the conditional and the null label
-                null_B = jnp.full_like(labels_B, num_classes)
+                null_N = jnp.full_like(labels_N, num_classes)
                 both = model.apply(
                     p,
                     jnp.concatenate([x_t, x_t]),
-                    jnp.concatenate([t_B, t_B]),
-                    jnp.concatenate([labels_B, null_B]),
+                    jnp.concatenate([t_N, t_N]),
+                    jnp.concatenate([labels_N, null_N]),
                 )
                 cond, uncond = jnp.split(both, 2)
-                out = uncond + guidance * (cond - uncond)
-            return gd.to_x0_eps(s, d.prediction, x_t, t_B, out)
+                out = uncond + guidance_N111 * (cond - uncond)
+            return gd.to_x0_eps(s, d.prediction, x_t, t_N, out)
 
-        noise_key, sampler_key = jax.random.split(key)
-        x_T = jax.random.normal(noise_key, (labels_B.shape[0], *shape))
-        return run(s, denoise, x_T, sampler_key)
+        noise_keys, sampler_keys = samplers.split_per_image(keys_N)
+        return run(s, denoise, normal_per_key(noise_keys, shape), sampler_keys)
 
     return sample
 
@@ -177,14 +187,11 @@ def make(config: ml_collections.ConfigDict) -> Family:
             "model/bits_per_dim": jnp.mean(nelbo_B) / (dims * math.log(2)),
         }
 
-    def sample(params: Params, key: jax.Array, num: int) -> jax.Array:
-        labels_B = jnp.arange(num) % max(num_classes, 1)
-        return guided_sample(params, key, labels_B, jnp.float32(d.guidance_scale))
-
     return Family(
         init=init,
         losses={"model": loss},
-        sample=sample,
+        generate=guided_sample,
+        sample=images_sampler(guided_sample, num_classes, d.guidance_scale),
         apply=apply,
         evaluate=evaluate,
     )

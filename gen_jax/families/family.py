@@ -5,6 +5,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 PyTree = Any
 Params = dict[str, PyTree]  # keyed by role: "model", or "disc" and "gen"
@@ -35,6 +36,12 @@ class Family:
     # (params, key, n) -> n images in [-1, 1] (LM: token rows): the samples and
     # quality evaluators, `gen-jax sample`, bench.py. None for the classifier.
     sample: Callable[[Params, jax.Array, int], jax.Array] | None = None
+    # (params, keys_N, labels_N, guidance_N) -> N images in [-1, 1], one key,
+    # label and guidance weight per image (labels and guidance ignored where
+    # the model does not use them), so an image does not depend on what it is
+    # batched with: `sample` is built on it (`images_sampler`), and so are the
+    # exported sampler (export.py) and the server's micro-batches.
+    generate: Callable[..., jax.Array] | None = None
     # The model's deterministic forward pass on a batch, for inspection (the
     # quick-start notebook): VAE decoder output for a posterior sample,
     # denoiser output at random timesteps, LM next-token logits, GAN
@@ -79,6 +86,28 @@ def heldout_metrics(
         metrics[f"{phase}/loss"] = loss
         metrics |= {f"{phase}/{k}": v for k, v in aux.items() if k != "new_state"}
     return metrics
+
+
+def image_keys(key: jax.Array, num: int) -> jax.Array:
+    """One key per image: image i of a sample seeded with `key` uses
+    fold_in(key, i), whatever else it is generated with."""
+    return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(num))
+
+
+def images_sampler(generate: Callable[..., jax.Array], num_classes: int, guidance=1.0):
+    """`Family.sample` from `Family.generate`: every class in turn, one guidance."""
+
+    def sample(params: Params, key: jax.Array, num: int) -> jax.Array:
+        labels_N = jnp.arange(num) % max(num_classes, 1)
+        guidance_N = jnp.full((num,), guidance, jnp.float32)
+        return generate(params, image_keys(key, num), labels_N, guidance_N)
+
+    return sample
+
+
+def normal_per_key(keys_N: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """[N, *shape] standard normals, row i drawn from keys_N[i] alone."""
+    return jax.vmap(lambda k: jax.random.normal(k, shape))(keys_N)
 
 
 def role_of(phase: str) -> str:

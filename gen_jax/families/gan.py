@@ -9,7 +9,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gen_jax.families.family import Batch, Family, Metrics, Params, check_name
+from gen_jax.families.family import (
+    Batch,
+    Family,
+    Metrics,
+    Params,
+    check_name,
+    images_sampler,
+    normal_per_key,
+)
 from gen_jax.models import MODELS
 
 LOSSES = ("non_saturating", "hinge", "wgan_gp")
@@ -134,9 +142,9 @@ def make(config: ml_collections.ConfigDict) -> Family:
         fake_B, _ = critic(params, fake, labels_B)
         return gen_loss_from_scores(kind, fake_B), {"fake_score": jnp.mean(fake_B)}
 
-    def sample(params: Params, key: jax.Array, num: int) -> jax.Array:
-        labels_B = jnp.arange(num) % max(num_classes, 1)  # every class in turn
-        return generate(params, jax.random.normal(key, (num, z_dim)), labels_B)
+    def generate_images(params: Params, keys_N, labels_N, guidance_N) -> jax.Array:
+        del guidance_N  # no classifier-free guidance
+        return generate(params, normal_per_key(keys_N, (z_dim,)), labels_N)
 
     def apply(params: Params, batch: Batch, key: jax.Array) -> jax.Array:
         del key
@@ -146,4 +154,11 @@ def make(config: ml_collections.ConfigDict) -> Family:
     if cfg.r1_gamma and cfg.r1_every > 1:
         losses["disc/r1"], every["disc/r1"] = lazy_r1_loss, cfg.r1_every
     losses["gen"] = gen_loss
-    return Family(init=init, losses=losses, sample=sample, apply=apply, every=every)
+    return Family(
+        init=init,
+        losses=losses,
+        generate=generate_images,
+        sample=images_sampler(generate_images, num_classes),
+        apply=apply,
+        every=every,
+    )

@@ -40,29 +40,31 @@ def flops_per_token(num_params: int, model, seq_len: int) -> float:
 
 def sample_logits(logits_BV, key_B, temperature, top_k, top_p):
     """One token per row. temperature 0 is greedy; top_k 0 and top_p 1 are off.
-    All three may be traced values, so changing them does not recompile."""
+    Each control is a scalar or one value per row (a server's decode slots),
+    and may be traced, so changing them does not recompile."""
     logits_BV = logits_BV.astype(jnp.float32)
+    b, vocab = logits_BV.shape
+    per_row = lambda x, dtype: jnp.broadcast_to(jnp.asarray(x, dtype), (b,))[:, None]
+    temperature_B1 = per_row(temperature, jnp.float32)
+    top_k_B1, top_p_B1 = per_row(top_k, jnp.int32), per_row(top_p, jnp.float32)
     sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
-    vocab = logits_BV.shape[-1]
-    kth_B1 = jnp.take(
-        sorted_BV, jnp.clip(jnp.where(top_k > 0, top_k, vocab), 1, vocab) - 1, axis=-1
-    )[:, None]
+    kth_B1 = jnp.take_along_axis(
+        sorted_BV, jnp.clip(jnp.where(top_k_B1 > 0, top_k_B1, vocab), 1, vocab) - 1, -1
+    )
     logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
     # top-p: keep the smallest prefix of sorted tokens whose mass reaches top_p.
+    temperature_B1 = jnp.maximum(temperature_B1, 1e-6)
     probs_BV = jax.nn.softmax(
-        jnp.where(sorted_BV < kth_B1, -jnp.inf, sorted_BV)
-        / jnp.maximum(temperature, 1e-6),
-        axis=-1,
+        jnp.where(sorted_BV < kth_B1, -jnp.inf, sorted_BV) / temperature_B1, axis=-1
     )
     before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
     cutoff_B1 = jnp.min(
-        jnp.where(before_BV < top_p, sorted_BV, jnp.inf), axis=-1, keepdims=True
+        jnp.where(before_BV < top_p_B1, sorted_BV, jnp.inf), axis=-1, keepdims=True
     )
     logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
-    sampled_B = jax.vmap(jax.random.categorical)(
-        key_B, logits_BV / jnp.maximum(temperature, 1e-6)
-    )
-    return jnp.where(temperature > 0, sampled_B, jnp.argmax(logits_BV, axis=-1))
+    sampled_B = jax.vmap(jax.random.categorical)(key_B, logits_BV / temperature_B1)
+    greedy_B = jnp.broadcast_to(jnp.asarray(temperature) <= 0, (b,))
+    return jnp.where(~greedy_B, sampled_B, jnp.argmax(logits_BV, -1))
 
 
 def make_generate(model, *, use_cache: bool = True):
@@ -102,6 +104,55 @@ def make_generate(model, *, use_cache: bool = True):
         return jax.lax.fori_loop(p, max_len, body, carry)[0]
 
     return generate
+
+
+def make_serving(model, context: int):
+    """The two step functions a server drives decoding with, over a KV cache of
+    `context` positions per slot (`transformer.init_cache(model, slots, context)`):
+
+    prefill(params, cache, slots_B, prompts_BP, lengths_B, seeds_B, temperature_B,
+            top_k_B, top_p_B) -> (first tokens [B], cache): right-padded prompts
+        written into cache rows `slots_B`, each one's first token sampled;
+    decode(params, cache, tokens_S, positions_S, seeds_S, temperature_S, top_k_S,
+           top_p_S) -> (next tokens [S], cache): every slot's token at its
+        position in, the token after it out.
+
+    Token i of a sequence is sampled with fold_in(key(seed), i), as in
+    `make_generate`: a slot's tokens do not depend on the other slots."""
+
+    def keys(seeds_B, positions_B):
+        return jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(
+            seeds_B, positions_B
+        )
+
+    def apply(params, *args):
+        return model.apply({"params": params["model"]}, *args)
+
+    def prefill(params, cache, slots_B, prompts_BP, lengths_B, seeds_B, *controls):
+        b, p = prompts_BP.shape
+        positions_BP = jnp.broadcast_to(jnp.arange(p), (b, p))
+        # A fresh row per prompt: positions past its length hold padding, which
+        # decoding overwrites before any query can see it (keys <= position).
+        logits_BPV, rows = apply(
+            params, prompts_BP, positions_BP, transformer.init_cache(model, b, context)
+        )
+        last_BV = jnp.take_along_axis(
+            logits_BPV, (lengths_B - 1)[:, None, None], axis=1
+        )[:, 0]
+        token_B = sample_logits(last_BV, keys(seeds_B, lengths_B), *controls)
+        cache = jax.tree.map(lambda c, r: c.at[slots_B].set(r), cache, rows)
+        return token_B, cache
+
+    def decode(params, cache, tokens_S, positions_S, seeds_S, *controls):
+        logits_S1V, cache = apply(
+            params, tokens_S[:, None], positions_S[:, None], cache
+        )
+        next_S = sample_logits(
+            logits_S1V[:, 0], keys(seeds_S, positions_S + 1), *controls
+        )
+        return next_S, cache
+
+    return prefill, decode
 
 
 def make(config: ml_collections.ConfigDict) -> Family:

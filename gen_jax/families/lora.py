@@ -195,6 +195,7 @@ def wrap(family: Family, cfg: ml_collections.ConfigDict) -> Family:
     return Family(
         init=init,
         losses={phase: adapted_loss(fn) for phase, fn in family.losses.items()},
+        generate=merged(family.generate),
         sample=merged(family.sample),
         apply=merged(family.apply),
         reconstruct=merged(family.reconstruct),

@@ -7,7 +7,15 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from gen_jax.families.family import Batch, Family, Metrics, Params, check_name
+from gen_jax.families.family import (
+    Batch,
+    Family,
+    Metrics,
+    Params,
+    check_name,
+    images_sampler,
+    normal_per_key,
+)
 from gen_jax.models import MODELS
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -89,9 +97,10 @@ def make(config: ml_collections.ConfigDict) -> Family:
         }
         return jnp.mean(nll_B + beta * kl_B), metrics
 
-    def sample(params: Params, key: jax.Array, num: int) -> jax.Array:
-        z_BZ = jax.random.normal(key, (num, config.model.latents))
-        out = model.apply({"params": params["model"]}, z_BZ, method=model.decode)
+    def generate(params: Params, keys_N, labels_N, guidance_N) -> jax.Array:
+        del labels_N, guidance_N  # unconditional
+        z_NZ = normal_per_key(keys_N, (config.model.latents,))
+        out = model.apply({"params": params["model"]}, z_NZ, method=model.decode)
         return decoded_image(out, likelihood)
 
     def reconstruct(params: Params, batch: Batch, key: jax.Array) -> jax.Array:
@@ -103,7 +112,8 @@ def make(config: ml_collections.ConfigDict) -> Family:
     return Family(
         init=init,
         losses={"model": loss},
-        sample=sample,
+        generate=generate,
+        sample=images_sampler(generate, 0),
         apply=apply,
         reconstruct=reconstruct,
     )

@@ -165,12 +165,13 @@ class Block(nn.Module):
             k_BLGK = _norm(self.norm, self.norm_eps, self.dtype, "k_norm", "kv")(k_BLGK)
         q_BLHK = rope(q_BLHK, positions_BL, freqs_K)
         k_BLGK = rope(k_BLGK, positions_BL, freqs_K)
-        if (
-            cache is not None
-        ):  # write this chunk at its positions, attend over the cache
-            start = positions_BL[0, 0]
-            k_BLGK = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_BLGK, start, 1)
-            v_BLGK = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BLGK, start, 1)
+        if cache is not None:  # write each row's chunk at its start, attend over all
+            # Rows may sit at different positions (a server's decode slots).
+            write = jax.vmap(
+                lambda c, x, start: jax.lax.dynamic_update_slice_in_dim(c, x, start, 0)
+            )
+            k_BLGK = write(cache["k"], k_BLGK, positions_BL[:, 0])
+            v_BLGK = write(cache["v"], v_BLGK, positions_BL[:, 0])
             cache = {"k": k_BLGK, "v": v_BLGK}
             key_pos = jnp.arange(k_BLGK.shape[1])
             mask = key_pos[None, None, None, :] <= positions_BL[:, None, :, None]

@@ -24,6 +24,14 @@ COMMANDS = {
         "export_hf",
         "an LM run as a Hugging Face directory (with a PEFT adapter for LoRA runs)",
     ),
+    "export": (
+        "export",
+        "a run as a jax.export artifact (sampler, or LM prefill/decode) and its params",
+    ),
+    "serve": (
+        "serve",
+        "an OpenAI-compatible HTTP server for a run or an export artifact",
+    ),
     "convert-inception": (
         "convert_inception",
         "convert pytorch-fid's InceptionV3 weights for the inception features",
