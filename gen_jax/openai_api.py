@@ -5,9 +5,11 @@ OpenAI's shape, {"error": {"message", "type", "param", "code"}}."""
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
+import signal
 import threading
 import time
 import uuid
@@ -472,7 +474,21 @@ def run_server(app, *, host: str, port: int, engine, graceful_s: float = 30.0) -
         log_level="warning",
         timeout_graceful_shutdown=graceful_s,
     )
-    server = uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            # uvicorn re-raises SIGTERM after its graceful shutdown, so the
+            # process would die of it; a server that drained exits 0 instead.
+            signals = (signal.SIGINT, signal.SIGTERM)
+            before = {s: signal.signal(s, self.handle_exit) for s in signals}
+            try:
+                yield
+            finally:
+                for s, handler in before.items():
+                    signal.signal(s, handler)
+
+    server = Server(config)
     try:
         server.run()
     finally:

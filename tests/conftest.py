@@ -59,6 +59,27 @@ def trained(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def exported(trained, tmp_path_factory):
+    """`exported(name)`: the artifact `gen-jax export` writes for `trained(name)`,
+    lowered for cpu, cuda and tpu (the LM with a 48-position context)."""
+    artifacts = {}
+
+    def get(name: str) -> str:
+        if name not in artifacts:
+            out = str(tmp_path_factory.mktemp("export") / name)
+            args = [f"--workdir={trained(name)}", f"--out={out}"]
+            args += ["--platforms=cpu,cuda,tpu"] + (
+                ["--context=48"] if name.startswith("lm") else []
+            )
+            result = helpers.gen_jax("export", *args)
+            assert result.returncode == 0, result.stderr[-3000:]
+            artifacts[name] = out
+        return artifacts[name]
+
+    return get
+
+
 def pytest_collection_modifyitems(items):
     """Under pytest-xdist (`-n`, `--dist loadgroup`), the tests of one shared run
     go to one worker, so each smoke run trains once per session, not per worker."""

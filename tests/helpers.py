@@ -106,3 +106,46 @@ def _run(argv: list[str], devices: int, timeout: int) -> subprocess.CompletedPro
         text=True,
         timeout=timeout,
     )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(*args: str, timeout: float = 300) -> tuple[subprocess.Popen, str]:
+    """`gen-jax serve ARGS` on a free port, once /health answers 200 (every
+    program compiled): (the process, its base URL)."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    script = shutil.which("gen-jax")
+    proc = subprocess.Popen(
+        [script, "serve", f"--port={port}", *args],
+        cwd=ROOT,
+        env=cli_env(1),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"the server exited {proc.returncode}: {proc.stderr.read()[-3000:]}"
+            )
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=5) as r:
+                if r.status == 200:
+                    return proc, url
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.25)
+    proc.kill()
+    raise AssertionError(f"the server did not become healthy in {timeout} s")

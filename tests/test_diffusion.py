@@ -134,7 +134,7 @@ def test_guidance_one_equals_conditional_model_and_does_not_recompile(config):
     guided = jax.jit(diffusion.make_guided_sampler(config))
     labels = batch["label"]
     keys = jax.random.split(jax.random.key(7), len(labels))
-    got = guided(params, keys, labels, jnp.ones(len(labels)))
+    got = guided(params, keys, labels, np.ones(len(labels), np.float32))
     s, denoise = _denoise_fn(config, params, labels)
     noise_keys, sampler_keys = samplers.split_per_image(keys)
     x_T = jax.vmap(lambda k: jax.random.normal(k, batch["image"].shape[1:]))(noise_keys)
@@ -142,8 +142,8 @@ def test_guidance_one_equals_conditional_model_and_does_not_recompile(config):
         s, denoise, x_T, sampler_keys, steps=config.diffusion.sample_steps, eta=0.0
     )
     np.testing.assert_allclose(got, want, atol=1e-5)
-    guided(params, keys, labels, jnp.full(len(labels), 3.0))
-    guided(params, keys, labels, jnp.asarray([0.0, 2.0] * (len(labels) // 2)))
+    guided(params, keys, labels, np.full(len(labels), 3.0, np.float32))
+    guided(params, keys, labels, np.float32([0.0, 2.0] * (len(labels) // 2)))
     assert guided._cache_size() == 1
 
 

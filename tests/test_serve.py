@@ -1,0 +1,189 @@
+"""`gen-jax serve`, driven by OpenAI's own client against a server subprocess:
+completions (streamed, n, stop), continuous batching (16 concurrent requests
+each equal to its solo output), errors that leave the server serving, no
+compile after warm-up, images micro-batched, workdir == artifact, SIGTERM."""
+
+import base64
+import concurrent.futures
+import io
+import json
+import signal
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from tests import helpers
+
+openai = pytest.importorskip("openai")
+
+
+def _metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(url + "/metrics") as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+def _post(url: str, path: str, data: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url + path, data=data, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture(scope="module")
+def lm_server(exported):
+    proc, url = helpers.start_server(
+        f"--artifact={exported('lm_pydoc')}", "--slots=4", "--model_name=lm"
+    )
+    yield url
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+def _client(url: str):
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_completions_stream_n_and_stop(lm_server):
+    client = _client(lm_server)
+    assert [m.id for m in client.models.list().data] == ["lm"]
+    ask = dict(model="lm", prompt="The ", max_tokens=12, temperature=0.9, seed=11)
+    full = client.completions.create(**ask)
+    (choice,) = full.choices
+    assert choice.finish_reason == "length" and full.usage.completion_tokens == 12
+    assert full.usage.prompt_tokens == 4  # "The " in bytes
+    chunks = list(client.completions.create(**ask, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == choice.text
+    assert chunks[-1].choices[0].finish_reason == "length"
+    # n=2: choice i samples with seed + i, so choice 0 is the request above.
+    two = client.completions.create(**ask, n=2)
+    assert [c.index for c in two.choices] == [0, 1]
+    assert two.choices[0].text == choice.text
+    # A stop sequence cuts the text before it.
+    stop = choice.text[4:6]
+    cut = client.completions.create(**ask, stop=[stop])
+    assert cut.choices[0].text == choice.text[: choice.text.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_sixteen_concurrent_requests_each_equal_their_solo_output(lm_server):
+    """Continuous batching over 4 slots: the outputs do not depend on what else
+    runs, and nothing compiles after warm-up."""
+    client = _client(lm_server)
+    compiled = _metric(lm_server, "gen_jax_compiled_programs")
+    asks = [
+        dict(
+            model="lm",
+            prompt="The " + "x" * (i % 5) * 4,
+            max_tokens=4 + i % 7,
+            temperature=0.0 if i % 4 == 0 else 1.0,
+            seed=100 + i,
+            extra_body={"top_k": i % 3 * 10},
+        )
+        for i in range(16)
+    ]
+    solo = [client.completions.create(**a).choices[0].text for a in asks]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda a: client.completions.create(**a), asks))
+    assert [r.choices[0].text for r in together] == solo
+    assert _metric(lm_server, "gen_jax_compiled_programs") == compiled
+    assert _metric(lm_server, "gen_jax_running_sequences") == 0
+
+
+def test_bad_requests_get_their_error_and_the_server_keeps_serving(lm_server):
+    client = _client(lm_server)
+    with pytest.raises(openai.BadRequestError) as e:  # 4 + 45 > 48 positions
+        client.completions.create(model="lm", prompt="The ", max_tokens=45)
+    assert e.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.completions.create(model="lm", prompt="The ", temperature=-0.5)
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.completions.create(model="gpt-4", prompt="The ")
+    status, body = _post(lm_server, "/v1/completions", b'{"model": "lm", "prompt": ')
+    assert status == 400 and "not valid JSON" in body["error"]["message"]
+    status, body = _post(lm_server, "/v1/completions", b'{"model": "lm", "prompt": 3}')
+    assert status == 400 and body["error"]["param"] == "prompt"
+    status, _ = _post(lm_server, "/v1/chat/completions", b"{}")  # no chat template
+    assert status == 404
+    ok = client.completions.create(model="lm", prompt="The ", max_tokens=3)
+    assert ok.choices[0].finish_reason == "length"
+
+
+@pytest.fixture(scope="module")
+def image_server(exported):
+    proc, url = helpers.start_server(
+        f"--artifact={exported('ddpm_digits')}",
+        "--max_batch=4",
+        "--max_wait_ms=300",
+        "--model_name=digits",
+    )
+    yield url
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+def _images(client, **ask) -> list[np.ndarray]:
+    from PIL import Image
+
+    response = client.images.generate(
+        model="digits",
+        prompt="",
+        response_format="b64_json",
+        n=ask.pop("n", 1),
+        extra_body=ask,
+    )
+    return [
+        np.asarray(Image.open(io.BytesIO(base64.b64decode(d.b64_json))))
+        for d in response.data
+    ]
+
+
+def test_images_are_the_same_alone_or_micro_batched(image_server):
+    client = _client(image_server)
+    asks = [dict(seed=1, n=2), dict(seed=2, label=3, guidance=2.0), dict(seed=3)]
+    solo = [_images(client, **dict(a)) for a in asks]
+    assert solo[0][0].shape == (8, 8)  # the model's size, one channel
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:  # within one 300 ms window
+        together = list(pool.map(lambda a: _images(client, **dict(a)), asks))
+    for a, b in zip(solo, together):
+        np.testing.assert_array_equal(np.stack(a), np.stack(b))
+    assert not np.array_equal(solo[0][0], solo[0][1])
+    with pytest.raises(openai.BadRequestError, match="steps"):
+        _images(client, steps=999)
+
+
+def test_workdir_server_equals_artifact_server_and_drains_on_sigterm(
+    trained, image_server
+):
+    proc, url = helpers.start_server(
+        f"--workdir={trained('ddpm_digits')}",
+        "--max_batch=4",
+        "--max_wait_ms=1000",
+        "--model_name=digits",
+    )
+    client = _client(url)
+    want = _images(_client(image_server), seed=5, n=2)
+    np.testing.assert_array_equal(
+        np.stack(_images(client, seed=5, n=2)), np.stack(want)
+    )
+    # SIGTERM with a request in flight (waiting 1 s for its batch to fill): it
+    # is answered, then the server exits 0.
+    result = {}
+    thread = threading.Thread(
+        target=lambda: result.update(images=_images(client, seed=5, n=2))
+    )
+    thread.start()
+    threading.Event().wait(0.3)
+    proc.send_signal(signal.SIGTERM)
+    thread.join(timeout=120)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
+    np.testing.assert_array_equal(np.stack(result["images"]), np.stack(want))
