@@ -27,7 +27,18 @@ import urllib.request
 
 from tests import helpers
 
-WORDS = ["the", "with", "statement", "function", "class", "object", "return", "value", "module", "import"]
+WORDS = [
+    "the",
+    "with",
+    "statement",
+    "function",
+    "class",
+    "object",
+    "return",
+    "value",
+    "module",
+    "import",
+]
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -235,13 +246,13 @@ def main() -> None:
     parser.add_argument("--soak", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    common = dict(
-        requests=args.requests,
-        rate=args.rate,
-        max_prompt=args.max_prompt,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-    )
+    common = {
+        "requests": args.requests,
+        "rate": args.rate,
+        "max_prompt": args.max_prompt,
+        "max_tokens": args.max_tokens,
+        "seed": args.seed,
+    }
     if args.url:
         print(json.dumps({"server": args.url, **load(args.url, args.model, **common)}))
         return

@@ -20,6 +20,16 @@ FORMAT = "gen_jax.export"
 VERSION = 1
 
 
+def length_buckets(limit: int, smallest: int) -> list[int]:
+    """Powers of two from `smallest` below `limit`, then `limit`: the prompt
+    lengths prefill compiles for and the attention windows decode has."""
+    sizes, size = [], smallest
+    while size < limit:
+        sizes.append(size)
+        size *= 2
+    return sizes + [limit]
+
+
 def unflatten(flat: dict[str, np.ndarray]) -> dict:
     """{"gen/conv/kernel": x} -> {"gen": {"conv": {"kernel": x}}}."""
     tree: dict = {}

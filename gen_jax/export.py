@@ -134,12 +134,24 @@ def lm_functions(run: checkpoint.Run, context: int) -> dict[str, Function]:
         _int32("seeds", (s,), "each slot's sampling seed", [0, 3]),
         *controls(s, ([0.0, 1.0], [0, 20], [1.0, 0.8])),
     ]
-    return {
+    functions = {
         "prefill": Function(
             prefill, prefill_args, ["first sampled token [b] int32", "cache"]
-        ),
-        "decode": Function(decode, decode_args, ["next token [slots] int32", "cache"]),
+        )
     }
+    for window in decode_windows(context):
+        functions[f"decode_{window}"] = Function(
+            decode(window),
+            decode_args,
+            [f"next token [slots] int32 (every position < {window})", "cache"],
+        )
+    return functions
+
+
+def decode_windows(context: int) -> list[int]:
+    """The attention windows decode is exported for: a step attends over the
+    cache's first `window` positions, the smallest past every slot's."""
+    return artifact.length_buckets(context, 64)
 
 
 def flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
@@ -266,7 +278,7 @@ def export_run(
         {k: np.ascontiguousarray(v) for k, v in stored.items()},
         str(out_path / "params.safetensors"),
     )
-    np.savez(out_path / "example.npz", **examples)
+    np.savez_compressed(out_path / "example.npz", **examples)
     shutil.copyfile(artifact.__file__, out_path / "load.py")
     manifest = {
         "format": artifact.FORMAT,
@@ -287,7 +299,8 @@ def export_run(
             "num_layers": model.num_layers,
             "kv_heads": model.kv_heads,
             "head_dim": model.head_size,
-            "cache_dtype": str(functions["decode"].args[0].spec[0]["k"].dtype),
+            "cache_dtype": str(functions["prefill"].args[0].spec[0]["k"].dtype),
+            "decode_windows": decode_windows(context),
             "tokenizer": text.describe_tokenizer(
                 run.config.data, tokenizer, str(out_path / "tokenizer")
             ),

@@ -118,15 +118,6 @@ class Programs:
         return sum(f._cache_size() for f in self._jitted.values())
 
 
-def prompt_buckets(context: int, smallest: int = 16) -> list[int]:
-    """Prompt lengths prefill compiles for: powers of two, and the context."""
-    sizes, size = [], smallest
-    while size < context:
-        sizes.append(size)
-        size *= 2
-    return sizes + [context]
-
-
 @dataclasses.dataclass
 class Sequence:
     """One completion being generated (a request's choice)."""
@@ -166,7 +157,8 @@ class LMEngine:
         self.programs, self.tokenizer, self.metrics = programs, tokenizer, metrics
         self.context, self.eos_id = lm["context"], lm["eos_id"]
         self.slots, self.max_waiting = slots, max_waiting
-        self.buckets = prompt_buckets(self.context)
+        self.buckets = artifact.length_buckets(self.context, 16)
+        self.windows = lm["decode_windows"]
         shape = (slots, self.context, lm["kv_heads"], lm["head_dim"])
         zeros = lambda: jax.numpy.zeros(shape, lm["cache_dtype"])
         # Committed to a device, like every cache a program returns: an
@@ -205,10 +197,12 @@ class LMEngine:
             self._cond.notify()
 
     def warm_up(self) -> None:
-        """Compiles prefill at every bucket and decode (writes slot 0: free)."""
+        """Compiles prefill at every bucket and decode at every window (this
+        writes slot 0, which is free)."""
         for size in self.buckets:
             self._run_prefill(0, np.zeros(size, np.int32), 1, 0, 1.0, 0, 1.0)
-        self._run_decode()
+        for window in self.windows:
+            self._run_decode(window)
         self.metrics.set("gen_jax_compiled_programs", self.programs.compiled())
         self.ready = True
 
@@ -230,14 +224,19 @@ class LMEngine:
         )
         return int(token[0])
 
-    def _run_decode(self) -> np.ndarray:
+    def _run_decode(self, window: int | None = None) -> np.ndarray:
+        """One decode step over every slot (free ones too), attending over the
+        smallest exported window that holds every active position."""
         rows = [
             s or Sequence(np.zeros(1, np.int32), 0, 0, 0.0, 0, 1.0, (), None)
             for s in self.active
         ]
         column = lambda f, dtype: np.asarray([f(s) for s in rows], dtype)
+        if window is None:
+            last = max(s.position for s in rows)
+            window = next(w for w in self.windows if w > last)
         next_S, self.cache = self.programs(
-            "decode",
+            f"decode_{window}",
             self.cache,
             column(lambda s: s.tokens[-1] if s.tokens else 0, np.int32),
             column(lambda s: s.position, np.int32),

@@ -55,7 +55,8 @@ def test_artifact_reruns_bitwise_without_gen_jax(exported, tmp_path, name):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "examples match" in result.stdout
-    manifest = json.loads(open(os.path.join(directory, "manifest.json")).read())
+    with open(os.path.join(directory, "manifest.json")) as f:
+        manifest = json.load(f)
     assert manifest["format"] == artifact.FORMAT
     assert manifest["version"] == artifact.VERSION
     assert manifest["platforms"] == ["cpu", "cuda", "tpu"]
@@ -135,7 +136,7 @@ def test_prefill_and_decode_give_make_generate_tokens(trained, exported):
     for position in range(len(prompt), total - 1):  # slot 2 is ours; 0 and 1 idle
         row = lambda mine, idle: [idle, idle, mine]
         next_S, cache = art.call(
-            "decode",
+            f"decode_{art.manifest['lm']['decode_windows'][0]}",
             cache,
             i32(*row(tokens[-1], 0)),
             i32(*row(position, 0)),

@@ -56,7 +56,13 @@ def _client(url: str):
 def test_completions_stream_n_and_stop(lm_server):
     client = _client(lm_server)
     assert [m.id for m in client.models.list().data] == ["lm"]
-    ask = dict(model="lm", prompt="The ", max_tokens=12, temperature=0.9, seed=11)
+    ask = {
+        "model": "lm",
+        "prompt": "The ",
+        "max_tokens": 12,
+        "temperature": 0.9,
+        "seed": 11,
+    }
     full = client.completions.create(**ask)
     (choice,) = full.choices
     assert choice.finish_reason == "length" and full.usage.completion_tokens == 12
@@ -81,14 +87,14 @@ def test_sixteen_concurrent_requests_each_equal_their_solo_output(lm_server):
     client = _client(lm_server)
     compiled = _metric(lm_server, "gen_jax_compiled_programs")
     asks = [
-        dict(
-            model="lm",
-            prompt="The " + "x" * (i % 5) * 4,
-            max_tokens=4 + i % 7,
-            temperature=0.0 if i % 4 == 0 else 1.0,
-            seed=100 + i,
-            extra_body={"top_k": i % 3 * 10},
-        )
+        {
+            "model": "lm",
+            "prompt": "The " + "x" * (i % 5) * 4,
+            "max_tokens": 4 + i % 7,
+            "temperature": 0.0 if i % 4 == 0 else 1.0,
+            "seed": 100 + i,
+            "extra_body": {"top_k": i % 3 * 10},
+        }
         for i in range(16)
     ]
     solo = [client.completions.create(**a).choices[0].text for a in asks]
@@ -149,7 +155,7 @@ def _images(client, **ask) -> list[np.ndarray]:
 
 def test_images_are_the_same_alone_or_micro_batched(image_server):
     client = _client(image_server)
-    asks = [dict(seed=1, n=2), dict(seed=2, label=3, guidance=2.0), dict(seed=3)]
+    asks = [{"seed": 1, "n": 2}, {"seed": 2, "label": 3, "guidance": 2.0}, {"seed": 3}]
     solo = [_images(client, **dict(a)) for a in asks]
     assert solo[0][0].shape == (8, 8)  # the model's size, one channel
     with concurrent.futures.ThreadPoolExecutor(3) as pool:  # within one 300 ms window

@@ -47,21 +47,30 @@ def sample_logits(logits_BV, key_B, temperature, top_k, top_p):
     per_row = lambda x, dtype: jnp.broadcast_to(jnp.asarray(x, dtype), (b,))[:, None]
     temperature_B1 = per_row(temperature, jnp.float32)
     top_k_B1, top_p_B1 = per_row(top_k, jnp.int32), per_row(top_p, jnp.float32)
-    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
-    kth_B1 = jnp.take_along_axis(
-        sorted_BV, jnp.clip(jnp.where(top_k_B1 > 0, top_k_B1, vocab), 1, vocab) - 1, -1
-    )
-    logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
-    # top-p: keep the smallest prefix of sorted tokens whose mass reaches top_p.
     temperature_B1 = jnp.maximum(temperature_B1, 1e-6)
-    probs_BV = jax.nn.softmax(
-        jnp.where(sorted_BV < kth_B1, -jnp.inf, sorted_BV) / temperature_B1, axis=-1
-    )
-    before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
-    cutoff_B1 = jnp.min(
-        jnp.where(before_BV < top_p_B1, sorted_BV, jnp.inf), axis=-1, keepdims=True
-    )
-    logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+
+    def truncate(logits_BV):  # top-k, then top-p over what is left
+        sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+        k_B1 = jnp.clip(jnp.where(top_k_B1 > 0, top_k_B1, vocab), 1, vocab)
+        kth_B1 = jnp.take_along_axis(sorted_BV, k_B1 - 1, -1)
+        logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+        # top-p: keep the smallest prefix of sorted tokens whose mass reaches top_p.
+        probs_BV = jax.nn.softmax(
+            jnp.where(sorted_BV < kth_B1, -jnp.inf, sorted_BV) / temperature_B1, -1
+        )
+        before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+        cutoff_B1 = jnp.min(
+            jnp.where(before_BV < top_p_B1, sorted_BV, jnp.inf), axis=-1, keepdims=True
+        )
+        # Rows that do not truncate keep their logits exactly (a row never
+        # depends on the others).
+        cut_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+        return jnp.where(truncates_B1, cut_BV, logits)
+
+    # The sort only when some row truncates: a decode step mostly samples plainly.
+    truncates_B1 = (top_k_B1 > 0) | (top_p_B1 < 1)
+    logits = logits_BV
+    logits_BV = jax.lax.cond(jnp.any(truncates_B1), truncate, lambda x: x, logits_BV)
     sampled_B = jax.vmap(jax.random.categorical)(key_B, logits_BV / temperature_B1)
     greedy_B = jnp.broadcast_to(jnp.asarray(temperature) <= 0, (b,))
     return jnp.where(~greedy_B, sampled_B, jnp.argmax(logits_BV, -1))
@@ -107,15 +116,15 @@ def make_generate(model, *, use_cache: bool = True):
 
 
 def make_serving(model, context: int):
-    """The two step functions a server drives decoding with, over a KV cache of
+    """The step functions a server drives decoding with, over a KV cache of
     `context` positions per slot (`transformer.init_cache(model, slots, context)`):
 
     prefill(params, cache, slots_B, prompts_BP, lengths_B, seeds_B, temperature_B,
             top_k_B, top_p_B) -> (first tokens [B], cache): right-padded prompts
         written into cache rows `slots_B`, each one's first token sampled;
-    decode(params, cache, tokens_S, positions_S, seeds_S, temperature_S, top_k_S,
-           top_p_S) -> (next tokens [S], cache): every slot's token at its
-        position in, the token after it out.
+    decode(window)(params, cache, tokens_S, positions_S, seeds_S, temperature_S,
+           top_k_S, top_p_S) -> (next tokens [S], cache): every slot's token at
+        its position in (all positions < window), the token after it out.
 
     Token i of a sequence is sampled with fold_in(key(seed), i), as in
     `make_generate`: a slot's tokens do not depend on the other slots."""
@@ -125,32 +134,43 @@ def make_serving(model, context: int):
             seeds_B, positions_B
         )
 
-    def apply(params, *args):
-        return model.apply({"params": params["model"]}, *args)
+    def apply(params, *args, **kwargs):
+        return model.apply({"params": params["model"]}, *args, **kwargs)
 
     def prefill(params, cache, slots_B, prompts_BP, lengths_B, seeds_B, *controls):
         b, p = prompts_BP.shape
         positions_BP = jnp.broadcast_to(jnp.arange(p), (b, p))
-        # A fresh row per prompt: positions past its length hold padding, which
-        # decoding overwrites before any query can see it (keys <= position).
-        logits_BPV, rows = apply(
-            params, prompts_BP, positions_BP, transformer.init_cache(model, b, context)
+        # A fresh cache as long as the prompts; positions past a prompt's length
+        # hold padding, which decoding overwrites before a query can see it.
+        logits_BPV, new = apply(
+            params, prompts_BP, positions_BP, transformer.init_cache(model, b, p)
         )
         last_BV = jnp.take_along_axis(
             logits_BPV, (lengths_B - 1)[:, None, None], axis=1
         )[:, 0]
         token_B = sample_logits(last_BV, keys(seeds_B, lengths_B), *controls)
-        cache = jax.tree.map(lambda c, r: c.at[slots_B].set(r), cache, rows)
-        return token_B, cache
 
-    def decode(params, cache, tokens_S, positions_S, seeds_S, *controls):
-        logits_S1V, cache = apply(
-            params, tokens_S[:, None], positions_S[:, None], cache
-        )
-        next_S = sample_logits(
-            logits_S1V[:, 0], keys(seeds_S, positions_S + 1), *controls
-        )
-        return next_S, cache
+        def write(c, n):  # the prompt's positions into its slot's row
+            rows = jax.lax.dynamic_update_slice_in_dim(c[slots_B], n, 0, axis=1)
+            return c.at[slots_B].set(rows)
+
+        return token_B, jax.tree.map(write, cache, new)
+
+    def decode(window: int):
+        def step(params, cache, tokens_S, positions_S, seeds_S, *controls):
+            logits_S1V, cache = apply(
+                params,
+                tokens_S[:, None],
+                positions_S[:, None],
+                cache,
+                cache_window=window if window < context else 0,
+            )
+            next_S = sample_logits(
+                logits_S1V[:, 0], keys(seeds_S, positions_S + 1), *controls
+            )
+            return next_S, cache
+
+        return step
 
     return prefill, decode
 

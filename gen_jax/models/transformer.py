@@ -143,6 +143,10 @@ class Block(nn.Module):
     qkv_bias: bool
     qk_norm: bool
     dtype: Any
+    # Decoding: attend over the cache's first `cache_window` positions only
+    # (0: all). A server picks the smallest window past every slot's position,
+    # so a step reads the part of the cache in use, not the whole context.
+    cache_window: int = 0
 
     @nn.compact
     def __call__(self, x_BLD, positions_BL, freqs_K, mask, cache, train: bool):
@@ -173,6 +177,9 @@ class Block(nn.Module):
             k_BLGK = write(cache["k"], k_BLGK, positions_BL[:, 0])
             v_BLGK = write(cache["v"], v_BLGK, positions_BL[:, 0])
             cache = {"k": k_BLGK, "v": v_BLGK}
+            if self.cache_window:
+                k_BLGK = k_BLGK[:, : self.cache_window]
+                v_BLGK = v_BLGK[:, : self.cache_window]
             key_pos = jnp.arange(k_BLGK.shape[1])
             mask = key_pos[None, None, None, :] <= positions_BL[:, None, :, None]
         # Grouped-query attention natively: H query heads share G kv heads.
@@ -243,12 +250,13 @@ class Transformer(nn.Module):
         cache: Cache | None = None,
         *,
         segment_ids_BL=None,
+        cache_window: int = 0,
         train: bool = False,
     ):
         """Logits (float32) and the updated cache (None when `cache` is None).
 
         Packed rows pass `segment_ids_BL` (tokens attend only within their
-        segment) and per-segment `positions_BL`."""
+        segment) and per-segment `positions_BL`; `cache_window` is Block's."""
         if self.num_heads % self.kv_heads:
             raise ValueError(
                 f"model.num_heads={self.num_heads} is not a multiple of "
@@ -289,6 +297,7 @@ class Transformer(nn.Module):
                 self.qkv_bias,
                 self.qk_norm,
                 dtype,
+                cache_window,
                 name=f"block_{i}",
             )(
                 x_BLD,
