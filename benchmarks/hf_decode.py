@@ -3,7 +3,7 @@
 HF side loaded from what `export-hf` wrote.
 
   pip install -e ".[hf]"
-  python -m benchmarks.hf_decode [--batch=1] [--prompt_len=32] [--new_tokens=128]
+  python -m benchmarks.hf_decode [--batch=1] [--prompt_len=32] [--new_tokens=128] [--serve]
 
 Weights: transformers builds a random LlamaForCausalLM of SmolLM2-135M's shape
 (30 layers, width 576, 9 / 3 heads, vocab 49152, tied), `import-hf` reads it,
@@ -11,7 +11,8 @@ Weights: transformers builds a random LlamaForCausalLM of SmolLM2-135M's shape
 float32 on the CPU, timed after a warm-up (gen_jax: compiled once), median of
 --repeats; PyTorch runs in its own process so the two thread pools never share
 the cores. Prints one JSON line with both rates, their ratio and whether the
-greedy tokens agree.
+greedy tokens agree. `--serve` adds one stream through `gen-jax serve`
+(--slots=1, streamed over HTTP), tokens after the first per second.
 """
 
 import argparse
@@ -123,6 +124,11 @@ def main(argv=None) -> None:
     parser.add_argument("--prompt_len", type=int, default=32)
     parser.add_argument("--new_tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="also time one stream through `gen-jax serve --slots=1` (HTTP, SSE)",
+    )
     parser.add_argument("--torch_only", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.torch_only:  # the PyTorch side, in its own process
@@ -159,6 +165,27 @@ def main(argv=None) -> None:
         "greedy_tokens_equal": float(np.mean(jax_tokens == torch_tokens)),
     }
     record["speedup"] = record["gen_jax_tokens_per_s"] / record["torch_tokens_per_s"]
+    if args.serve:
+        from benchmarks import serve_load
+        from tests import helpers
+
+        context = 1 << (args.prompt_len + args.new_tokens).bit_length()
+        proc, url = helpers.start_server(
+            f"--workdir={tmp / 'run'}",
+            "--slots=1",
+            f"--context={context}",
+            "--model_name=model",
+            timeout=1800,
+        )
+        try:
+            rate = serve_load.single_stream(
+                url, "model", max_tokens=args.new_tokens, repeats=args.repeats
+            )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+        record["server_single_stream_tokens_per_s"] = rate
+        record["server_vs_torch"] = rate / record["torch_tokens_per_s"]
     print(json.dumps(record))
 
 

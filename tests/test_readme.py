@@ -20,7 +20,11 @@ NOT_RUN = {
     'python -c "import tensorflow_datasets': "downloads a dataset",
     "tensorboard": "a server for the user's eyes",
     "sbatch": "needs a Slurm cluster (the script's dry run: tests/test_launch.py)",
+    "python -m benchmarks.serve_load": "minutes of load on two servers; its pieces "
+    "are tests/test_serve.py",
     "python -m benchmarks": "needs the bench extra (torch)",
+    "python exports/": "needs an exported run; tests/test_export.py runs every "
+    "family's load.py",
     "python tests/fixtures/make_hf.py": "needs the hf extra (torch, transformers)",
 }
 # README workdirs that the shared smoke runs stand in for (same config, :smoke).
