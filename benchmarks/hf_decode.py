@@ -151,7 +151,9 @@ def main(argv=None) -> None:
         "benchmarks.hf_decode",
         f"--torch_only={tmp / 'export'}",
     ]
-    cmd += [f"--{k}={v}" for k, v in vars(args).items() if k != "torch_only"]
+    cmd += [
+        f"--{k}={v}" for k, v in vars(args).items() if k not in ("torch_only", "serve")
+    ]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
     torch_times = json.loads(result.stdout.strip().splitlines()[-1])
     torch_tokens = np.load(tmp / "export" / "tokens.npy")

@@ -193,3 +193,81 @@ def test_workdir_server_equals_artifact_server_and_drains_on_sigterm(
     thread.join(timeout=120)
     assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
     np.testing.assert_array_equal(np.stack(result["images"]), np.stack(want))
+
+
+@pytest.fixture(scope="module")
+def chat_server(tmp_path_factory):
+    """The Qwen2 fixture (a chat template, an end-of-text token) imported and
+    served from its workdir."""
+    workdir = tmp_path_factory.mktemp("chat") / "qwen2"
+    hf_dir = f"{helpers.ROOT}/tests/fixtures/hf/qwen2"
+    result = helpers.gen_jax("import-hf", f"--hf_dir={hf_dir}", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    proc, url = helpers.start_server(
+        f"--workdir={workdir}", "--slots=2", "--context=64", "--model_name=qwen"
+    )
+    yield url
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+def test_chat_completions_with_the_models_own_template(chat_server):
+    client = _client(chat_server)
+    ask = {
+        "model": "qwen",
+        "messages": [{"role": "user", "content": "hello there"}],
+        "max_tokens": 8,
+        "temperature": 0.7,
+        "seed": 3,
+    }
+    reply = client.chat.completions.create(**ask)
+    (choice,) = reply.choices
+    assert choice.message.role == "assistant"
+    assert choice.finish_reason in ("stop", "length")
+    assert reply.usage.prompt_tokens > len("hello there") // 4  # the template's tokens
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == (
+        choice.message.content
+    )
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        client.chat.completions.create(model="qwen", messages=[])
+
+
+def test_warming_up_and_a_full_queue_answer_503_in_openais_shape():
+    """The HTTP side alone, over an engine that is not ready, then full."""
+    from fastapi.testclient import TestClient
+
+    from gen_jax import openai_api, serve, text
+
+    class Engine:
+        ready, context = False, 32
+
+        def submit(self, sequences):
+            raise serve.QueueFull("256 sequences are waiting; retry later")
+
+    metrics = serve.Metrics()
+    serve.declare_metrics(metrics)
+    app = openai_api.make_app(
+        model_name="m",
+        family="lm",
+        engine=Engine(),
+        tokenizer=text.tokenizer_from_spec({"tokenizer": "byte"}, "."),
+        metrics=metrics,
+    )
+    client = TestClient(app)
+    ask = {"model": "m", "prompt": "hi", "max_tokens": 4}
+    assert client.get("/health").status_code == 503
+    response = client.post("/v1/completions", json=ask)
+    assert (
+        response.status_code == 503
+        and "warming up" in response.json()["error"]["message"]
+    )
+    Engine.ready = True
+    assert client.get("/health").json() == {"status": "ok"}
+    response = client.post("/v1/completions", json=ask)
+    assert response.status_code == 503
+    assert response.json()["error"]["message"].endswith("retry later")
+    assert 'gen_jax_requests_total{endpoint="/v1/completions",status="503"} 2' in (
+        client.get("/metrics").text
+    )
