@@ -324,6 +324,8 @@ def _lm_routes(app, engine, tokenizer, model_name, check_model, check_ready):
             return StreamingResponse(_sse(chunks()), media_type="text/event-stream")
         texts, finishes, sequences = {}, {}, []
         async for i, delta, finish, sequences in gen:
+            if finish == "error":
+                raise RuntimeError("generation failed; the server log has the cause")
             texts[i] = texts.get(i, "") + delta
             if finish:
                 finishes[i] = finish
@@ -453,6 +455,8 @@ def _image_routes(
         )
         batcher.submit(job)
         images = await done
+        if images is None:
+            raise RuntimeError("the sampler failed; the server log has the cause")
         return {
             "created": int(time.time()),
             "data": [{"b64_json": _png(image)} for image in images],

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
+from absl import logging
 
 from gen_jax import artifact, text
 
@@ -259,30 +260,41 @@ class LMEngine:
                     if seq is None and self.waiting:
                         admit.append((slot, self.waiting.popleft()))
                         self.active[slot] = admit[-1][1]
-            for slot, seq in admit:
-                length = len(seq.prompt)
-                size = next(b for b in self.buckets if b >= length)
-                padded = np.zeros(size, np.int32)
-                padded[:length] = seq.prompt
-                seq.position = length
-                token = self._run_prefill(
-                    slot,
-                    padded,
-                    length,
-                    seq.seed,
-                    seq.temperature,
-                    seq.top_k,
-                    seq.top_p,
-                )
-                self._append(slot, seq, token)
-            self._gauges()
-            if any(self.active):
-                next_S = self._run_decode()
+            try:
+                self._step(admit)
+            except Exception:  # noqa: BLE001 - the server outlives a failed step
+                logging.exception("a decode step failed; its sequences end in error")
                 for slot, seq in enumerate(self.active):
                     if seq is not None:
-                        seq.position += 1
-                        self._append(slot, seq, int(next_S[slot]))
-                self._gauges()
+                        self.active[slot] = None
+                        seq.emit("", "error")
+
+    def _step(self, admit: list[tuple[int, Sequence]]) -> None:
+        """Prefills the admitted sequences, then one decode step over all slots."""
+        for slot, seq in admit:
+            length = len(seq.prompt)
+            size = next(b for b in self.buckets if b >= length)
+            padded = np.zeros(size, np.int32)
+            padded[:length] = seq.prompt
+            seq.position = length
+            token = self._run_prefill(
+                slot,
+                padded,
+                length,
+                seq.seed,
+                seq.temperature,
+                seq.top_k,
+                seq.top_p,
+            )
+            self._append(slot, seq, token)
+        self._gauges()
+        if any(self.active):
+            next_S = self._run_decode()
+            for slot, seq in enumerate(self.active):
+                if seq is not None:
+                    seq.position += 1
+                    self._append(slot, seq, int(next_S[slot]))
+            self._gauges()
 
     def _gauges(self) -> None:
         self.metrics.set(
@@ -342,7 +354,8 @@ class ImageJob:
     seed: int
     label: int | None  # None: every class in turn, as `gen-jax sample`
     guidance: float
-    done: Callable[[np.ndarray], None]  # images [count, H, W, C] in [-1, 1]
+    # images [count, H, W, C] in [-1, 1], or None when sampling failed
+    done: Callable[[np.ndarray | None], None]
 
 
 class ImageBatcher:
@@ -417,7 +430,12 @@ class ImageBatcher:
                     if self._jobs or left <= 0 or total >= self.max_batch:
                         break
                     self._cond.wait(left)
-            self._sample(batch)
+            try:
+                self._sample(batch)
+            except Exception:  # noqa: BLE001 - the server outlives a failed batch
+                logging.exception("a sampler call failed; its requests end in error")
+                for job in batch:
+                    job.done(None)
 
     def _sample(self, jobs: list[ImageJob]) -> None:
         seeds, indices, labels, guidance = [], [], [], []

@@ -271,3 +271,40 @@ def test_warming_up_and_a_full_queue_answer_503_in_openais_shape():
     assert 'gen_jax_requests_total{endpoint="/v1/completions",status="503"} 2' in (
         client.get("/metrics").text
     )
+
+
+def test_a_failed_sampler_call_fails_its_requests_and_the_batcher_goes_on():
+    import types
+
+    from gen_jax import serve
+
+    class Programs:
+        artifact = types.SimpleNamespace(manifest={"images": {"num_classes": 0}})
+        calls = 0
+
+        def __call__(self, name, seeds, *rest):
+            Programs.calls += 1
+            if Programs.calls == 1:
+                raise RuntimeError("an XLA error")
+            return np.zeros((len(seeds), 2, 2, 1), np.float32)
+
+        def compiled(self):
+            return 1
+
+    metrics = serve.Metrics()
+    serve.declare_metrics(metrics)
+    batcher = serve.ImageBatcher(
+        Programs(), max_batch=2, max_wait_s=0.0, max_waiting=4, metrics=metrics
+    )
+    batcher.start()
+    results = []
+    for seed in (1, 2):
+        done = threading.Event()
+        batcher.submit(
+            serve.ImageJob(
+                1, seed, None, 1.0, lambda x, d=done: (results.append(x), d.set())
+            )
+        )
+        assert done.wait(30)
+    batcher.stop()
+    assert results[0] is None and results[1].shape == (1, 2, 2, 1)
