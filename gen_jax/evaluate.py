@@ -27,10 +27,15 @@ def _heldout(cfg, *, data_cfg, mesh, key, eval_step, **_) -> Evaluator:
     def run(state: TrainState) -> dict:
         params = state.sampling_params if cfg.use_ema else state.params
         # Dispatch every batch first; fetch once at the end (no per-batch stalls).
-        outs = [
-            eval_step(params, batch, jax.random.fold_in(key, i))
-            for i, batch in enumerate(data.eval_batches(ds, mesh))
-        ]
+        # Except across processes on CPU: independent programs run concurrently
+        # there, and their collectives (gloo) can meet in a different order on
+        # each process and hang (seen: 2 processes, both waiting in the eval).
+        serial = jax.process_count() > 1 and jax.default_backend() == "cpu"
+        outs = []
+        for i, batch in enumerate(data.eval_batches(ds, mesh)):
+            outs.append(eval_step(params, batch, jax.random.fold_in(key, i)))
+            if serial:
+                jax.block_until_ready(outs[-1])
         if not outs:
             raise ValueError(
                 f"evals.{cfg.type}: the eval split {data_cfg.eval_split!r} "

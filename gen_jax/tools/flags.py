@@ -172,6 +172,28 @@ def quiet_libraries() -> None:
         )
 
 
+def default_cache_dir() -> str:
+    """$GEN_JAX_CACHE, else $XDG_CACHE_HOME/gen_jax/xla (~/.cache/gen_jax/xla)."""
+    if os.environ.get("GEN_JAX_CACHE"):
+        return os.environ["GEN_JAX_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "gen_jax", "xla")
+
+
+def enable_compilation_cache() -> None:
+    """XLA's persistent compilation cache, on unless --nocompilation_cache: a
+    second run of a config loads its programs instead of compiling them. An
+    explicit JAX_COMPILATION_CACHE_DIR (the tests' shared cache) wins."""
+    if not FLAGS.compilation_cache:
+        return
+    import jax
+
+    directory = FLAGS.compilation_cache_dir or (
+        jax.config.jax_compilation_cache_dir or default_cache_dir()
+    )
+    jax.config.update("jax_compilation_cache_dir", directory)
+
+
 def run(main: Callable[[list[str]], None], tool: str, argv: list[str]) -> None:
     """Runs `main` as an absl app under the exit policy above; `tool` is the
     tool's module name (its docstring and flags are its --help)."""
@@ -183,12 +205,24 @@ def run(main: Callable[[list[str]], None], tool: str, argv: list[str]) -> None:
         "Parse the flags and load the config, print what would run, run nothing.",
     )
 
+    flags.DEFINE_bool(
+        "compilation_cache",
+        True,
+        "Keep compiled XLA programs across runs (--nocompilation_cache: off).",
+    )
+    flags.DEFINE_string(
+        "compilation_cache_dir",
+        None,
+        "Where (default: $GEN_JAX_CACHE, else ~/.cache/gen_jax/xla).",
+    )
+
     def guarded(args: list[str]) -> None:
         quiet_libraries()
         if FLAGS.dry_run:
             _print_dry_run(args)
             return
         try:
+            enable_compilation_cache()
             main(args)
         except Exception as e:
             if FLAGS.traceback:
