@@ -41,8 +41,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--synthetic", action="store_true")
+    parser.add_argument(
+        "--override", action="append", default=[], help="a.b=value (repeatable)"
+    )
     args = parser.parse_args()
     extra = ["--config.data.name=synthetic"] if args.synthetic else []
+    extra += [f"--config.{o}" for o in args.override]
     root = tempfile.mkdtemp(prefix="first_step_")
     try:
         cache = f"{root}/cache"
