@@ -28,7 +28,9 @@ def get_config(arg: str | None = None):
     c.model.attention_resolutions = (16,)
     c.model.dropout = 0.1
     c.model.norm_groups = 32
-    c.model.dtype = "float32"
+    # bfloat16 compute on accelerators (params, logits, losses and optimizer
+    # state stay float32): the matmul and conv units' native type.
+    c.model.dtype = "bfloat16"
     c.diffusion = base.diffusion_defaults()
     c.diffusion.update(conditional=False, label_dropout=0.0)  # as published
 
