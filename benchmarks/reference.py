@@ -22,7 +22,12 @@ REFERENCE = {
     # DCGAN 32x32x3, nz 100, 64 base channels, batch 64, one D and one G update.
     "gan": (
         "configs/gan_cifar10.py:dcgan",
-        ["--config.data.name=synthetic", "--config.train.batch_size=64"],
+        # float32 like the peer (the recipe computes in bf16 on accelerators).
+        [
+            "--config.data.name=synthetic",
+            "--config.train.batch_size=64",
+            "--config.model.dtype=float32",
+        ],
     ),
     # 28x28x1, conv 32-64 (k4 s2), fc 256, 20 latents, batch 128, Adam.
     "vae": (
@@ -35,6 +40,7 @@ REFERENCE = {
         "configs/ddpm_cifar10.py",
         [
             "--config.data.name=synthetic",
+            "--config.model.dtype=float32",  # as the peer (the recipe: bf16)
             "--config.model.channels=64",
             "--config.model.channel_mults=(1,2)",
             "--config.model.num_res_blocks=1",
