@@ -119,6 +119,29 @@ class Programs:
         return sum(f._cache_size() for f in self._jitted.values())
 
 
+class _Worker:
+    """A daemon thread running `_loop`, woken through `_cond`; `ready` once
+    `warm_up` has compiled every program."""
+
+    def __init__(self, name: str):
+        self.ready = False
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+
 @dataclasses.dataclass
 class Sequence:
     """One completion being generated (a request's choice)."""
@@ -139,7 +162,7 @@ class Sequence:
     last_token_at: float = 0.0
 
 
-class LMEngine:
+class LMEngine(_Worker):
     """Continuous batching over `prefill` and `decode`: `slots` sequences decode
     together; between decode steps, waiting sequences are prefilled (one at a
     time, prompts padded to a bucket) into free slots, and a finished sequence
@@ -170,21 +193,7 @@ class LMEngine:
         )
         self.active: list[Sequence | None] = [None] * slots
         self.waiting: collections.deque[Sequence] = collections.deque()
-        self.ready = False
-        self._cond = threading.Condition()
-        self._stop = False
-        self._thread = threading.Thread(
-            target=self._loop, name="lm-engine", daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify()
-        self._thread.join(timeout=10)
+        super().__init__("lm-engine")
 
     def submit(self, sequences: list[Sequence]) -> None:
         """Queues a request's sequences, all or none (QueueFull)."""
@@ -358,7 +367,7 @@ class ImageJob:
     done: Callable[[np.ndarray | None], None]
 
 
-class ImageBatcher:
+class ImageBatcher(_Worker):
     """Micro-batching: jobs that arrive within `max_wait_s` of the first share
     one sampler call of `max_batch` images (padded). Image i of a job is image i
     of `gen-jax sample --seed=SEED`, bitwise the same alone or batched: keys,
@@ -383,20 +392,8 @@ class ImageBatcher:
             max_wait_s,
             max_waiting,
         )
-        self.ready = False
         self._jobs: collections.deque[ImageJob] = collections.deque()
-        self._cond = threading.Condition()
-        self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="images", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify()
-        self._thread.join(timeout=10)
+        super().__init__("images")
 
     def submit(self, job: ImageJob) -> None:
         with self._cond:
