@@ -173,6 +173,8 @@ def lm_defaults(c: ml_collections.ConfigDict) -> None:
             "rope_llama3": (),
             "tie_embeddings": True,
             "remat": False,
+            "remat_policy": "nothing",  # nothing | dots | everything (with remat)
+            "scan_layers": False,  # nn.scan over the blocks: compile time flat in depth
             "dtype": "float32",
         }
     )

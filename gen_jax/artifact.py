@@ -58,6 +58,15 @@ def split_args(exported: export.Exported, leaves: list) -> list:
     return args
 
 
+def arg_spec(exported: export.Exported, index: int) -> tuple:
+    """(tree, leaf avals) of positional argument `index` (0 is params); its
+    symbolic dims are dimension expressions, not ints."""
+    args_def, _ = jax.tree_util.treedef_children(exported.in_tree)
+    defs = jax.tree_util.treedef_children(args_def)
+    start = sum(d.num_leaves for d in defs[:index])
+    return defs[index], exported.in_avals[start : start + defs[index].num_leaves]
+
+
 class Artifact:
     """The manifest, params and deserialized functions of an export directory."""
 

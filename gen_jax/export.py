@@ -98,25 +98,26 @@ def lm_functions(run: checkpoint.Run, context: int) -> dict[str, Function]:
         "b, p, slots", constraints=(f"p <= {context}",)
     )
     (s,) = jax_export.symbolic_shape("slots")
-    dtype = transformer.init_cache(model, 1, 1)[0]["k"].dtype
-    shape = (model.kv_heads, model.head_size)
-    layer = lambda n: {
-        k: jax.ShapeDtypeStruct((n, context, *shape), dtype) for k in ("k", "v")
-    }
-    example_cache = transformer.init_cache(model, 2, context)
+    example_cache = jax.device_get(transformer.init_cache(model, 2, context))
     prompt = np.asarray(tokenizer.prompt("The "), np.int32)[: context - 8]
     controls = lambda dim, ex: [
         _float32("temperature", (dim,), "0 is greedy", ex[0]),
         _int32("top_k", (dim,), "keep the k likeliest tokens (0: off)", ex[1]),
         _float32("top_p", (dim,), "nucleus mass (1: off)", ex[2]),
     ]
-    cache_meaning = (
-        f"KV cache: a list of {model.num_layers} layers of {{k, v}}, each "
-        f"[slots, {context}, {shape[0]}, {shape[1]}] {dtype}"
+    leaf = jax.tree.leaves(transformer.cache_spec(model, 1, context))[0]
+    layout = (
+        "[slots, layers, T, G, K]"
+        if model.scan_layers
+        else "per layer [slots, T, G, K]"
     )
+    cache_meaning = (
+        f"KV cache of {model.num_layers} layers, {{k, v}} {layout} {leaf.dtype} "
+        f"(T = {context}, G = {model.kv_heads}, K = {model.head_size})"
+    )
+    cache = lambda slots: transformer.cache_spec(model, slots, context)
     padded = np.zeros((1, len(prompt) + 3), np.int32)
     padded[0, : len(prompt)] = prompt
-    cache = lambda slots: [layer(slots) for _ in range(model.num_layers)]
     prefill_args = [
         Arg(
             "cache", cache(prefill_slots), cache_meaning, jax.device_get(example_cache)
@@ -297,9 +298,6 @@ def export_run(
             "vocab_size": model.vocab_size,
             "eos_id": tokenizer.eos_id,
             "num_layers": model.num_layers,
-            "kv_heads": model.kv_heads,
-            "head_dim": model.head_size,
-            "cache_dtype": str(functions["prefill"].args[0].spec[0]["k"].dtype),
             "decode_windows": decode_windows(context),
             "tokenizer": text.describe_tokenizer(
                 run.config.data, tokenizer, str(out_path / "tokenizer")

@@ -16,6 +16,8 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from gen_jax.models import transformer
+
 SUPPORTED = (
     "LlamaForCausalLM",
     "MistralForCausalLM",
@@ -362,10 +364,19 @@ def import_run(
     config.data.update(tokenizer="hf", tokenizer_dir=str(tokenizer_dir.resolve()))
     config.lora.rank = 0
     config.train.init_from = ""
-    family = families.make(config)
     mesh = sharding.make_mesh(config.mesh)
-    abstract = checkpoint.abstract_params(family, config, mesh)
-    params = {"model": load_params(hf_dir, config.model, abstract["model"], dtype)}
+    # Read into the unrolled layout (one tensor per layer, as HF stores them);
+    # a scanned model then stacks the layers (briefly holding both on device).
+    unrolled = ml_collections.ConfigDict(config.to_dict())
+    unrolled.model.scan_layers = False
+    abstract = checkpoint.abstract_params(families.make(unrolled), unrolled, mesh)
+    model = load_params(hf_dir, config.model, abstract["model"], dtype)
+    if config.model.get("scan_layers"):
+        scanned = checkpoint.abstract_params(families.make(config), config, mesh)
+        stacked = transformer.stack_layers(model, config.model.num_layers)
+        shardings = jax.tree.map(lambda a: a.sharding, scanned["model"])
+        model = jax.device_put(stacked, shardings)
+    params = {"model": model}
     checkpoint.write_config(config, workdir)
     checkpoint.save_params(workdir, params)
     return config
@@ -454,6 +465,8 @@ def export_run(
         written.append(str(epath.Path(out_dir) / "adapter"))
     else:
         model_params = params["model"]
+    if config.model.get("scan_layers"):  # HF stores one tensor per layer
+        model_params = transformer.unstack_layers(model_params)
     save_params(model_params, config.model, out_dir, dtype)
     if jax.process_index() == 0:
         cfg = hf_config(config.model, vocab, dtype, base)

@@ -183,14 +183,15 @@ class LMEngine(_Worker):
         self.slots, self.max_waiting = slots, max_waiting
         self.buckets = artifact.length_buckets(self.context, 16)
         self.windows = lm["decode_windows"]
-        shape = (slots, self.context, lm["kv_heads"], lm["head_dim"])
-        zeros = lambda: jax.numpy.zeros(shape, lm["cache_dtype"])
+        # Zeros in the exported cache's own tree and shapes, `slots` rows.
+        tree, avals = artifact.arg_spec(programs.artifact.functions["prefill"], 1)
+        zeros = [
+            np.zeros([d if isinstance(d, int) else slots for d in a.shape], a.dtype)
+            for a in avals
+        ]
         # Committed to a device, like every cache a program returns: an
         # uncommitted first cache would compile each program a second time.
-        self.cache = jax.device_put(
-            [{"k": zeros(), "v": zeros()} for _ in range(lm["num_layers"])],
-            jax.devices()[0],
-        )
+        self.cache = jax.device_put(jax.tree.unflatten(tree, zeros), jax.devices()[0])
         self.active: list[Sequence | None] = [None] * slots
         self.waiting: collections.deque[Sequence] = collections.deque()
         super().__init__("lm-engine")

@@ -19,6 +19,7 @@ LOGICAL_RULES = {
     "mlp": "tensor",
     "heads": "tensor",
     "kv": None,
+    "layers": None,  # a scanned transformer's stacked blocks
 }
 
 

@@ -176,3 +176,32 @@ def test_import_sample_lora_sft_export_through_the_cli(tmp_path):
     unmerged = _import_dir(tmp_path / "hf", tmp_path / "unmerged")  # the base
     for a, b in zip(jax.tree.leaves(unmerged.params), jax.tree.leaves(base.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_scanned_import_gives_the_logits_tokens_and_export_of_the_unrolled(tmp_path):
+    """model.scan_layers: the layers stacked on import (Qwen3: q/k norm) give
+    HF's logits and greedy tokens, and export-hf unstacks them to the same
+    files an unrolled run writes."""
+    config = lm_pydoc.get_config()
+    config.model.scan_layers = True
+    hf.import_run(str(FIXTURES / "qwen3"), str(tmp_path / "s"), config)
+    run = checkpoint.open_run(str(tmp_path / "s"))
+    assert "blocks" in run.params["model"] and "block_0" not in run.params["model"]
+    expected = np.load(FIXTURES / "qwen3" / "expected.npz")
+    model, _ = lm.make_model(run.config)
+    logits, _ = jax.jit(model.apply)(
+        {"params": run.params["model"]}, expected["input_ids"][None]
+    )
+    assert np.abs(np.asarray(logits[0]) - expected["logits"]).max() <= 1e-4
+    greedy = expected["greedy"]
+    generate = jax.jit(lm.make_generate(model), static_argnums=3)
+    prompt = expected["prompt_ids"]
+    tokens = generate(run.params, prompt[None], np.zeros(1, np.int32), len(greedy), 0.0)
+    np.testing.assert_array_equal(np.asarray(tokens[0]), greedy)
+    hf.export_run(str(tmp_path / "s"), str(tmp_path / "out"))
+    unrolled = _import("qwen3", tmp_path / "u")
+    hf.export_run(str(tmp_path / "u"), str(tmp_path / "out_u"))
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (
+        tmp_path / "out_u" / "model.safetensors"
+    ).read_bytes()
+    del unrolled

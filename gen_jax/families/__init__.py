@@ -46,5 +46,10 @@ def make(config: ml_collections.ConfigDict, *, lora: bool = True) -> Family:
     check_name("config.family", config.family, families)
     family = families[config.family](config)
     if lora and "lora" in config and config.lora.rank > 0:
+        if config.model.get("scan_layers"):
+            raise ValueError(
+                "config.lora adapts unrolled layers only; set "
+                "config.model.scan_layers=False for a LoRA run"
+            )
         return lora_lib.wrap(family, config.lora)
     return family

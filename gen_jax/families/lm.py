@@ -150,8 +150,10 @@ def make_serving(model, context: int):
         )[:, 0]
         token_B = sample_logits(last_BV, keys(seeds_B, lengths_B), *controls)
 
-        def write(c, n):  # the prompt's positions into its slot's row
-            rows = jax.lax.dynamic_update_slice_in_dim(c[slots_B], n, 0, axis=1)
+        def write(
+            c, n
+        ):  # the prompt's positions (axis T of [.., T, G, K]) into its slot
+            rows = jax.lax.dynamic_update_slice_in_dim(c[slots_B], n, 0, c.ndim - 3)
             return c.at[slots_B].set(rows)
 
         return token_B, jax.tree.map(write, cache, new)

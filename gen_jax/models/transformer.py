@@ -18,13 +18,18 @@ import jax.numpy as jnp
 
 from gen_jax.models import layers
 
-Cache = list[
-    dict[str, jax.Array]
-]  # per layer: k_BLGK, v_BLGK over max length (G kv heads)
+# Per layer {k, v} [B, T, G, K] over the max length (G kv heads); scanned
+# models: one {k, v} [B, layers, T, G, K] (`cache_spec`).
+Cache = list[dict[str, jax.Array]] | dict[str, jax.Array]
 
 
 _INIT = nn.initializers.normal(0.02)
 NORMS = ("rms", "layer")  # the `norm` field
+REMAT_POLICIES = {
+    "nothing": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "everything": jax.checkpoint_policies.everything_saveable,
+}
 MLPS = ("gelu", "swiglu")  # the `mlp` field
 
 
@@ -147,10 +152,13 @@ class Block(nn.Module):
     # (0: all). A server picks the smallest window past every slot's position,
     # so a step reads the part of the cache in use, not the whole context.
     cache_window: int = 0
+    train: bool = False
 
     @nn.compact
-    def __call__(self, x_BLD, positions_BL, freqs_K, mask, cache, train: bool):
-        drop = nn.Dropout(self.dropout, deterministic=not train)
+    def __call__(self, x_BLD, cache, positions_BL, freqs_K, mask):
+        """(x, this layer's updated cache); the signature `nn.scan` needs (the
+        carry, then what is scanned over, then what is broadcast)."""
+        drop = nn.Dropout(self.dropout, deterministic=not self.train)
         h = _norm(self.norm, self.norm_eps, self.dtype, "attn_norm")(x_BLD)
         proj = functools.partial(
             Dense, in_axes=("embed",), dtype=self.dtype, use_bias=self.qkv_bias
@@ -232,6 +240,13 @@ class Transformer(nn.Module):
     rope_llama3: tuple = ()
     tie_embeddings: bool = True
     remat: bool = False  # recompute each block in the backward pass
+    # What remat keeps: "nothing" (recompute all), "dots" (keep matmul outputs
+    # without batch dims), "everything".
+    remat_policy: str = "nothing"
+    # One block `nn.scan`ned over a leading "layers" axis of its params (and of
+    # the KV cache, after the slot axis): XLA compiles the block once, so
+    # compile time stays flat in depth.
+    scan_layers: bool = False
     dtype: str = "float32"
 
     @property
@@ -281,33 +296,54 @@ class Transformer(nn.Module):
         x_BLD = self.perturb("embedded", x_BLD)
         freqs_K = rope_frequencies(self.head_size, self.rope_theta, self.rope_llama3)
         mask = attention_mask(positions_BL, segment_ids_BL)
-        block = nn.remat(Block, static_argnums=(6,)) if self.remat else Block
-        new_cache = []
-        for i in range(self.num_layers):
-            x_BLD, layer_cache = block(
-                self.num_heads,
-                self.kv_heads,
-                self.head_size,
-                self.embed_dim,
-                self.mlp_dim,
-                self.dropout,
-                self.norm,
-                self.norm_eps,
-                self.mlp,
-                self.qkv_bias,
-                self.qk_norm,
-                dtype,
-                cache_window,
-                name=f"block_{i}",
-            )(
-                x_BLD,
-                positions_BL,
-                freqs_K,
-                mask,
-                None if cache is None else cache[i],
-                train,
+        block_cls = Block
+        if self.remat:
+            if self.remat_policy not in REMAT_POLICIES:
+                raise ValueError(
+                    f"unknown model.remat_policy {self.remat_policy!r}; valid: "
+                    f"{', '.join(REMAT_POLICIES)}"
+                )
+            block_cls = nn.remat(Block, policy=REMAT_POLICIES[self.remat_policy])
+        fields = {
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.kv_heads,
+            "head_dim": self.head_size,
+            "embed_dim": self.embed_dim,
+            "mlp_dim": self.mlp_dim,
+            "dropout": self.dropout,
+            "norm": self.norm,
+            "norm_eps": self.norm_eps,
+            "mlp": self.mlp,
+            "qkv_bias": self.qkv_bias,
+            "qk_norm": self.qk_norm,
+            "dtype": dtype,
+            "cache_window": cache_window,
+            "train": train,
+        }
+        if self.scan_layers:  # the cache is {k, v} of [B, layers, T, G, K]
+            scanned = nn.scan(
+                block_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(1, nn.broadcast, nn.broadcast, nn.broadcast),
+                out_axes=1,
+                length=self.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            new_cache.append(layer_cache)
+            x_BLD, new_cache = scanned(**fields, name="blocks")(
+                x_BLD, cache, positions_BL, freqs_K, mask
+            )
+        else:
+            new_cache = []
+            for i in range(self.num_layers):
+                x_BLD, layer_cache = block_cls(**fields, name=f"block_{i}")(
+                    x_BLD,
+                    None if cache is None else cache[i],
+                    positions_BL,
+                    freqs_K,
+                    mask,
+                )
+                new_cache.append(layer_cache)
         x_BLD = _norm(self.norm, self.norm_eps, dtype, "final_norm")(x_BLD)
         if self.tie_embeddings:  # float32 logits, whatever the compute dtype
             b, length, _ = x_BLD.shape
@@ -322,12 +358,41 @@ class Transformer(nn.Module):
         return logits_BLV.astype(jnp.float32), (None if cache is None else new_cache)
 
 
-def init_cache(model: Transformer, batch: int, max_len: int) -> Cache:
-    """Zeroed KV cache for `batch` sequences of up to `max_len` tokens, sized by
-    the kv heads (grouped-query attention stores num_heads / num_kv_heads less)."""
-    shape = (batch, max_len, model.kv_heads, model.head_size)
+def cache_spec(model: Transformer, batch, max_len: int):
+    """The KV cache's ShapeDtypeStructs for `batch` sequences (a symbolic dim
+    is fine) of up to `max_len` tokens, sized by the kv heads (grouped-query
+    attention stores num_heads / num_kv_heads less): a list of per-layer
+    {k, v} [B, T, G, K], or for a scanned model one {k, v} [B, layers, T, G, K]."""
     dtype = layers.compute_dtype(model.dtype)
-    return [
-        {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-        for _ in range(model.num_layers)
-    ]
+    shape = (max_len, model.kv_heads, model.head_size)
+    if model.scan_layers:
+        leaf = jax.ShapeDtypeStruct((batch, model.num_layers, *shape), dtype)
+        return {"k": leaf, "v": leaf}
+    leaf = jax.ShapeDtypeStruct((batch, *shape), dtype)
+    return [{"k": leaf, "v": leaf} for _ in range(model.num_layers)]
+
+
+def init_cache(model: Transformer, batch: int, max_len: int) -> Cache:
+    """A zeroed KV cache (`cache_spec`'s shapes)."""
+    return jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype), cache_spec(model, batch, max_len)
+    )
+
+
+def stack_layers(params: dict, num_layers: int) -> dict:
+    """Unrolled params (block_0 ... block_{n-1}) -> the scanned layout (one
+    "blocks" entry, each leaf stacked on a leading layers axis)."""
+    out = {k: v for k, v in params.items() if not k.startswith("block_")}
+    out["blocks"] = jax.tree.map(
+        lambda *xs: jnp.stack(xs), *(params[f"block_{i}"] for i in range(num_layers))
+    )
+    return out
+
+
+def unstack_layers(params: dict) -> dict:
+    """The scanned layout -> unrolled params (`stack_layers` undone)."""
+    out = {k: v for k, v in params.items() if k != "blocks"}
+    num_layers = jax.tree.leaves(params["blocks"])[0].shape[0]
+    for i in range(num_layers):
+        out[f"block_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["blocks"])
+    return out
