@@ -278,3 +278,19 @@ def test_a_scanned_run_resumes_exactly_and_exports(tmp_path):
     config.lora.rank = 4
     with pytest.raises(ValueError, match="scan_layers=False"):
         families.make(config)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_both_attention_implementations_agree(kv_heads):
+    """`attention`'s XLA layout (CPU's default) and jax.nn.dot_product_attention
+    (elsewhere): causal, and with a packed-row mask, plain and grouped-query."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    q = jax.random.normal(keys[0], (2, 12, 4, 8))
+    k, v = (jax.random.normal(key, (2, 12, kv_heads, 8)) for key in keys[1:])
+    segments = jnp.asarray([[1] * 5 + [2] * 7, [1] * 12])
+    mask = transformer.attention_mask(jnp.zeros((2, 12), int), segments)
+    for m in (None, mask):
+        fused = transformer.attention(q, k, v, m, impl="fused")
+        xla = transformer.attention(q, k, v, m, impl="xla")
+        np.testing.assert_allclose(xla, fused, atol=1e-5)
+        assert not np.allclose(fused[:, 6], 0)

@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gen_jax.models import layers
 
@@ -135,6 +136,48 @@ def attention_mask(
     return (causal_LL[None] & same_BLL)[:, None]
 
 
+def attention(q_BLHK, k_BTGK, v_BTGK, mask_B1LT=None, *, impl: str = "") -> jax.Array:
+    """Grouped-query attention (H query heads share G kv heads), causal when
+    `mask_B1LT` is None. impl "fused": `jax.nn.dot_product_attention` (cuDNN's
+    fused kernel on GPU); "xla": heads moved in front of the sequence first,
+    then two batched matmuls, which XLA:CPU runs faster (forward + backward
+    of one lm_pydoc-sized layer: 52.6 vs 68.6 ms). Default: "xla" on CPU,
+    "fused" elsewhere."""
+    impl = impl or ("xla" if jax.default_backend() == "cpu" else "fused")
+    if impl == "fused":
+        return jax.nn.dot_product_attention(
+            q_BLHK, k_BTGK, v_BTGK, mask=mask_B1LT, is_causal=mask_B1LT is None
+        )
+    if impl != "xla":
+        raise ValueError(f"unknown attention impl {impl!r}; valid: fused, xla")
+    b, length, heads, dim = q_BLHK.shape
+    groups, keys = k_BTGK.shape[2], k_BTGK.shape[1]
+    # [B, G, R*L, K]: the R query heads of a group share its keys, so they
+    # stack along the query axis and every matmul is a plain batched one.
+    q_BGQK = (
+        q_BLHK.reshape(b, length, groups, heads // groups, dim)
+        .transpose(0, 2, 3, 1, 4)
+        .reshape(b, groups, heads // groups * length, dim)
+    )
+    k_BGTK, v_BGTK = (x.transpose(0, 2, 1, 3) for x in (k_BTGK, v_BTGK))
+    logits_BGRLT = jnp.einsum("bgqk,bgtk->bgqt", q_BGQK, k_BGTK).reshape(
+        b, groups, heads // groups, length, keys
+    )
+    logits_BGRLT = logits_BGRLT.astype(jnp.float32) / np.float32(np.sqrt(dim))
+    if mask_B1LT is None:
+        mask_B1LT = jnp.tril(jnp.ones((length, keys), bool))[None, None]
+    # The lowest finite score, not -inf: a fully masked row (padding) averages
+    # instead of giving NaN, as jax.nn.dot_product_attention does.
+    logits_BGRLT = jnp.where(
+        mask_B1LT[:, :, None], logits_BGRLT, jnp.finfo(jnp.float32).min
+    )
+    probs_BGRLT = jax.nn.softmax(logits_BGRLT, axis=-1).astype(v_BTGK.dtype)
+    probs_BGQT = probs_BGRLT.reshape(b, groups, heads // groups * length, keys)
+    out_BGQK = jnp.einsum("bgqt,bgtk->bgqk", probs_BGQT, v_BGTK)
+    out_BGRLK = out_BGQK.reshape(b, groups, heads // groups, length, dim)
+    return out_BGRLK.transpose(0, 3, 1, 2, 4).reshape(b, length, heads, dim)
+
+
 class Block(nn.Module):
     num_heads: int
     num_kv_heads: int
@@ -190,11 +233,7 @@ class Block(nn.Module):
                 v_BLGK = v_BLGK[:, : self.cache_window]
             key_pos = jnp.arange(k_BLGK.shape[1])
             mask = key_pos[None, None, None, :] <= positions_BL[:, None, :, None]
-        # Grouped-query attention natively: H query heads share G kv heads.
-        # is_causal lets XLA/cuDNN use a fused causal kernel where one exists.
-        out_BLHK = jax.nn.dot_product_attention(
-            q_BLHK, k_BLGK, v_BLGK, mask=mask, is_causal=mask is None
-        )
+        out_BLHK = attention(q_BLHK, k_BLGK, v_BLGK, mask)
         out_BLD = Dense(
             (self.embed_dim,), ("heads", "kv"), ("embed",), self.dtype, name="attn_out"
         )(out_BLHK)
