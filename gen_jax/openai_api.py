@@ -110,9 +110,11 @@ def make_app(
             response = await call_next(request)
         except Exception as e:  # noqa: BLE001 - a bug answers 500, the server goes on
             response = _error(500, f"internal error: {type(e).__name__}: {e}")
+        # Routes only: a label per unknown path would grow without bound.
+        route = request.scope.get("route")
         metrics.inc(
             "gen_jax_requests_total",
-            endpoint=request.url.path,
+            endpoint=getattr(route, "path", "unmatched"),
             status=response.status_code,
         )
         return response
