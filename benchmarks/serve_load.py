@@ -8,6 +8,7 @@ request in ten malformed.
   python -m benchmarks.serve_load --url=http://127.0.0.1:8000 --model=NAME
   python -m benchmarks.serve_load --image_workdir=runs/ddpm_digits --requests=32
   python -m benchmarks.serve_load --workdir=runs/lm_pydoc --soak=1000
+  python -m benchmarks.serve_load --workdir=runs/lm_pydoc --engine   # + no HTTP
 
 Reports req/s, output tokens/s, time to first token and inter-token latency
 (p50 / p99, seconds) as one JSON line per server; streamed requests, so TTFT
@@ -21,6 +22,7 @@ import json
 import random
 import statistics
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -238,6 +240,54 @@ def soak(url: str, model: str, pid: int | None, *, requests: int) -> dict:
     }
 
 
+def engine_only(workdir: str, slots: int, *, sequences: int, max_tokens: int) -> dict:
+    """The LM engine's own rate, no HTTP: `sequences` sequences of `max_tokens`
+    tokens submitted at once to an in-process `serve.LMEngine`."""
+    import tempfile
+
+    from gen_jax import artifact, checkpoint, export, serve, text
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export.export_run(checkpoint.open_run(workdir), tmp)
+        art = artifact.Artifact(tmp)
+        spec = art.manifest["lm"]["tokenizer"]
+        tokenizer = text.tokenizer_from_spec(spec, f"{tmp}/tokenizer")
+        metrics = serve.Metrics()
+        serve.declare_metrics(metrics)
+        engine = serve.LMEngine(
+            serve.Programs(art),
+            tokenizer,
+            slots=slots,
+            max_waiting=sequences,
+            metrics=metrics,
+        )
+        engine.warm_up()
+        engine.start()
+        left, done = [sequences], threading.Event()
+
+        def emit(delta, finish):
+            if finish:
+                left[0] -= 1
+                if not left[0]:
+                    done.set()
+
+        prompt = tokenizer.prompt("The with statement")
+        start = time.perf_counter()
+        engine.submit(
+            [
+                serve.Sequence(prompt, max_tokens, i, 1.0, 0, 1.0, (), emit)
+                for i in range(sequences)
+            ]
+        )
+        done.wait()
+        elapsed = time.perf_counter() - start
+        engine.stop()
+    return {
+        "engine_slots": slots,
+        "tokens_per_s": round(sequences * max_tokens / elapsed),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url")
@@ -250,6 +300,11 @@ def main() -> None:
     parser.add_argument("--max_prompt", type=int, default=8, help="words")
     parser.add_argument("--max_tokens", type=int, default=64)
     parser.add_argument("--soak", type=int, default=0)
+    parser.add_argument(
+        "--engine",
+        action="store_true",
+        help="--workdir: also the engine alone, no HTTP",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     common = {
@@ -262,6 +317,19 @@ def main() -> None:
     if args.url:
         print(json.dumps({"server": args.url, **load(args.url, args.model, **common)}))
         return
+    if args.workdir and args.engine:
+        for slots in (args.slots, 1):
+            print(
+                json.dumps(
+                    engine_only(
+                        args.workdir,
+                        slots,
+                        sequences=args.requests,
+                        max_tokens=args.max_tokens,
+                    )
+                ),
+                flush=True,
+            )
     if args.workdir:
         for slots in (args.slots, 1):
             proc, url = helpers.start_server(
