@@ -17,7 +17,7 @@ from jax import export as jax_export
 
 from gen_jax import artifact, checkpoint, text
 from gen_jax.families import lm
-from gen_jax.families.family import Params
+from gen_jax.families.family import Params, seeded_keys
 from gen_jax.models import transformer
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -60,10 +60,7 @@ def image_functions(run: checkpoint.Run) -> dict[str, Function]:
         raise ValueError(f"family {config.family!r} does not generate images")
 
     def sample(params: Params, seeds_N, indices_N, labels_N, guidance_N):
-        keys_N = jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(
-            seeds_N, indices_N
-        )
-        return generate(params, keys_N, labels_N, guidance_N)
+        return generate(params, seeded_keys(seeds_N, indices_N), labels_N, guidance_N)
 
     (n,) = jax_export.symbolic_shape("n")
     classes = max(config.data.get("num_classes", 0), 1)
@@ -119,9 +116,7 @@ def lm_functions(run: checkpoint.Run, context: int) -> dict[str, Function]:
     padded = np.zeros((1, len(prompt) + 3), np.int32)
     padded[0, : len(prompt)] = prompt
     prefill_args = [
-        Arg(
-            "cache", cache(prefill_slots), cache_meaning, jax.device_get(example_cache)
-        ),
+        Arg("cache", cache(prefill_slots), cache_meaning, example_cache),
         _int32("slots", (b,), "cache row each prompt is written to", [1]),
         _int32("prompts", (b, p), "token ids, right-padded", padded),
         _int32("lengths", (b,), "each prompt's length", [len(prompt)]),
@@ -129,7 +124,7 @@ def lm_functions(run: checkpoint.Run, context: int) -> dict[str, Function]:
         *controls(b, ([0.7], [40], [0.9])),
     ]
     decode_args = [
-        Arg("cache", cache(s), cache_meaning, jax.device_get(example_cache)),
+        Arg("cache", cache(s), cache_meaning, example_cache),
         _int32("tokens", (s,), "each slot's newest token", [5, 7]),
         _int32("positions", (s,), "that token's position", [0, len(prompt)]),
         _int32("seeds", (s,), "each slot's sampling seed", [0, 3]),

@@ -228,8 +228,10 @@ def _sampling(body: dict, engine, prompt_ids: np.ndarray, emit_for):
     ]
 
 
-async def _generate(engine, make_sequences):
-    """Submits the sequences; yields (index, delta, finish) as they come."""
+def _start(engine, make_sequences):
+    """Builds and queues the request's sequences, so a bad field or a full
+    queue raises here, before any response (or stream) has begun. Returns
+    (the sequences, an async iterator of (index, delta, finish) as they come)."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
 
@@ -240,11 +242,15 @@ async def _generate(engine, make_sequences):
 
     sequences = make_sequences(emit_for)
     engine.submit(sequences)
-    left = len(sequences)
-    while left:
-        i, delta, finish = await events.get()
-        left -= finish is not None
-        yield i, delta, finish, sequences
+
+    async def arrivals():
+        left = len(sequences)
+        while left:
+            i, delta, finish = await events.get()
+            left -= finish is not None
+            yield i, delta, finish
+
+    return sequences, arrivals()
 
 
 def _sse(chunks):
@@ -263,11 +269,13 @@ def _lm_routes(app, engine, tokenizer, model_name, check_model, check_ready):
     async def respond(body: dict, prompt_ids, chat: bool):
         check_ready()
         stream = _field(body, "stream", bool, False)
-        make = lambda emit_for: _sampling(body, engine, prompt_ids, emit_for)
-        make(lambda i: None)  # validate before anything is queued
+        sequences, gen = _start(
+            engine, lambda emit_for: _sampling(body, engine, prompt_ids, emit_for)
+        )
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         kind = "chat.completion" if chat else "text_completion"
+        chunk_kind = kind + ".chunk" if chat else kind
 
         def choice(i, delta, finish, first=False):
             if not chat:
@@ -287,7 +295,7 @@ def _lm_routes(app, engine, tokenizer, model_name, check_model, check_ready):
                 "finish_reason": finish,
             }
 
-        def usage(sequences):
+        def usage():
             completion = sum(len(s.tokens) for s in sequences)
             return {
                 "prompt_tokens": len(prompt_ids) * len(sequences),
@@ -295,20 +303,19 @@ def _lm_routes(app, engine, tokenizer, model_name, check_model, check_ready):
                 "total_tokens": len(prompt_ids) * len(sequences) + completion,
             }
 
-        gen = _generate(engine, make)
         if stream:
             include_usage = bool(
                 (body.get("stream_options") or {}).get("include_usage")
             )
 
             async def chunks():
-                started, sequences = set(), None
-                async for i, delta, finish, sequences in gen:
+                started = set()
+                async for i, delta, finish in gen:
                     first = i not in started
                     started.add(i)
                     yield {
                         "id": rid,
-                        "object": kind + ("" if not chat else ".chunk"),
+                        "object": chunk_kind,
                         "created": created,
                         "model": model_name,
                         "choices": [choice(i, delta, finish, first)],
@@ -316,16 +323,16 @@ def _lm_routes(app, engine, tokenizer, model_name, check_model, check_ready):
                 if include_usage:
                     yield {
                         "id": rid,
-                        "object": kind + ("" if not chat else ".chunk"),
+                        "object": chunk_kind,
                         "created": created,
                         "model": model_name,
                         "choices": [],
-                        "usage": usage(sequences),
+                        "usage": usage(),
                     }
 
             return StreamingResponse(_sse(chunks()), media_type="text/event-stream")
-        texts, finishes, sequences = {}, {}, []
-        async for i, delta, finish, sequences in gen:
+        texts, finishes = {}, {}
+        async for i, delta, finish in gen:
             if finish == "error":
                 raise RuntimeError("generation failed; the server log has the cause")
             texts[i] = texts.get(i, "") + delta
@@ -357,7 +364,7 @@ def _lm_routes(app, engine, tokenizer, model_name, check_model, check_ready):
             "created": created,
             "model": model_name,
             "choices": choices,
-            "usage": usage(sequences),
+            "usage": usage(),
         }
 
     @app.post("/v1/completions")

@@ -94,6 +94,15 @@ def image_keys(key: jax.Array, num: int) -> jax.Array:
     return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(num))
 
 
+def seeded_keys(seeds_N: jax.Array, indices_N: jax.Array) -> jax.Array:
+    """fold_in(key(seeds[i]), indices[i]) per row: the keys `image_keys` gives
+    for one seed, built from plain integers (an export's or a server's
+    inputs; an LM folds in the token position)."""
+    return jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(
+        seeds_N, indices_N
+    )
+
+
 def images_sampler(generate: Callable[..., jax.Array], num_classes: int, guidance=1.0):
     """`Family.sample` from `Family.generate`: every class in turn, one guidance."""
 

@@ -9,7 +9,14 @@ import ml_collections
 import optax
 
 from gen_jax import text
-from gen_jax.families.family import Batch, Family, Metrics, Params, check_name
+from gen_jax.families.family import (
+    Batch,
+    Family,
+    Metrics,
+    Params,
+    check_name,
+    seeded_keys,
+)
 from gen_jax.models import MODELS, transformer
 
 
@@ -129,11 +136,6 @@ def make_serving(model, context: int):
     Token i of a sequence is sampled with fold_in(key(seed), i), as in
     `make_generate`: a slot's tokens do not depend on the other slots."""
 
-    def keys(seeds_B, positions_B):
-        return jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(
-            seeds_B, positions_B
-        )
-
     def apply(params, *args, **kwargs):
         return model.apply({"params": params["model"]}, *args, **kwargs)
 
@@ -148,7 +150,7 @@ def make_serving(model, context: int):
         last_BV = jnp.take_along_axis(
             logits_BPV, (lengths_B - 1)[:, None, None], axis=1
         )[:, 0]
-        token_B = sample_logits(last_BV, keys(seeds_B, lengths_B), *controls)
+        token_B = sample_logits(last_BV, seeded_keys(seeds_B, lengths_B), *controls)
 
         def write(
             c, n
@@ -168,7 +170,7 @@ def make_serving(model, context: int):
                 cache_window=window if window < context else 0,
             )
             next_S = sample_logits(
-                logits_S1V[:, 0], keys(seeds_S, positions_S + 1), *controls
+                logits_S1V[:, 0], seeded_keys(seeds_S, positions_S + 1), *controls
             )
             return next_S, cache
 
