@@ -7,6 +7,9 @@ Each round runs `gen-jax bench` and `benchmarks.torch_peers` once per family,
 alternating, each in its own process (so neither's thread pool idles in the
 other's timing); a family's figure is the median over rounds of each run's
 median step time. `torch_ms / jax_ms` >= 1 means gen_jax is at least as fast.
+Beside eager, each round times the peer under `torch.compile` (inductor, its
+forward and backward graphs; the optimizer and EMA stay eager) unless
+`--no_torch_compile`; its compile time is in the warm-up, not the figure.
 `--gen_jax_path=DIR` times another checkout's gen_jax (e.g. a baseline commit,
 with this checkout's gen_jax/bench.py copied in), running from DIR.
 """
@@ -35,15 +38,23 @@ def _last_record(cmd: list[str], out: str, env: dict, cwd: str = ROOT) -> dict:
         return json.loads(f.readlines()[-1])
 
 
-def measure(family: str, rounds: int, steps: int, warmup: int, gen_jax_path: str):
-    """({"jax": [ms per round], "torch": [...]}, the last JAX record)."""
+def measure(
+    family: str,
+    rounds: int,
+    steps: int,
+    warmup: int,
+    gen_jax_path: str,
+    torch_compile: bool = True,
+):
+    """({"jax": [ms per round], "torch": [...], "torch_compile": [...]}, the
+    last JAX record)."""
     config, overrides = REFERENCE[family]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     # `python -m` puts its working directory first on sys.path: run there.
     jax_cwd = os.path.abspath(gen_jax_path) if gen_jax_path else ROOT
     common = [f"--timed_steps={steps}", f"--warmup_steps={warmup}"]
     peer_common = [f"--steps={steps}", f"--warmup={warmup}"]
-    times = {"jax": [], "torch": []}
+    times = {"jax": [], "torch": [], "torch_compile": []}
     record = None
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "bench.jsonl")
@@ -58,14 +69,18 @@ def measure(family: str, rounds: int, steps: int, warmup: int, gen_jax_path: str
                 jax_cwd,
             )
             times["jax"].append(1e3 * record["step_s_median"])
-            peer = _last_record(
-                [sys.executable, "-m", "benchmarks.torch_peers", f"--family={family}"]
-                + peer_common
-                + [f"--out={out}"],
-                out,
-                {**os.environ},
-            )
-            times["torch"].append(1e3 * peer["step_s_median"])
+            peer = [
+                sys.executable,
+                "-m",
+                "benchmarks.torch_peers",
+                f"--family={family}",
+            ]
+            peer += peer_common + [f"--out={out}"]
+            for name, extra in [("torch", [])] + (
+                [("torch_compile", ["--compile"])] if torch_compile else []
+            ):
+                record_t = _last_record(peer + extra, out, {**os.environ})
+                times[name].append(1e3 * record_t["step_s_median"])
     return times, record
 
 
@@ -77,15 +92,27 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--gen_jax_path", default="")
     parser.add_argument("--label", default="")
+    parser.add_argument("--no_torch_compile", action="store_true")
     parser.add_argument("--out", default="benchmarks/results.jsonl")
     args = parser.parse_args(argv)
-    print("| family | gen_jax ms/step | torch ms/step | torch ms / gen_jax ms | MFU |")
-    print("|---|---|---|---|---|")
+    print(
+        "| family | gen_jax ms/step | torch eager ms/step | torch eager / gen_jax "
+        "| torch.compile ms/step | torch.compile / gen_jax | MFU |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for family in args.families.split(","):
         times, record = measure(
-            family, args.rounds, args.steps, args.warmup, args.gen_jax_path
+            family,
+            args.rounds,
+            args.steps,
+            args.warmup,
+            args.gen_jax_path,
+            not args.no_torch_compile,
         )
         jax_ms, torch_ms = np.median(times["jax"]), np.median(times["torch"])
+        compiled_ms = (
+            np.median(times["torch_compile"]) if times["torch_compile"] else None
+        )
         row = {
             "label": args.label,
             "family": family,
@@ -94,12 +121,19 @@ def main(argv=None) -> None:
             "jax_ms": jax_ms,
             "torch_ms": torch_ms,
             "ratio": torch_ms / jax_ms,
+            "torch_compile_ms": compiled_ms,
+            "compile_ratio": compiled_ms / jax_ms if compiled_ms else None,
             "mfu": record["mfu"],
             "rounds": times,
         }
+        compiled = (
+            f"{compiled_ms:.1f} | {row['compile_ratio']:.2f}"
+            if compiled_ms
+            else "- | -"
+        )
         print(
             f"| {family} | {jax_ms:.1f} | {torch_ms:.1f} | {row['ratio']:.2f} | "
-            f"{record['mfu'] or 0:.2f} |",
+            f"{compiled} | {record['mfu'] or 0:.2f} |",
             flush=True,
         )
         with open(os.path.join(ROOT, args.out), "a") as f:

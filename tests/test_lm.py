@@ -281,16 +281,33 @@ def test_a_scanned_run_resumes_exactly_and_exports(tmp_path):
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_both_attention_implementations_agree(kv_heads):
-    """`attention`'s XLA layout (CPU's default) and jax.nn.dot_product_attention
-    (elsewhere): causal, and with a packed-row mask, plain and grouped-query."""
+@pytest.mark.parametrize("length", [12, 128])
+def test_both_attention_implementations_agree(kv_heads, length):
+    """`attention`'s XLA layout (CPU's default; at 128 tokens its causal form
+    runs in two query blocks) and jax.nn.dot_product_attention (elsewhere):
+    causal, and with a packed-row mask, plain and grouped-query, values and
+    gradients."""
     keys = jax.random.split(jax.random.key(0), 3)
-    q = jax.random.normal(keys[0], (2, 12, 4, 8))
-    k, v = (jax.random.normal(key, (2, 12, kv_heads, 8)) for key in keys[1:])
-    segments = jnp.asarray([[1] * 5 + [2] * 7, [1] * 12])
-    mask = transformer.attention_mask(jnp.zeros((2, 12), int), segments)
+    q = jax.random.normal(keys[0], (2, length, 4, 8))
+    k, v = (jax.random.normal(key, (2, length, kv_heads, 8)) for key in keys[1:])
+    first = length // 3
+    segments = jnp.asarray([[1] * first + [2] * (length - first), [1] * length])
+    mask = transformer.attention_mask(jnp.zeros((2, length), int), segments)
+    weights = jax.random.normal(jax.random.key(1), q.shape)
     for m in (None, mask):
-        fused = transformer.attention(q, k, v, m, impl="fused")
-        xla = transformer.attention(q, k, v, m, impl="xla")
+        fused, xla = (
+            transformer.attention(q, k, v, m, impl=impl) for impl in ("fused", "xla")
+        )
         np.testing.assert_allclose(xla, fused, atol=1e-5)
-        assert not np.allclose(fused[:, 6], 0)
+        assert not np.allclose(fused[:, first + 1], 0)
+        grads = [
+            jax.grad(
+                lambda q, k, v: (
+                    transformer.attention(q, k, v, m, impl=impl) * weights
+                ).sum(),
+                argnums=(0, 1, 2),
+            )(q, k, v)
+            for impl in ("fused", "xla")
+        ]
+        for a, b in zip(*grads):
+            np.testing.assert_allclose(b, a, atol=1e-4)
