@@ -106,6 +106,7 @@ SMOKE_MODELS = {
         "num_res_blocks": 1,
         "norm_groups": 8,
     },
+    "dit": {"num_layers": 1, "num_heads": 2, "embed_dim": 16},
     "classifier": {"channels": (8, 16), "features": 16},
     "gan": {"z_dim": 8, "gen_channels": 8, "disc_channels": 8},
     "lm": {
@@ -125,8 +126,9 @@ def shrink_for_smoke(c: ml_collections.ConfigDict, num_steps: int = 6) -> None:
     batches that still pass through every log, checkpoint and eval path."""
     if c.data.name not in EMBEDDED_SOURCES:
         c.data.name = "synthetic"  # the same shapes, no download
-    c.model.update(SMOKE_MODELS[c.family])
-    if c.family == "diffusion":
+    # Keyed by family, or by model where a family has several (a DiT denoiser).
+    c.model.update(SMOKE_MODELS.get(c.model.get("name"), SMOKE_MODELS[c.family]))
+    if c.family == "diffusion" and c.model.name == "unet":
         c.model.attention_resolutions = (c.data.image_size // 2,)
         # T=40: room for the README's 20-step samplers; a longer T costs only
         # the ddpm sampler's loop length, nothing to compile.
@@ -228,9 +230,12 @@ def gan_defaults(c: ml_collections.ConfigDict) -> None:
 
 
 def diffusion_defaults() -> ml_collections.ConfigDict:
-    """`config.diffusion` with DDPM's process (T=1000, linear betas 1e-4..0.02)."""
+    """`config.diffusion`: the objective (DDPM's process by default: T=1000,
+    linear betas 1e-4..0.02), its samplers and guidance."""
     return ml_collections.ConfigDict(
         {
+            "objective": "ddpm",  # ddpm | edm | flow
+            # ddpm
             "num_timesteps": 1000,
             "schedule": "linear",  # linear | cosine
             "beta_start": 1e-4,
@@ -241,10 +246,32 @@ def diffusion_defaults() -> ml_collections.ConfigDict:
             "conditional": False,  # on data.num_classes labels, + a null label
             "label_dropout": 0.1,  # null-label rate, for classifier-free guidance
             "guidance_scale": 1.0,  # 1 = the conditional model
-            "sampler": "ddim",  # ddpm | ddim | dpm_solver_pp_2m
-            "sample_steps": 50,  # ddim / dpm_solver_pp_2m (ddpm always uses T)
+            # ddpm: ddpm | ddim | dpm_solver_pp_2m; edm: euler | heun |
+            # dpm_solver_pp_2m; flow: euler | heun | midpoint | dpm_solver_pp_2m
+            "sampler": "ddim",
+            # ddpm's sampler always uses T; heun to sigma = 0 makes 2 steps - 1
+            # model calls, midpoint 2 per step, the others 1.
+            "sample_steps": 50,
             "ddim_eta": 0.0,
             "eval_timesteps": 50,  # stratified timesteps per image for bits/dim
+            # Guidance only at EDM-equivalent noise levels sigma / alpha in
+            # (lo, hi] (Kynkäänniemi et al. 2024); (): everywhere.
+            "guidance_interval": (),
+            # edm (Karras et al. 2022)
+            "sigma_data": 0.5,
+            "p_mean": -1.2,  # training ln sigma ~ N(p_mean, p_std^2)
+            "p_std": 1.2,
+            "sigma_min": 0.002,  # the sampler's sigma grid, rho-spaced
+            "sigma_max": 80.0,
+            "rho": 7.0,
+            "churn": 0.0,  # EDM's S_churn (0: the deterministic sampler)
+            "churn_min": 0.0,  # S_tmin, S_tmax: the sigma range churned
+            "churn_max": 1e9,
+            "churn_noise": 1.0,  # S_noise
+            # flow: training t ~ uniform | logit_normal (mean, std; SD3: 0, 1)
+            "timesteps": "logit_normal",
+            "t_mean": 0.0,
+            "t_std": 1.0,
         }
     )
 

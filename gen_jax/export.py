@@ -307,6 +307,7 @@ def export_run(
         if run.config.family == "diffusion":
             c = run.config.diffusion
             manifest["images"] |= {
+                "objective": c.get("objective", "ddpm"),
                 "sampler": c.sampler,
                 "steps": c.sample_steps if c.sampler != "ddpm" else c.num_timesteps,
                 "guidance": c.guidance_scale,

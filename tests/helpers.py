@@ -61,6 +61,14 @@ def start_cli(*args: str, devices: int = 4) -> subprocess.Popen:
 
 def overfit_losses(config, family, params, batch, steps: int) -> list[float]:
     """The losses of `steps` shared train steps on one fixed batch."""
+    losses = []
+    overfit_state(config, family, params, batch, steps, losses)
+    return losses
+
+
+def overfit_state(config, family, params, batch, steps: int, losses=None):
+    """The train state after `steps` shared train steps on one fixed batch
+    (each step's loss appended to `losses` when given)."""
     import functools
 
     import flax.linen as nn
@@ -71,11 +79,11 @@ def overfit_losses(config, family, params, batch, steps: int) -> list[float]:
 
     state = TrainState.create(nn.unbox(params), optim.make(config, ["model"]))
     fn = jax.jit(functools.partial(step.train_step, family=family, ema_decay=0.9))
-    losses = []
     for _ in range(steps):
         state, metrics = fn(state, batch, jax.random.key(3))
-        losses.append(float(metrics["model/loss"]))
-    return losses
+        if losses is not None:
+            losses.append(float(metrics["model/loss"]))
+    return state
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -137,7 +137,8 @@ def test_eval_builders_reject_undeclared_keys():
     [
         ("vae_digits", "vae.likelihood", "poisson", "bernoulli, gaussian"),
         ("ddpm_digits", "diffusion.prediction", "epz", "eps, v, x0"),
-        ("ddpm_digits", "diffusion.sampler", "euler", "ddim, ddpm, dpm_solver_pp_2m"),
+        ("ddpm_digits", "diffusion.sampler", "eulr", "ddim, ddpm, dpm_solver_pp_2m"),
+        ("ddpm_digits", "diffusion.objective", "score", "ddpm, edm, flow"),
         ("gan_digits", "gan.loss", "hinj", "hinge, non_saturating, wgan_gp"),
         ("gan_digits", "model.gen_norm", "batch", "group, none"),
         ("lm_pydoc", "model.norm", "batch", "layer, rms"),

@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,6 +102,30 @@ def test_loss_falls_when_overfitting_one_batch(config):
     assert np.mean(losses[-20:]) < 0.7 * np.mean(losses[:20]), (losses[:3], losses[-3:])
 
 
+@pytest.mark.parametrize("objective, most", [("edm", 0.92), ("flow", 0.7)])
+def test_continuous_objectives_learn_a_one_image_dataset(config, objective, most):
+    """The loss at fixed noise draws (64 of them) falls as the model learns
+    one image. EDM's falls least: its preconditioning already gives the easy,
+    linear part of the denoiser, and what is left at small sigma, the noise
+    itself, is hard for a tiny UNet in 200 steps (measured: EDM 1.17 -> 0.97,
+    flow 1.36 -> 0.68)."""
+    config.diffusion.update(objective=objective, sampler="euler")
+    config.optim.model.update(warmup_steps=0, lr=3e-3)
+    family = families.make(config)
+    image = jax.random.uniform(jax.random.key(1), (1, 8, 8, 1), minval=-1)
+    batch = {"image": jnp.broadcast_to(image, (8, 8, 8, 1)), "label": jnp.zeros(8, int)}
+    params = jax.jit(family.init)(jax.random.key(0), batch)
+    keys = jax.random.split(jax.random.key(7), 64)
+    heldout = jax.jit(
+        lambda p: jnp.mean(
+            jax.vmap(lambda k: family.losses["model"](p, batch, k)[0])(keys)
+        )
+    )
+    state = helpers.overfit_state(config, family, params, batch, 200)
+    before, after = float(heldout(nn.unbox(params))), float(heldout(state.params))
+    assert after < most * before, (before, after)
+
+
 def _denoise_fn(config, params, labels):
     """The conditional model alone, as the samplers see it."""
     model, s = diffusion._model_and_schedule(config)
@@ -161,15 +186,49 @@ def test_an_image_does_not_depend_on_what_it_is_batched_with(config):
     np.testing.assert_allclose(alone[0], batched[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("name", diffusion.SAMPLERS)
-def test_every_sampler_returns_finite_images_in_range(config, name):
-    config.diffusion.sampler = name
+@pytest.mark.parametrize(
+    "objective, name",
+    [(o, n) for o, names in diffusion.SAMPLERS.items() for n in names],
+)
+def test_every_sampler_returns_finite_images_in_range(config, objective, name):
+    config.diffusion.update(objective=objective, sampler=name, sample_steps=3)
     _, _, params = _setup(config)
     images = jax.jit(families.make(config).sample, static_argnums=2)(
         params, jax.random.key(0), 6
     )
     assert images.shape == (6, 8, 8, 1)
     assert np.isfinite(images).all() and images.min() >= -1 and images.max() <= 1
+
+
+def test_guidance_interval_is_traced_and_gates_guidance(config):
+    """The interval (EDM-equivalent sigmas) is an argument: changing it does
+    not recompile; an interval holding no step's noise level gives the
+    conditional model alone (guidance 1), one holding all gives full guidance."""
+    config.diffusion.update(objective="edm", sampler="heun", sample_steps=3)
+    _, batch, params = _setup(config)
+    generate = jax.jit(families.make(config).generate)
+    labels = batch["label"][:4]
+    keys = jax.random.split(jax.random.key(2), 4)
+    strong, one = jnp.full((4,), 4.0), jnp.ones((4,))
+    everywhere = generate(params, keys, labels, strong, jnp.asarray([0.0, 1e9]))
+    nowhere = generate(params, keys, labels, strong, jnp.asarray([100.0, 200.0]))
+    conditional = generate(params, keys, labels, one, jnp.asarray([0.0, 1e9]))
+    assert generate._cache_size() == 1
+    np.testing.assert_allclose(nowhere, conditional, atol=1e-6)
+    assert not np.allclose(everywhere, conditional, atol=1e-3)
+
+
+def test_continuous_objectives_refuse_ddpm_only_settings(config):
+    for update, words in [
+        ({"objective": "edm", "sampler": "ddim"}, "samples objective 'ddpm'"),
+        ({"objective": "flow", "loss": "vlb"}, "is DDPM's bound"),
+        ({"objective": "flow", "sampler": "heun", "churn": 10.0}, "churn"),
+        ({"objective": "edm", "guidance_interval": (2.0, 1.0)}, "lo < hi"),
+    ]:
+        c = config.copy_and_resolve_references()
+        c.diffusion.update({"sampler": "heun", **update})
+        with pytest.raises(ValueError, match=words):
+            diffusion.make(c)
 
 
 def test_heldout_bound_is_positive_and_consistent(config):

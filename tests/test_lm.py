@@ -302,7 +302,7 @@ def test_both_attention_implementations_agree(kv_heads, length):
         assert not np.allclose(fused[:, first + 1], 0)
         grads = [
             jax.grad(
-                lambda q, k, v: (
+                lambda q, k, v, m=m, impl=impl: (
                     transformer.attention(q, k, v, m, impl=impl) * weights
                 ).sum(),
                 argnums=(0, 1, 2),

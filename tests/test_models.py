@@ -77,3 +77,87 @@ def test_unet_shapes_finite_and_float32_params(dtype):
             rngs={"dropout": jax.random.key(1)},
         )
         assert train_out.shape == out.shape and np.isfinite(train_out).all()
+
+
+def _dit(**kw):
+    args = {
+        "out_channels": 2,
+        "patch_size": 2,
+        "num_layers": 2,
+        "num_heads": 2,
+        "embed_dim": 16,
+        "num_classes": 10,
+    }
+    return MODELS["dit"](**(args | kw))
+
+
+def _perturbed(params, scale=0.1):
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(9), len(leaves))
+    return jax.tree.unflatten(
+        tree,
+        [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)],
+    )
+
+
+def test_dit_blocks_start_as_the_identity_and_the_output_at_zero():
+    """adaLN-Zero: every block returns its input exactly at init (the LM's own
+    Block, conditioned), so the DiT predicts 0; trained params move both."""
+    from gen_jax.models import transformer
+
+    block = transformer.Block(
+        num_heads=2,
+        num_kv_heads=2,
+        head_dim=8,
+        embed_dim=16,
+        mlp_dim=64,
+        dropout=0.0,
+        norm="layer",
+        norm_eps=1e-6,
+        mlp="gelu",
+        qkv_bias=True,
+        qk_norm=False,
+        dtype=jnp.float32,
+        rope=False,
+        adaln=True,
+    )
+    k1, k2 = jax.random.split(jax.random.key(0))
+    x_BLD, cond_BD = jax.random.normal(k1, (2, 5, 16)), jax.random.normal(k2, (2, 16))
+    args = (x_BLD, None, jnp.zeros((2, 5), int), jnp.zeros((1,)), None, cond_BD)
+    params = block.init(jax.random.key(1), *args)
+    np.testing.assert_array_equal(block.apply(params, *args)[0], x_BLD)
+    assert not np.allclose(block.apply(_perturbed(params), *args)[0], x_BLD)
+
+    model = _dit()
+    x_BHWC = jax.random.normal(k1, (2, 8, 8, 2))
+    t_B, label_B = jnp.array([3.0, 900.0]), jnp.array([3, 10])
+    params = jax.jit(model.init)(jax.random.key(0), x_BHWC, t_B, label_B)
+    out = jax.jit(model.apply)(params, x_BHWC, t_B, label_B)
+    assert out.shape == x_BHWC.shape and out.dtype == jnp.float32
+    np.testing.assert_array_equal(out, 0.0)
+    moved = jax.jit(model.apply)(_perturbed(params), x_BHWC, t_B, label_B)
+    assert np.isfinite(moved).all() and not np.allclose(moved, 0.0)
+
+
+def test_dit_scanned_stacks_its_blocks_and_computes_the_same():
+    from gen_jax.models import transformer
+
+    x_BHWC = jax.random.normal(jax.random.key(0), (2, 8, 8, 2))
+    t_B, label_B = jnp.array([3.0, 900.0]), jnp.array([3, 10])
+    plain, scanned = _dit(), _dit(scan_layers=True)
+    params = _perturbed(jax.jit(plain.init)(jax.random.key(0), x_BHWC, t_B, label_B))
+    params = jax.tree.map(
+        lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "value")
+    )
+    stacked = {"params": transformer.stack_layers(params["params"], 2)}
+    assert jax.tree.leaves(stacked["params"]["blocks"])[0].shape[0] == 2
+    want = jax.jit(plain.apply)(params, x_BHWC, t_B, label_B)
+    got = jax.jit(scanned.apply)(stacked, x_BHWC, t_B, label_B)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_dit_rejects_an_image_its_patches_do_not_tile():
+    with pytest.raises(ValueError, match="divides by model.patch_size=3"):
+        _dit(patch_size=3).init(
+            jax.random.key(0), jnp.zeros((1, 8, 8, 2)), jnp.zeros((1,)), None
+        )

@@ -203,6 +203,15 @@ def _attend(q_BGRLK, k_BGTK, v_BGTK, mask) -> jax.Array:
     return out_BGQK.reshape(b, groups, r, length, dim)
 
 
+def _modulate(h, shift, scale):
+    """adaLN's h (1 + scale) + shift (h itself without conditioning)."""
+    return h if shift is None else h * (1 + scale) + shift
+
+
+def _gated(gate, out):
+    return out if gate is None else gate * out
+
+
 class Block(nn.Module):
     num_heads: int
     num_kv_heads: int
@@ -221,13 +230,35 @@ class Block(nn.Module):
     # so a step reads the part of the cache in use, not the whole context.
     cache_window: int = 0
     train: bool = False
+    # Rotary positions on q and k (a DiT adds fixed 2D positions to its patch
+    # tokens instead).
+    rope: bool = True
+    # adaLN-Zero (Peebles & Xie 2023, DiT): a conditioning vector sets a
+    # shift and scale after each norm and a gate on each branch, from a
+    # zero-initialised projection, so the block starts as the identity.
+    adaln: bool = False
 
     @nn.compact
-    def __call__(self, x_BLD, cache, positions_BL, freqs_K, mask):
+    def __call__(self, x_BLD, cache, positions_BL, freqs_K, mask, cond_BD=None):
         """(x, this layer's updated cache); the signature `nn.scan` needs (the
-        carry, then what is scanned over, then what is broadcast)."""
+        carry, then what is scanned over, then what is broadcast). `cond_BD`:
+        the adaLN conditioning (a DiT's time and label embedding)."""
         drop = nn.Dropout(self.dropout, deterministic=not self.train)
+        if self.adaln:
+            mods = nn.Dense(
+                6 * self.embed_dim,
+                dtype=self.dtype,
+                kernel_init=nn.with_logical_partitioning(
+                    nn.initializers.zeros, ("embed", "mlp")
+                ),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
+                name="adaln",
+            )(nn.silu(cond_BD))[:, None]
+            shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mods, 6, -1)
+        else:
+            shift1 = scale1 = gate1 = shift2 = scale2 = gate2 = None
         h = _norm(self.norm, self.norm_eps, self.dtype, "attn_norm")(x_BLD)
+        h = _modulate(h, shift1, scale1)
         proj = functools.partial(
             Dense, in_axes=("embed",), dtype=self.dtype, use_bias=self.qkv_bias
         )
@@ -243,8 +274,9 @@ class Block(nn.Module):
         if self.qk_norm:  # Qwen3: RMSNorm over each head's channels, before RoPE
             q_BLHK = _norm(self.norm, self.norm_eps, self.dtype, "q_norm", "kv")(q_BLHK)
             k_BLGK = _norm(self.norm, self.norm_eps, self.dtype, "k_norm", "kv")(k_BLGK)
-        q_BLHK = rope(q_BLHK, positions_BL, freqs_K)
-        k_BLGK = rope(k_BLGK, positions_BL, freqs_K)
+        if self.rope:
+            q_BLHK = rope(q_BLHK, positions_BL, freqs_K)
+            k_BLGK = rope(k_BLGK, positions_BL, freqs_K)
         if cache is not None:  # write each row's chunk at its start, attend over all
             # Rows may sit at different positions (a server's decode slots).
             write = jax.vmap(
@@ -262,9 +294,10 @@ class Block(nn.Module):
         out_BLD = Dense(
             (self.embed_dim,), ("heads", "kv"), ("embed",), self.dtype, name="attn_out"
         )(out_BLHK)
-        x_BLD = x_BLD + drop(out_BLD)
+        x_BLD = x_BLD + _gated(gate1, drop(out_BLD))
 
         h = _norm(self.norm, self.norm_eps, self.dtype, "mlp_norm")(x_BLD)
+        h = _modulate(h, shift2, scale2)
         mlp_in = functools.partial(
             Dense, (self.mlp_dim,), ("embed",), ("mlp",), self.dtype
         )
@@ -281,7 +314,66 @@ class Block(nn.Module):
         out_BLD = Dense(
             (self.embed_dim,), ("mlp",), ("embed",), self.dtype, name="down"
         )(h_BLF)
-        return x_BLD + drop(out_BLD), cache
+        return x_BLD + _gated(gate2, drop(out_BLD)), cache
+
+
+def block_stack(
+    x_BLD,
+    cache,
+    positions_BL,
+    freqs_K,
+    mask,
+    cond_BD=None,
+    *,
+    num_layers: int,
+    scan_layers: bool,
+    remat: bool,
+    remat_policy: str,
+    **fields,
+):
+    """`num_layers` Blocks of `fields` applied in turn, unrolled (block_0 ...)
+    or `nn.scan`ned (one "blocks" entry stacked on a "layers" axis; the cache
+    then {k, v} [B, layers, T, G, K]): (x, the updated cache). Called from a
+    parent's compact method (the Transformer's, the DiT's), so the blocks are
+    its submodules."""
+    # A scanned block saves only its matmul outputs for the backward pass
+    # even without remat: stacking every intermediate in the loop was
+    # slower on XLA:CPU (12 layers, fwd+bwd: 1122 ms; with "dots" 911 ms;
+    # unrolled 972 ms).
+    policy = remat_policy if remat else ("dots" if scan_layers else "")
+    block_cls = Block
+    if policy:
+        if policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"unknown model.remat_policy {policy!r}; valid: "
+                f"{', '.join(REMAT_POLICIES)}"
+            )
+        block_cls = nn.remat(Block, policy=REMAT_POLICIES[policy])
+    if scan_layers:
+        scanned = nn.scan(
+            block_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(1, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            out_axes=1,
+            length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        return scanned(**fields, name="blocks")(
+            x_BLD, cache, positions_BL, freqs_K, mask, cond_BD
+        )
+    new_cache = []
+    for i in range(num_layers):
+        x_BLD, layer_cache = block_cls(**fields, name=f"block_{i}")(
+            x_BLD,
+            None if cache is None else cache[i],
+            positions_BL,
+            freqs_K,
+            mask,
+            cond_BD,
+        )
+        new_cache.append(layer_cache)
+    return x_BLD, new_cache
 
 
 class Transformer(nn.Module):
@@ -360,61 +452,31 @@ class Transformer(nn.Module):
         x_BLD = self.perturb("embedded", x_BLD)
         freqs_K = rope_frequencies(self.head_size, self.rope_theta, self.rope_llama3)
         mask = attention_mask(positions_BL, segment_ids_BL)
-        # A scanned block saves only its matmul outputs for the backward pass
-        # even without remat: stacking every intermediate in the loop was
-        # slower on XLA:CPU (12 layers, fwd+bwd: 1122 ms; with "dots" 911 ms;
-        # unrolled 972 ms).
-        policy = (
-            self.remat_policy if self.remat else ("dots" if self.scan_layers else "")
+        x_BLD, new_cache = block_stack(
+            x_BLD,
+            cache,
+            positions_BL,
+            freqs_K,
+            mask,
+            num_layers=self.num_layers,
+            scan_layers=self.scan_layers,
+            remat=self.remat,
+            remat_policy=self.remat_policy,
+            num_heads=self.num_heads,
+            num_kv_heads=self.kv_heads,
+            head_dim=self.head_size,
+            embed_dim=self.embed_dim,
+            mlp_dim=self.mlp_dim,
+            dropout=self.dropout,
+            norm=self.norm,
+            norm_eps=self.norm_eps,
+            mlp=self.mlp,
+            qkv_bias=self.qkv_bias,
+            qk_norm=self.qk_norm,
+            dtype=dtype,
+            cache_window=cache_window,
+            train=train,
         )
-        block_cls = Block
-        if policy:
-            if policy not in REMAT_POLICIES:
-                raise ValueError(
-                    f"unknown model.remat_policy {policy!r}; valid: "
-                    f"{', '.join(REMAT_POLICIES)}"
-                )
-            block_cls = nn.remat(Block, policy=REMAT_POLICIES[policy])
-        fields = {
-            "num_heads": self.num_heads,
-            "num_kv_heads": self.kv_heads,
-            "head_dim": self.head_size,
-            "embed_dim": self.embed_dim,
-            "mlp_dim": self.mlp_dim,
-            "dropout": self.dropout,
-            "norm": self.norm,
-            "norm_eps": self.norm_eps,
-            "mlp": self.mlp,
-            "qkv_bias": self.qkv_bias,
-            "qk_norm": self.qk_norm,
-            "dtype": dtype,
-            "cache_window": cache_window,
-            "train": train,
-        }
-        if self.scan_layers:  # the cache is {k, v} of [B, layers, T, G, K]
-            scanned = nn.scan(
-                block_cls,
-                variable_axes={"params": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=(1, nn.broadcast, nn.broadcast, nn.broadcast),
-                out_axes=1,
-                length=self.num_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )
-            x_BLD, new_cache = scanned(**fields, name="blocks")(
-                x_BLD, cache, positions_BL, freqs_K, mask
-            )
-        else:
-            new_cache = []
-            for i in range(self.num_layers):
-                x_BLD, layer_cache = block_cls(**fields, name=f"block_{i}")(
-                    x_BLD,
-                    None if cache is None else cache[i],
-                    positions_BL,
-                    freqs_K,
-                    mask,
-                )
-                new_cache.append(layer_cache)
         x_BLD = _norm(self.norm, self.norm_eps, dtype, "final_norm")(x_BLD)
         if self.tie_embeddings:  # float32 logits, whatever the compute dtype
             b, length, _ = x_BLD.shape

@@ -50,7 +50,11 @@ def define_num_samples(default: int, help_text: str = "How many samples.") -> No
 def define_sampler() -> None:
     """Diffusion sampling flags; unset ones keep the run's config."""
     flags.DEFINE_string(
-        "sampler", None, "Diffusion sampler: ddpm | ddim | dpm_solver_pp_2m."
+        "sampler",
+        None,
+        "Diffusion sampler: ddpm | ddim | dpm_solver_pp_2m (objective ddpm); "
+        "euler | heun | dpm_solver_pp_2m (edm); euler | heun | midpoint | "
+        "dpm_solver_pp_2m (flow).",
     )
     flags.DEFINE_integer("sampler_steps", None, "Diffusion sampler steps.")
     flags.DEFINE_float("guidance", None, "Diffusion classifier-free guidance scale.")
