@@ -17,7 +17,7 @@ from absl import logging
 from etils import epath
 
 from gen_jax import build, checkpoint, data, metrics
-from gen_jax.families import lora
+from gen_jax.families import latent, lora
 from gen_jax.train_state import TrainState
 
 
@@ -148,6 +148,8 @@ def _run(config, workdir, preemption) -> TrainState:
             state = run_setup.init(run_setup.init_key)
             if config.train.init_from:
                 state = _init_from(config.train.init_from, state, run_setup)
+            if latent.AUTOENCODER in state.params:
+                state = _load_autoencoder(config, state, run_setup)
         # Every start: a resumed run with changed overrides leaves no stale config.
         checkpoint.write_config(config, workdir)
         writer = metrics.Writer(workdir)
@@ -178,6 +180,38 @@ def _init_from(path: str, state: TrainState, run_setup) -> TrainState:
         return state.replace(params={**state.params, lora.BASE: base})
     params, _ = checkpoint.load_params(path, abstract)
     return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
+
+
+def _load_autoencoder(config, state: TrainState, run_setup) -> TrainState:
+    """Latent diffusion at step 0: the VAE run's EMA params and the latent
+    scale (1 / std of its posterior means on the first training batches) into
+    the frozen autoencoder entry, which the checkpoints then carry."""
+    path = config.latent.autoencoder
+    abstract = run_setup.abstract_state.params[latent.AUTOENCODER]["model"]
+    try:
+        loaded, step = checkpoint.load_params(path, {"model": abstract}, ema=True)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"config.latent.autoencoder={path!r}: {e}; train the VAE first "
+            "(e.g. gen-jax train --config=configs/vae_latents_digits.py "
+            f"--workdir={path})"
+        ) from e
+    it = data.make_train(
+        config.data, batch_size=config.train.batch_size, mesh=run_setup.mesh
+    )
+    batches = [next(it) for _ in range(config.latent.scale_batches)]
+    scale = latent.latent_scale(config, loaded["model"], batches)
+    where = run_setup.abstract_state.params[latent.AUTOENCODER]["scale"].sharding
+    scale = jax.device_put(scale, where)
+    logging.info(
+        "latent diffusion: autoencoder %s (step %d), latent scale %.5g",
+        path,
+        step,
+        float(scale),
+    )
+    config.latent.scale = float(scale)  # recorded in config.json
+    entry = {"model": loaded["model"], "scale": scale}
+    return state.replace(params={**state.params, latent.AUTOENCODER: entry})
 
 
 def _loop(

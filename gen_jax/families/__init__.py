@@ -31,9 +31,10 @@ __all__ = [
 
 def make(config: ml_collections.ConfigDict, *, lora: bool = True) -> Family:
     """Builds the family named by `config.family`; with `config.lora.rank` > 0
-    (and `lora`), it trains LoRA adapters on a frozen base."""
+    (and `lora`), it trains LoRA adapters on a frozen base; a diffusion config
+    with `config.latent.autoencoder` trains on that VAE's latents."""
     # Explicit imports, no registration side effects.
-    from gen_jax.families import classifier, diffusion, gan, lm, vae
+    from gen_jax.families import classifier, diffusion, gan, latent, lm, vae
     from gen_jax.families import lora as lora_lib
 
     families = {
@@ -44,7 +45,16 @@ def make(config: ml_collections.ConfigDict, *, lora: bool = True) -> Family:
         "vae": vae.make,
     }
     check_name("config.family", config.family, families)
-    family = families[config.family](config)
+    if config.get("latent") and config.latent.get("autoencoder"):
+        if config.family != "diffusion":
+            raise ValueError(
+                f"config.latent trains a diffusion model on latents; this config "
+                f"trains {config.family!r}: leave config.latent.autoencoder empty"
+            )
+        inner = diffusion.make(latent.latent_config(config), pixels=False)
+        family = latent.wrap(config, inner)
+    else:
+        family = families[config.family](config)
     if lora and "lora" in config and config.lora.rank > 0:
         if config.model.get("scan_layers"):
             raise ValueError(

@@ -169,14 +169,14 @@ def _continuous_run(d, objective: str):
     return taus, run
 
 
-def make_guided_sampler(config: ml_collections.ConfigDict):
+def make_guided_sampler(config: ml_collections.ConfigDict, pixels: bool = True):
     """(params, keys_N, labels_N, guidance_N, interval=None) -> images (the
     family's `generate`), with the objective's sampler and its steps fixed by
     `config.diffusion`, one traced guidance weight per image and a traced
     guidance interval [lo, hi] (EDM-equivalent sigmas; default
     `diffusion.guidance_interval`): changing either does not recompile.
-    Labels are ignored when the model is unconditional. Pixel-space samples
-    are clipped to [-1, 1]."""
+    Labels are ignored when the model is unconditional. `pixels`: samples
+    are images, clipped to [-1, 1] (latents are not)."""
     model, s = _model_and_schedule(config)
     d = config.diffusion
     objective = objective_of(d)
@@ -199,7 +199,8 @@ def make_guided_sampler(config: ml_collections.ConfigDict):
         x_T_scale = float(taus[0]) if objective == "edm" else 1.0
 
         def run(_, denoise, x_T, keys):
-            return jnp.clip(continuous(denoise, x_T, keys), -1, 1)
+            x = continuous(denoise, x_T, keys)
+            return jnp.clip(x, -1, 1) if pixels else x
 
     def sample(params: Params, keys_N, labels_N, guidance_N, interval=None):
         p = {"params": params["model"]}
@@ -255,13 +256,21 @@ def _continuous_noised(d, objective: str, x0, key):
     return tau_B, x, obj.flow_target(x0, eps)
 
 
-def make(config: ml_collections.ConfigDict) -> Family:
-    """Builds the diffusion family from `config.model`, `config.diffusion`, `config.data`."""
+def make(config: ml_collections.ConfigDict, *, pixels: bool = True) -> Family:
+    """Builds the diffusion family from `config.model`, `config.diffusion`,
+    `config.data`; `pixels=False`: on latent images (families/latent.py),
+    which no sampler clips."""
     model, s = _model_and_schedule(config)
     d = config.diffusion
     objective = objective_of(d)
+    if not pixels and objective == "ddpm":
+        raise ValueError(
+            "latent diffusion needs a continuous objective (DDPM's samplers clip "
+            "x0 to the pixel range [-1, 1]): set config.diffusion.objective to "
+            "edm or flow"
+        )
     num_classes = _num_classes(config)
-    guided_sample = make_guided_sampler(config)
+    guided_sample = make_guided_sampler(config, pixels)
 
     def labels_of(batch, key):
         if not num_classes:

@@ -22,8 +22,10 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 def gaussian_kl(mean_BZ: jax.Array, logvar_BZ: jax.Array) -> jax.Array:
-    """KL(N(mean, exp(logvar)) || N(0, I)) per example, in nats."""
-    return 0.5 * jnp.sum(jnp.exp(logvar_BZ) + mean_BZ**2 - 1.0 - logvar_BZ, axis=-1)
+    """KL(N(mean, exp(logvar)) || N(0, I)) per example (summed over every
+    latent axis: a vector or a latent image), in nats."""
+    kl = jnp.exp(logvar_BZ) + mean_BZ**2 - 1.0 - logvar_BZ
+    return 0.5 * jnp.sum(kl, axis=tuple(range(1, kl.ndim)))
 
 
 def reconstruction_nll(
@@ -54,19 +56,25 @@ def decoded_image(out_BHWC: jax.Array, likelihood: str) -> jax.Array:
     return jnp.clip(out_BHWC, -1, 1)
 
 
+def make_model(model_config: ml_collections.ConfigDict, data_config):
+    """The VAE network of a `config.model` section for `config.data`'s images
+    (also latent diffusion's autoencoder, families/latent.py)."""
+    check_name("config.model.name", model_config.name, MODELS)
+    kwargs = {k: v for k, v in model_config.items() if k != "name"}
+    return MODELS[model_config.name](
+        **kwargs, image_size=data_config.image_size, out_channels=data_config.channels
+    )
+
+
 def make(config: ml_collections.ConfigDict) -> Family:
     """Builds the VAE family from `config.model`, `config.vae` and `config.data`."""
     check_name("config.vae.likelihood", config.vae.likelihood, LIKELIHOODS)
-    check_name("config.model.name", config.model.name, MODELS)
-    kwargs = {k: v for k, v in config.model.items() if k != "name"}
-    model = MODELS[config.model.name](
-        **kwargs, image_size=config.data.image_size, out_channels=config.data.channels
-    )
+    model = make_model(config.model, config.data)
     likelihood, beta = config.vae.likelihood, config.vae.beta
     scale = config.vae.gaussian_scale
 
     def init(key: jax.Array, batch: Batch) -> Params:
-        z_BZ = jnp.zeros((1, config.model.latents))
+        z_BZ = jnp.zeros((1, *model.latent_shape))
         return {"model": model.init(key, batch["image"][:1], z_BZ)["params"]}
 
     def forward(params: Params, x_BHWC: jax.Array, key: jax.Array):
@@ -99,7 +107,7 @@ def make(config: ml_collections.ConfigDict) -> Family:
 
     def generate(params: Params, keys_N, labels_N, guidance_N) -> jax.Array:
         del labels_N, guidance_N  # unconditional
-        z_NZ = normal_per_key(keys_N, (config.model.latents,))
+        z_NZ = normal_per_key(keys_N, model.latent_shape)
         out = model.apply({"params": params["model"]}, z_NZ, method=model.decode)
         return decoded_image(out, likelihood)
 
