@@ -158,9 +158,11 @@ def velocity_from(x0, eps):
 
 
 def alpha_sigma(objective: str, tau):
-    """(alpha, sigma) of x = alpha x0 + sigma eps at a continuous tau."""
+    """(alpha, sigma) of x = alpha x0 + sigma eps at a continuous tau (numpy
+    in, numpy out: samplers build their grids on the host)."""
     if objective == "edm":
-        return jnp.ones_like(tau), tau
+        ones = np.ones_like if isinstance(tau, np.ndarray) else jnp.ones_like
+        return ones(tau), tau
     if objective == "flow":
         return 1 - tau, tau
     raise ValueError(f"alpha_sigma: {objective!r} is not a continuous objective")
