@@ -4,10 +4,12 @@ equal training steps: sample quality at a few model-call budgets, and steps/s.
   python -m benchmarks.diffusion_objectives --workdir=runs/objectives \
     [--runs=ddpm-unet,edm-unet,flow-dit] [--num_steps=2000] [--num_samples=1000]
 
-Each run trains `configs/<objective>_digits`'s recipe through `gen-jax train`
-(the UNet runs use ddpm_digits' UNet, the DiT runs fm_digits' DiT, whatever
-the objective), then `gen-jax evaluate` scores 1000 samples (Fréchet digits
-distance and recall against the train split) for each sampler setting below.
+Each run trains through `gen-jax train` from ddpm_digits (the UNet runs) or
+fm_digits (the DiT runs), with only `diffusion.objective` changed (data,
+optimizer, steps and EMA are the same; ddpm-unet is ddpm_digits, edm-unet is
+edm_digits, flow-dit is fm_digits), then `gen-jax evaluate` scores 1000
+samples (Fréchet digits distance and recall against the train split) for each
+sampler setting below.
 Prints a markdown table and appends one JSON line per run to --out.
 """
 
@@ -19,29 +21,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-CONFIGS = {"ddpm": "ddpm_digits", "edm": "edm_digits", "flow": "fm_digits"}
-# The other backbone's model section, as --config overrides.
-UNET = [
-    "--config.model.name=unet",
-    "--config.model.channels=32",
-    "--config.model.channel_mults=(1,2)",
-    "--config.model.num_res_blocks=1",
-    "--config.model.attention_resolutions=(4,)",
-    "--config.model.dropout=0.1",
-    "--config.model.norm_groups=8",
-    "--config.model.dtype=float32",
-]
-DIT = [
-    "--config.model.name=dit",
-    "--config.model.patch_size=2",
-    "--config.model.num_layers=4",
-    "--config.model.num_heads=4",
-    "--config.model.embed_dim=128",
-    "--config.model.mlp_ratio=4",
-    "--config.model.dropout=0.0",
-    "--config.model.scan_layers=False",
-    "--config.model.dtype=float32",
-]
+BACKBONES = {"unet": "configs/ddpm_digits.py", "dit": "configs/fm_digits.py"}
 # (label, model calls, sampler, steps) per objective.
 SAMPLERS = {
     "ddpm": [
@@ -85,8 +65,11 @@ def _steps_per_sec(workdir: str) -> float | None:
 
 def measure(run: str, workdir: str, num_steps: int, num_samples: int) -> dict:
     objective, backbone = run.split("-")
-    config = f"configs/{CONFIGS[objective]}.py"
-    overrides = {"unet": UNET, "dit": DIT}[backbone]
+    config = BACKBONES[backbone]
+    overrides = [
+        f"--config.diffusion.objective={objective}",
+        f"--config.diffusion.sampler={'ddim' if objective == 'ddpm' else 'heun'}",
+    ]
     gen_jax = [sys.executable, "-m", "gen_jax.main"]
     if not os.path.exists(os.path.join(workdir, "checkpoints")):
         _run(

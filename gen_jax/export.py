@@ -271,7 +271,9 @@ def export_run(
     from safetensors.numpy import save_file
 
     save_file(
-        {k: np.ascontiguousarray(v) for k, v in stored.items()},
+        # np.array, not np.ascontiguousarray: that one makes a scalar 1-D (a
+        # latent run's autoencoder scale).
+        {k: np.array(v, order="C") for k, v in stored.items()},
         str(out_path / "params.safetensors"),
     )
     np.savez_compressed(out_path / "example.npz", **examples)

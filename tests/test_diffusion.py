@@ -209,10 +209,10 @@ def test_guidance_interval_is_traced_and_gates_guidance(config):
     generate = jax.jit(families.make(config).generate)
     labels = batch["label"][:4]
     keys = jax.random.split(jax.random.key(2), 4)
-    strong, one = jnp.full((4,), 4.0), jnp.ones((4,))
-    everywhere = generate(params, keys, labels, strong, jnp.asarray([0.0, 1e9]))
-    nowhere = generate(params, keys, labels, strong, jnp.asarray([100.0, 200.0]))
-    conditional = generate(params, keys, labels, one, jnp.asarray([0.0, 1e9]))
+    strong, one = np.full(4, 4.0, np.float32), np.ones(4, np.float32)
+    everywhere = generate(params, keys, labels, strong, np.float32([0.0, 1e9]))
+    nowhere = generate(params, keys, labels, strong, np.float32([100.0, 200.0]))
+    conditional = generate(params, keys, labels, one, np.float32([0.0, 1e9]))
     assert generate._cache_size() == 1
     np.testing.assert_allclose(nowhere, conditional, atol=1e-6)
     assert not np.allclose(everywhere, conditional, atol=1e-3)

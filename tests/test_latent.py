@@ -90,3 +90,12 @@ def test_latent_needs_a_continuous_objective_and_a_latent_image(runs):
     c.latent.model.spatial = False
     with pytest.raises(ValueError, match="spatial=True"):
         families.make(c)
+
+
+def test_a_latent_run_exports_with_its_autoencoder(runs, tmp_path):
+    """The artifact carries the frozen autoencoder and its scalar scale."""
+    from gen_jax import artifact, export
+
+    _, workdir, _ = runs
+    export.export_run(checkpoint.open_run(workdir), str(tmp_path / "art"))
+    assert artifact.Artifact(str(tmp_path / "art")).check_examples() == []
