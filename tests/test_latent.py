@@ -1,6 +1,9 @@
-"""Latent diffusion (families/latent.py) chained on the shared VAE smoke run:
-the autoencoder loads at step 0 with its latent scale, samples decode to
-pixels, the round trip is the VAE's own, and the run resumes exactly."""
+"""Latent diffusion (families/latent.py) chained on a VAE smoke run: the
+autoencoder loads at step 0 with its latent scale, samples decode to pixels,
+the round trip is the VAE's own, and the run resumes exactly and exports.
+
+The module trains its own two runs in process, on one xdist worker (its own
+group, so it runs beside the shared CLI runs of the "trained" group)."""
 
 import os
 import shutil
@@ -10,16 +13,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import ldm_digits
+from configs import ldm_digits, vae_latents_digits
 from gen_jax import checkpoint, data, families, train
 from gen_jax.families import latent, vae
 
+pytestmark = pytest.mark.xdist_group("latent")
+
 
 @pytest.fixture(scope="module")
-def runs(trained, tmp_path_factory):
+def runs(tmp_path_factory):
     """(VAE workdir, latent run workdir, its config): ldm_digits:smoke (with
-    its quality eval, in pixel space) on the shared vae_latents_digits:smoke run."""
-    vae_dir = trained("vae_latents_digits")
+    its quality eval, in pixel space) on a vae_latents_digits:smoke run."""
+    vae_dir = str(tmp_path_factory.mktemp("vae") / "run")
+    vae_config = vae_latents_digits.get_config("smoke")
+    vae_config.evals = {}
+    train.run(vae_config, vae_dir)
     config = ldm_digits.get_config("smoke")
     config.latent.autoencoder = vae_dir
     workdir = str(tmp_path_factory.mktemp("ldm") / "run")
