@@ -23,6 +23,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BACKBONES = {"unet": "configs/ddpm_digits.py", "dit": "configs/fm_digits.py"}
 # (label, model calls, sampler, steps) per objective.
+CONTINUOUS = [
+    ("Euler", 10, "euler", 10),
+    ("DPM-Solver++(2M)", 10, "dpm_solver_pp_2m", 10),
+    ("Heun", 11, "heun", 6),
+    ("Heun", 35, "heun", 18),
+]
 SAMPLERS = {
     "ddpm": [
         ("DDIM", 10, "ddim", 10),
@@ -30,18 +36,8 @@ SAMPLERS = {
         ("DDIM", 35, "ddim", 35),
         ("DDIM", 50, "ddim", 50),
     ],
-    "edm": [
-        ("Euler", 10, "euler", 10),
-        ("DPM-Solver++(2M)", 10, "dpm_solver_pp_2m", 10),
-        ("Heun", 11, "heun", 6),
-        ("Heun", 35, "heun", 18),
-    ],
-    "flow": [
-        ("Euler", 10, "euler", 10),
-        ("DPM-Solver++(2M)", 10, "dpm_solver_pp_2m", 10),
-        ("Heun", 11, "heun", 6),
-        ("Heun", 35, "heun", 18),
-    ],
+    "edm": CONTINUOUS,
+    "flow": CONTINUOUS,
 }
 
 

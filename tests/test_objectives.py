@@ -145,8 +145,7 @@ def _sample_gaussian(objective: str, sampler: str, steps: int):
     if sampler == "dpm_solver_pp_2m":
         run = functools.partial(
             samplers.dpm_solver_pp_2m_continuous,
-            alpha=lambda tau: obj.alpha_sigma(objective, np.asarray(tau))[0],
-            sigma=lambda tau: obj.alpha_sigma(objective, np.asarray(tau))[1],
+            alpha_sigma=functools.partial(obj.alpha_sigma, objective),
         )
     else:
         run = functools.partial(samplers.ode, method=sampler)

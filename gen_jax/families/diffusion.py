@@ -17,7 +17,6 @@ import math
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from gen_jax.families import gaussian_diffusion as gd
 from gen_jax.families import objectives as obj
@@ -154,8 +153,7 @@ def _continuous_run(d, objective: str):
         run = functools.partial(
             samplers.dpm_solver_pp_2m_continuous,
             taus=taus,
-            alpha=lambda tau: obj.alpha_sigma(objective, np.asarray(tau))[0],
-            sigma=lambda tau: obj.alpha_sigma(objective, np.asarray(tau))[1],
+            alpha_sigma=functools.partial(obj.alpha_sigma, objective),
         )
     else:
         run = functools.partial(
@@ -292,40 +290,33 @@ def make(config: ml_collections.ConfigDict, *, pixels: bool = True) -> Family:
         noised images."""
         x0 = batch["image"]
         t_key, eps_key, label_key, dropout_key = jax.random.split(key, 4)
-        if objective != "ddpm":
-            tau_B, x, target = _continuous_noised(d, objective, x0, t_key)
-            x_in, noise_in = _network_inputs(d, objective, x, tau_B)
-            out = model.apply(
-                {"params": params["model"]},
-                x_in,
-                noise_in,
-                labels_of(batch, label_key),
-                train=train,
-                rngs={"dropout": dropout_key},
-            )
-            return out, tau_B, target, x
-        t_B = jax.random.randint(t_key, (x0.shape[0],), 0, d.num_timesteps)
-        eps = jax.random.normal(eps_key, x0.shape)
-        x_t = gd.q_sample(s, x0, t_B, eps)
+        if objective == "ddpm":
+            tau_B = jax.random.randint(t_key, (x0.shape[0],), 0, d.num_timesteps)
+            noise_or_target = jax.random.normal(eps_key, x0.shape)
+            x = gd.q_sample(s, x0, tau_B, noise_or_target)
+        else:
+            tau_B, x, noise_or_target = _continuous_noised(d, objective, x0, t_key)
+        x_in, noise_in = _network_inputs(d, objective, x, tau_B)
         out = model.apply(
             {"params": params["model"]},
-            x_t,
-            t_B,
+            x_in,
+            noise_in,
             labels_of(batch, label_key),
             train=train,
             rngs={"dropout": dropout_key},
         )
-        return out, t_B, eps, x_t
+        return out, tau_B, noise_or_target, x
 
     def apply(params: Params, batch: Batch, key: jax.Array) -> jax.Array:
         return forward(params, batch, key, train=False)[0]
 
     def loss(params: Params, batch: Batch, key: jax.Array) -> tuple[jax.Array, Metrics]:
         x0 = batch["image"]
-        out, t_B, eps, x_t = forward(params, batch, key, train=True)
+        out, t_B, noise_or_target, x_t = forward(params, batch, key, train=True)
         if objective != "ddpm":  # EDM: lambda(sigma) |D - x0|^2 = |F - target|^2
-            mse = jnp.mean((out - eps) ** 2)  # `forward` gave the target here
+            mse = jnp.mean((out - noise_or_target) ** 2)
             return mse, {"mse": mse}
+        eps = noise_or_target
         mse = jnp.mean((out - gd.target(s, d.prediction, x0, t_B, eps)) ** 2)
         if d.loss == "simple":
             return mse, {"mse": mse}

@@ -193,11 +193,11 @@ def ode(
 
 
 def dpm_solver_pp_2m_continuous(
-    denoise: Denoise, x, keys_B, taus: np.ndarray, *, alpha, sigma
+    denoise: Denoise, x, keys_B, taus: np.ndarray, *, alpha_sigma
 ):
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) over a continuous grid with
-    x = alpha(tau) x0 + sigma(tau) eps (EDM: alpha = 1, sigma = tau; flow:
-    1 - tau, tau), one model call per step. Its coefficients are computed on
+    x = alpha(tau) x0 + sigma(tau) eps, `alpha_sigma(taus) -> (alpha, sigma)`
+    on host arrays (EDM: 1, tau; flow: 1 - tau, tau), one model call per step. Its coefficients are computed on
     the host in float64: lambda = ln(alpha / sigma) is -inf at flow's t = 1 and
     +inf at tau = 0, where the update's limits are the first-order ones (x =
     the denoised estimate at tau = 0). First order on the first step, and on
@@ -205,7 +205,7 @@ def dpm_solver_pp_2m_continuous(
     del keys_B  # deterministic
     taus = np.asarray(taus, np.float64)
     steps = len(taus) - 1
-    a, s = np.asarray(alpha(taus), np.float64), np.asarray(sigma(taus), np.float64)
+    a, s = (np.asarray(v, np.float64) for v in alpha_sigma(taus))
     with np.errstate(divide="ignore", invalid="ignore"):
         lam = np.log(a) - np.log(s)
         h = lam[1:] - lam[:-1]
