@@ -56,9 +56,7 @@ def _check(config):
     # The adapted loss (interception) equals the base loss on merged weights.
     scale = config.lora.alpha / config.lora.rank
     merged = lora.merge(state.params, scale)
-    np.testing.assert_allclose(
-        adapted_loss(state.params), base_loss(merged), rtol=1e-5
-    )
+    np.testing.assert_allclose(adapted_loss(state.params), base_loss(merged), rtol=1e-5)
     return state
 
 
