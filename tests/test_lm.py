@@ -57,8 +57,9 @@ def test_causality_by_gradients(kw):
         logits, _ = model.apply({**variables, **perturbations}, tokens)
         return jnp.sum(logits[:, t])
 
+    grad_at = jax.jit(jax.grad(logit_at))  # t is traced: one compile for all three
     for t in (0, 5, 11):
-        grads = jax.grad(logit_at)(zeros, t)["perturbations"]["embedded"]
+        grads = grad_at(zeros, t)["perturbations"]["embedded"]
         per_position = np.abs(np.asarray(grads)).sum(axis=(0, 2))
         assert np.all(per_position[t + 1 :] == 0), (t, per_position)
         assert per_position[t] > 0
@@ -67,10 +68,11 @@ def test_causality_by_gradients(kw):
 @pytest.mark.parametrize("kw", [{}, {"num_heads": 4, "num_kv_heads": 1}])
 def test_kv_cache_decoding_matches_full_forward_at_every_position(kw):
     model, variables, tokens = _model(**kw)
-    full, _ = model.apply(variables, tokens)
+    apply = jax.jit(model.apply)  # two programs: the full forward and one step
+    full, _ = apply(variables, tokens)
     cache = transformer.init_cache(model, 2, 12)
     for i in range(12):
-        logits, cache = model.apply(
+        logits, cache = apply(
             variables, tokens[:, i : i + 1], jnp.full((2, 1), i), cache
         )
         np.testing.assert_allclose(logits[:, 0], full[:, i], atol=1e-5)
@@ -82,9 +84,10 @@ def test_a_packed_row_gives_each_segment_its_logits_alone():
     row = jnp.concatenate([a, b])[None]
     segments = jnp.array([[1] * 7 + [2] * 5])
     positions = jnp.array([list(range(7)) + list(range(5))])
-    packed, _ = model.apply(variables, row, positions, segment_ids_BL=segments)
-    alone_a, _ = model.apply(variables, a[None])
-    alone_b, _ = model.apply(variables, b[None])
+    apply = jax.jit(model.apply)
+    packed, _ = apply(variables, row, positions, segment_ids_BL=segments)
+    alone_a, _ = apply(variables, a[None])
+    alone_b, _ = apply(variables, b[None])
     np.testing.assert_allclose(packed[0, :7], alone_a[0], atol=1e-5)
     np.testing.assert_allclose(packed[0, 7:], alone_b[0], atol=1e-5)
 
@@ -120,11 +123,14 @@ def test_temperature_zero_is_greedy(config):
     np.testing.assert_array_equal(
         a, nocache({"model": variables["params"]}, prompt, jnp.array([1, 2]), 10, 0.0)
     )
-    tokens, forward = prompt, jax.jit(model.apply)  # one compile per length
-    for _ in range(7):  # greedy by hand, full forward each step
-        logits, _ = forward(variables, tokens)
-        tokens = jnp.concatenate([tokens, jnp.argmax(logits[:, -1:], -1)], axis=1)
-    np.testing.assert_array_equal(a, tokens)
+    # Greedy by hand, a full forward each step: on a fixed-length row (the
+    # causal model's logits at i ignore the padding after it), one compile.
+    forward, row = jax.jit(model.apply), jnp.zeros((2, 10), jnp.int32)
+    row = row.at[:, :3].set(prompt)
+    for i in range(3, 10):
+        logits, _ = forward(variables, row)
+        row = row.at[:, i].set(jnp.argmax(logits[:, i - 1], -1))
+    np.testing.assert_array_equal(a, row)
 
 
 def test_loss_falls_when_overfitting_and_bits_per_byte_arithmetic(config):
@@ -225,15 +231,14 @@ def test_scanned_layers_equal_unrolled_with_and_without_the_cache():
     unrolled = transformer.Transformer(**kw)
     scanned = transformer.Transformer(**kw, scan_layers=True)
     tokens = jax.random.randint(jax.random.key(1), (2, 9), 0, 50)
-    params = nn.unbox(unrolled.init(jax.random.key(0), tokens)["params"])
+    params = nn.unbox(jax.jit(unrolled.init)(jax.random.key(0), tokens)["params"])
     stacked = transformer.stack_layers(params, 3)
-    boxed = scanned.init(jax.random.key(0), tokens)["params"]["blocks"]["q"]["kernel"]
+    boxed = jax.eval_shape(scanned.init, jax.random.key(0), tokens)
+    boxed = boxed["params"]["blocks"]["q"]["kernel"]
     assert boxed.names == ("layers", "embed", "heads", "kv")
-    assert (
-        jax.tree.map(jnp.shape, nn.unbox(boxed))
-        == stacked["blocks"]["q"]["kernel"].shape
-    )
-    run = lambda m, p, *a: m.apply({"params": p}, tokens if not a else a[0], *a[1:])
+    assert nn.unbox(boxed).shape == stacked["blocks"]["q"]["kernel"].shape
+    jitted = {id(m): jax.jit(m.apply) for m in (unrolled, scanned)}
+    run = lambda m, p, *a: jitted[id(m)]({"params": p}, *(a or (tokens,)))
     np.testing.assert_allclose(
         run(unrolled, params)[0], run(scanned, stacked)[0], atol=1e-6
     )
@@ -252,7 +257,9 @@ def test_scanned_layers_equal_unrolled_with_and_without_the_cache():
     remat = transformer.Transformer(
         **kw, scan_layers=True, remat=True, remat_policy="dots"
     )
-    grads = jax.grad(lambda p: jnp.sum(remat.apply({"params": p}, tokens)[0]))(stacked)
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(remat.apply({"params": p}, tokens)[0])))(
+        stacked
+    )
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 
 
@@ -294,20 +301,24 @@ def test_both_attention_implementations_agree(kv_heads, length):
     segments = jnp.asarray([[1] * first + [2] * (length - first), [1] * length])
     mask = transformer.attention_mask(jnp.zeros((2, length), int), segments)
     weights = jax.random.normal(jax.random.key(1), q.shape)
+
+    @jax.jit
+    def values_and_grads(q, k, v, m):  # both implementations in one program
+        out = {}
+        for impl in ("fused", "xla"):
+            f = lambda q, k, v, impl=impl: (
+                transformer.attention(q, k, v, m, impl=impl) * weights
+            ).sum()
+            out[impl] = (
+                transformer.attention(q, k, v, m, impl=impl),
+                jax.grad(f, argnums=(0, 1, 2))(q, k, v),
+            )
+        return out
+
     for m in (None, mask):
-        fused, xla = (
-            transformer.attention(q, k, v, m, impl=impl) for impl in ("fused", "xla")
-        )
+        out = values_and_grads(q, k, v, m)
+        (fused, fused_grads), (xla, xla_grads) = out["fused"], out["xla"]
         np.testing.assert_allclose(xla, fused, atol=1e-5)
         assert not np.allclose(fused[:, first + 1], 0)
-        grads = [
-            jax.grad(
-                lambda q, k, v, m=m, impl=impl: (
-                    transformer.attention(q, k, v, m, impl=impl) * weights
-                ).sum(),
-                argnums=(0, 1, 2),
-            )(q, k, v)
-            for impl in ("fused", "xla")
-        ]
-        for a, b in zip(*grads):
+        for a, b in zip(fused_grads, xla_grads):
             np.testing.assert_allclose(b, a, atol=1e-4)
