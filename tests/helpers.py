@@ -157,3 +157,18 @@ def start_server(*args: str, timeout: float = 300) -> tuple[subprocess.Popen, st
         time.sleep(0.25)
     proc.kill()
     raise AssertionError(f"the server did not become healthy in {timeout} s")
+
+
+def perturbed(params, scale: float = 0.1, seed: int = 9):
+    """`params` plus `scale` x N(0, 1) noise, drawn on the host: numpy, so no
+    per-leaf random-number program compiles (5 s for a small DiT's)."""
+    import jax
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda x: (
+            np.asarray(x) + scale * rng.standard_normal(np.shape(x)).astype(np.float32)
+        ),
+        params,
+    )

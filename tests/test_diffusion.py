@@ -207,11 +207,7 @@ def test_guidance_interval_is_traced_and_gates_guidance(config):
     config.diffusion.update(objective="edm", sampler="heun", sample_steps=3)
     _, batch, params = _setup(config)
     # Off the zero-initialised output layer, so labels change the output.
-    leaves, tree = jax.tree.flatten(nn.unbox(params))
-    keys = jax.random.split(jax.random.key(4), len(leaves))
-    params = jax.tree.unflatten(
-        tree, [x + 0.5 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-    )
+    params = helpers.perturbed(nn.unbox(params), scale=0.5, seed=4)
     generate = jax.jit(families.make(config).generate)
     labels = batch["label"][:4]
     keys = jax.random.split(jax.random.key(2), 4)

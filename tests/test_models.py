@@ -1,9 +1,12 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gen_jax.models import MODELS
+from tests import helpers
 
 
 def _vae(**kw):
@@ -67,15 +70,10 @@ def test_unet_shapes_finite_and_float32_params(dtype):
     out = jax.jit(model.apply)({"params": params}, x_BHWC, t_B, label_B)
     assert out.shape == (2, 8, 8, 3) and out.dtype == jnp.float32
     assert np.isfinite(out).all()
-    if dtype == "float32":  # without jit too, once: op by op is slow to dispatch
-        train_out = model.apply(
-            {"params": params},
-            x_BHWC,
-            t_B,
-            label_B,
-            train=True,
-            rngs={"dropout": jax.random.key(1)},
-        )
+    if dtype == "float32":  # with dropout, once
+        train = jax.jit(functools.partial(model.apply, train=True))
+        rngs = {"dropout": jax.random.key(1)}
+        train_out = train({"params": params}, x_BHWC, t_B, label_B, rngs=rngs)
         assert train_out.shape == out.shape and np.isfinite(train_out).all()
 
 
@@ -89,15 +87,6 @@ def _dit(**kw):
         "num_classes": 10,
     }
     return MODELS["dit"](**(args | kw))
-
-
-def _perturbed(params, scale=0.1):
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(9), len(leaves))
-    return jax.tree.unflatten(
-        tree,
-        [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)],
-    )
 
 
 def test_dit_blocks_start_as_the_identity_and_the_output_at_zero():
@@ -124,9 +113,10 @@ def test_dit_blocks_start_as_the_identity_and_the_output_at_zero():
     k1, k2 = jax.random.split(jax.random.key(0))
     x_BLD, cond_BD = jax.random.normal(k1, (2, 5, 16)), jax.random.normal(k2, (2, 16))
     args = (x_BLD, None, jnp.zeros((2, 5), int), jnp.zeros((1,)), None, cond_BD)
-    params = block.init(jax.random.key(1), *args)
-    np.testing.assert_array_equal(block.apply(params, *args)[0], x_BLD)
-    assert not np.allclose(block.apply(_perturbed(params), *args)[0], x_BLD)
+    params = jax.jit(block.init)(jax.random.key(1), *args)
+    apply = jax.jit(block.apply)
+    np.testing.assert_array_equal(apply(params, *args)[0], x_BLD)
+    assert not np.allclose(apply(helpers.perturbed(params), *args)[0], x_BLD)
 
     model = _dit()
     x_BHWC = jax.random.normal(k1, (2, 8, 8, 2))
@@ -135,7 +125,7 @@ def test_dit_blocks_start_as_the_identity_and_the_output_at_zero():
     out = jax.jit(model.apply)(params, x_BHWC, t_B, label_B)
     assert out.shape == x_BHWC.shape and out.dtype == jnp.float32
     np.testing.assert_array_equal(out, 0.0)
-    moved = jax.jit(model.apply)(_perturbed(params), x_BHWC, t_B, label_B)
+    moved = jax.jit(model.apply)(helpers.perturbed(params), x_BHWC, t_B, label_B)
     assert np.isfinite(moved).all() and not np.allclose(moved, 0.0)
 
 
@@ -145,7 +135,9 @@ def test_dit_scanned_stacks_its_blocks_and_computes_the_same():
     x_BHWC = jax.random.normal(jax.random.key(0), (2, 8, 8, 2))
     t_B, label_B = jnp.array([3.0, 900.0]), jnp.array([3, 10])
     plain, scanned = _dit(), _dit(scan_layers=True)
-    params = _perturbed(jax.jit(plain.init)(jax.random.key(0), x_BHWC, t_B, label_B))
+    params = helpers.perturbed(
+        jax.jit(plain.init)(jax.random.key(0), x_BHWC, t_B, label_B)
+    )
     params = jax.tree.map(
         lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "value")
     )
