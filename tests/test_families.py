@@ -31,8 +31,8 @@ def test_reconstruction_nll_matches_hand_values():
 def test_vae_loss_metrics_are_consistent(smoke_config):
     family = families.make(smoke_config)
     batch = {"image": jax.random.uniform(jax.random.key(1), (4, 8, 8, 1), minval=-1)}
-    params = family.init(jax.random.key(0), batch)
-    loss, aux = family.losses["model"](params, batch, jax.random.key(2))
+    params = jax.jit(family.init)(jax.random.key(0), batch)
+    loss, aux = jax.jit(family.losses["model"])(params, batch, jax.random.key(2))
     np.testing.assert_allclose(aux["nelbo"], aux["nll"] + aux["kl"], rtol=1e-6)
     np.testing.assert_allclose(
         aux["bits_per_dim"], aux["nelbo"] / (64 * math.log(2)), rtol=1e-6
@@ -43,9 +43,9 @@ def test_vae_loss_metrics_are_consistent(smoke_config):
 def test_vae_samples_and_reconstructions_are_images(smoke_config):
     family = families.make(smoke_config)
     batch = {"image": jnp.zeros((4, 8, 8, 1))}
-    params = family.init(jax.random.key(0), batch)
-    samples = family.sample(params, jax.random.key(1), 6)
-    recons = family.reconstruct(params, batch, jax.random.key(1))
+    params = jax.jit(family.init)(jax.random.key(0), batch)
+    samples = jax.jit(family.sample, static_argnums=2)(params, jax.random.key(1), 6)
+    recons = jax.jit(family.reconstruct)(params, batch, jax.random.key(1))
     for images, n in ((samples, 6), (recons, 4)):
         assert images.shape == (n, 8, 8, 1)
         assert float(images.min()) >= -1 and float(images.max()) <= 1
@@ -59,7 +59,7 @@ def test_vae_loss_falls_when_overfitting_one_batch(smoke_config):
     # Binary pixels: the Bernoulli NLL can approach 0 (grey levels have a floor).
     x = jax.random.bernoulli(jax.random.key(1), 0.5, (8, 8, 8, 1))
     batch = {"image": jnp.where(x, 1.0, -1.0)}
-    params = family.init(jax.random.key(0), batch)
+    params = jax.jit(family.init)(jax.random.key(0), batch)
     losses = helpers.overfit_losses(smoke_config, family, params, batch, 150)
     assert losses[-1] < 0.9 * losses[0], (losses[0], losses[-1])
 
@@ -97,7 +97,7 @@ def test_every_family_inits_applies_and_scores_a_batch(name):
         loss, _ = jax.jit(loss_fn)(params, batch, jax.random.key(2))
         assert loss.shape == () and np.isfinite(loss), phase
     if family.sample is not None:
-        samples = family.sample(params, jax.random.key(3), 2)
+        samples = jax.jit(family.sample, static_argnums=2)(params, jax.random.key(3), 2)
         assert samples.shape[0] == 2 and np.all(np.isfinite(samples))
 
 
