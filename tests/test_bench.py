@@ -107,7 +107,7 @@ def test_lm_flop_count_matches_a_hand_count_and_xla():
     # The analytic count uses every param (norm scales add 0.2% here).
     assert family.per_example["flops"] == pytest.approx(hand, rel=0.01)
     tokens = jnp.zeros((1, length), jnp.int32)
-    params = nn.unbox(model.init(jax.random.key(0), tokens))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), tokens))["params"]
 
     def loss(p):
         logits, _ = model.apply({"params": p}, tokens)
@@ -126,13 +126,12 @@ def test_conv_transpose_2x_equals_flax_conv_transpose(kernel_size, size):
     x = jax.random.normal(key, (2, size, size, 3))
     reference = nn.ConvTranspose(5, (kernel_size, kernel_size), (2, 2), "SAME")
     fast = layers.ConvTranspose2x(5, kernel_size)
-    params = fast.init(key, x)
-    assert jax.tree.map(jnp.shape, params) == jax.tree.map(
-        jnp.shape, reference.init(key, x)
-    )
+    params = jax.jit(fast.init)(key, x)
+    shapes = lambda tree: jax.tree.map(lambda a: a.shape, tree)
+    assert shapes(params) == shapes(jax.eval_shape(reference.init, key, x))
     params = jax.tree.map(lambda a: a + 0.1, params)  # a non-zero bias
-    y = reference.apply(params, x)
-    np.testing.assert_allclose(fast.apply(params, x), y, atol=1e-5)
+    y = jax.jit(reference.apply)(params, x)
+    np.testing.assert_allclose(jax.jit(fast.apply)(params, x), y, atol=1e-5)
     g = jax.random.normal(key, y.shape)
 
     def grads(module):
@@ -160,13 +159,13 @@ def test_group_norm_equals_flax_group_norm(shape, groups, dtype):
         nn.GroupNorm(groups, dtype=dtype),
         layers.GroupNorm(groups, dtype=dtype),
     )
-    params = reference.init(key, x)
-    params = jax.tree.map(lambda a: a + jax.random.normal(key, a.shape), params)
-    y = reference.apply(params, x)
+    params = helpers.perturbed(jax.jit(reference.init)(key, x), scale=1.0)
+    y = jax.jit(reference.apply)(params, x)
     tol = 1e-5 if dtype == jnp.float32 else 2e-2  # bf16: a few ulps
-    assert fast.apply(params, x).dtype == y.dtype
+    got = jax.jit(fast.apply)(params, x)
+    assert got.dtype == y.dtype
     np.testing.assert_allclose(
-        fast.apply(params, x).astype(np.float32),
+        got.astype(np.float32),
         y.astype(np.float32),
         rtol=tol,
         atol=tol,
@@ -177,7 +176,7 @@ def test_group_norm_equals_flax_group_norm(shape, groups, dtype):
 
     def grads(module):
         loss = lambda p, x: jnp.sum(module.apply(p, x) ** 2)
-        return jax.grad(loss, argnums=(0, 1))(params, x)
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
 
     for a, b in zip(jax.tree.leaves(grads(fast)), jax.tree.leaves(grads(reference))):
         scale = float(jnp.max(jnp.abs(b)))
