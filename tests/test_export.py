@@ -30,6 +30,7 @@ sys.meta_path.insert(0, Blocked())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_artifact_reruns_bitwise_without_gen_jax(exported, tmp_path, name):
     directory = exported(name)

@@ -108,6 +108,7 @@ def _ok(result) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_import_sample_lora_sft_export_through_the_cli(tmp_path):
     """import-hf -> sample (greedy = transformers' greedy) -> LoRA SFT on a
     jsonl file with the chat template -> export-hf (base + PEFT adapter, and

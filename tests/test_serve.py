@@ -53,6 +53,7 @@ def _client(url: str):
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
 
 
+@pytest.mark.slow
 def test_completions_stream_n_and_stop(lm_server):
     client = _client(lm_server)
     assert [m.id for m in client.models.list().data] == ["lm"]
@@ -81,6 +82,7 @@ def test_completions_stream_n_and_stop(lm_server):
     assert cut.choices[0].finish_reason == "stop"
 
 
+@pytest.mark.slow
 def test_sixteen_concurrent_requests_each_equal_their_solo_output(lm_server):
     """Continuous batching over 4 slots: the outputs do not depend on what else
     runs, and nothing compiles after warm-up."""
@@ -105,6 +107,7 @@ def test_sixteen_concurrent_requests_each_equal_their_solo_output(lm_server):
     assert _metric(lm_server, "gen_jax_running_sequences") == 0
 
 
+@pytest.mark.slow
 def test_bad_requests_get_their_error_and_the_server_keeps_serving(lm_server):
     client = _client(lm_server)
     with pytest.raises(openai.BadRequestError) as e:  # 4 + 45 > 48 positions
@@ -153,6 +156,7 @@ def _images(client, **ask) -> list[np.ndarray]:
     ]
 
 
+@pytest.mark.slow
 def test_images_are_the_same_alone_or_micro_batched(image_server):
     client = _client(image_server)
     asks = [{"seed": 1, "n": 2}, {"seed": 2, "label": 3, "guidance": 2.0}, {"seed": 3}]
@@ -167,6 +171,7 @@ def test_images_are_the_same_alone_or_micro_batched(image_server):
         _images(client, steps=999)
 
 
+@pytest.mark.slow
 def test_workdir_server_equals_artifact_server_and_drains_on_sigterm(
     trained, image_server
 ):
@@ -211,6 +216,7 @@ def chat_server(tmp_path_factory):
     proc.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_chat_completions_with_the_models_own_template(chat_server):
     client = _client(chat_server)
     ask = {
