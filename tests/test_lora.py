@@ -28,13 +28,10 @@ def _check(config):
     batch, key = next(batches), jax.random.key(3)
     base = {"model": state.params[lora.BASE]["model"]}
     # Jitted (op by op, a UNet compiles every primitive separately); the
-    # adapted and the base program compute the same numbers at step 0.
+    # adapted and the base program compute the same loss, bitwise, at step 0
+    # (the same noise and labels: equal outputs).
     adapted_loss = jax.jit(lambda p: s.family.losses["model"](p, batch, key)[0])
     base_loss = jax.jit(lambda p: base_family.losses["model"](p, batch, key)[0])
-    np.testing.assert_array_equal(
-        jax.jit(s.family.apply)(state.params, batch, key),
-        jax.jit(base_family.apply)(base, batch, key),
-    )
     np.testing.assert_array_equal(adapted_loss(state.params), base_loss(base))
 
     adapters = _bytes(state.params["model"])
