@@ -1,9 +1,7 @@
 """Test setup: 4 simulated CPU devices (set before JAX starts), strict ranks, a
 persistent compile cache, and the smoke runs every family's tests share."""
 
-import inspect
 import os
-import re
 import shutil
 
 from tests import helpers  # imports no JAX: XLA_FLAGS must be set first
@@ -82,29 +80,9 @@ def exported(trained, tmp_path_factory):
     return get
 
 
-def _shared_run(item) -> str:
-    """The config whose shared smoke run a test reads: its `name` parameter,
-    or the one name its body passes to trained(...) / exported(...); "" when
-    it is neither (it reads several, or one chosen at run time)."""
-    name = getattr(item, "callspec", None) and item.callspec.params.get("name")
-    if isinstance(name, str):
-        return name
-    source = inspect.getsource(item.function)
-    names = set(
-        re.findall(r'(?:trained|trained\.copy|trained\.log|exported)\("(\w+)"', source)
-    )
-    return names.pop() if len(names) == 1 else ""
-
-
 def pytest_collection_modifyitems(items):
-    """Under pytest-xdist (`-n`, `--dist loadgroup`), the tests of one config's
-    shared run go to one worker, so each smoke run trains once per session and
-    the runs of different configs train on both workers at once. (A worker
-    whose test reads a run trained on the other worker trains its own copy,
-    its programs from the persistent compile cache.)"""
+    """Under pytest-xdist (`-n`, `--dist loadgroup`), the tests of one shared run
+    go to one worker, so each smoke run trains once per session, not per worker."""
     for item in items:
         if "trained" in getattr(item, "fixturenames", ()):
-            name = _shared_run(item)
-            item.add_marker(
-                pytest.mark.xdist_group(f"trained:{name}" if name else "trained")
-            )
+            item.add_marker(pytest.mark.xdist_group("trained"))

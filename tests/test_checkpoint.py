@@ -104,6 +104,7 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(
     assert int(train.run(smoke_config, workdir).step) == 6
 
 
+@pytest.mark.slow
 def test_restore_onto_a_different_device_count(smoke_config, tmp_path):
     smoke_config.mesh.fsdp = 2
     smoke_config.mesh.fsdp_min_size = 256

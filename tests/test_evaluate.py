@@ -22,6 +22,7 @@ def test_shipped_digits_classifier_classifies_held_out_digits():
     assert np.mean(np.argmax(logits, -1) == batch["label"]) > 0.95
 
 
+@pytest.mark.slow
 def test_exported_classifier_loads_and_checks_shapes(trained, tmp_path):
     workdir, path = trained("classifier_digits"), str(tmp_path / "clf.npz")
     result = helpers.gen_jax(

@@ -101,9 +101,9 @@ def test_every_family_inits_applies_and_scores_a_batch(name):
         assert samples.shape[0] == 2 and np.all(np.isfinite(samples))
 
 
-@pytest.mark.parametrize(
-    "name", ["vae_digits", "ddpm_digits", "lm_pydoc", "gan_digits", "classifier_digits"]
-)
+# The three kinds of network: the UNet, the transformer, the GAN's conv nets
+# (the VAE's bfloat16 forward: tests/test_models.py).
+@pytest.mark.parametrize("name", ["ddpm_digits", "lm_pydoc", "gan_digits"])
 def test_a_bfloat16_step_is_finite_and_close_to_float32(name):
     """model.dtype=bfloat16 computes in bfloat16 (the program has bf16 ops)
     while params, losses and gradients stay float32; each phase's loss is

@@ -263,6 +263,7 @@ def test_scanned_layers_equal_unrolled_with_and_without_the_cache():
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.slow
 def test_a_scanned_run_resumes_exactly_and_exports(tmp_path):
     """Training, checkpoints, sharding (4 devices) and the export artifact on
     the scanned layout; LoRA refuses it in one line."""
