@@ -44,18 +44,15 @@ class _TensorBoard:
         values = [Value(tag=k, simple_value=v) for k, v in scalars.items()]
         self._add(step=step, summary=self._summary.Summary(value=values))
 
-    def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
-        """HWC uint8 images (C = 1 or 3)."""
+    def write_images(self, step: int, pngs: dict[str, tuple[bytes, tuple]]) -> None:
+        """{tag: (PNG bytes, its HWC shape)}."""
         Value, Image = self._summary.Summary.Value, self._summary.Summary.Image
         values = [
             Value(
                 tag=k,
-                image=Image(
-                    height=h, width=w, colorspace=c, encoded_image_string=_png(v)
-                ),
+                image=Image(height=h, width=w, colorspace=c, encoded_image_string=png),
             )
-            for k, v in images.items()
-            for h, w, c in [v.shape]
+            for k, (png, (h, w, c)) in pngs.items()
         ]
         self._add(step=step, summary=self._summary.Summary(value=values))
 
@@ -101,10 +98,11 @@ class Writer:
         """Images are HWC uint8 grids; also saved as `<name>_<step>.png`."""
         if not self.active:
             return
-        self._tb.write_images(step, images)
-        for name, image in images.items():
+        pngs = {k: (_png(v), v.shape) for k, v in images.items()}  # encoded once
+        self._tb.write_images(step, pngs)
+        for name, (png, _) in pngs.items():
             path = self.workdir / f"{name.replace('/', '_')}_{step}.png"
-            path.write_bytes(_png(image))
+            path.write_bytes(png)
 
     def write_eval(self, step: int, name: str, results: dict) -> None:
         """An evaluator's results: scalars as `eval/<name>/<key>` (and one log

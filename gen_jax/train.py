@@ -244,7 +244,7 @@ def _loop(
             progress = _Progress(done, cfg.num_steps)
         stop = preemption.reached(manager, done)
         if done % cfg.log_every_steps == 0 or done == cfg.num_steps:
-            scalars, note = buffer.mean(), "-"
+            scalars, note = buffer.mean(), ""
             if done > last_log:
                 steps_per_sec = (done - last_log) / (time.perf_counter() - last_time)
                 scalars |= _rates(
