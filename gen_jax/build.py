@@ -11,7 +11,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
-from gen_jax import data, evaluate, families, optim, sharding, step
+from gen_jax import checkpoint, data, evaluate, families, optim, sharding, step
 from gen_jax.train_state import TrainState
 
 
@@ -36,10 +36,9 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
     family = families.make(config)
     mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
     tx = optim.make(config, family.roles)
-    dummy = data.dummy_batch(config.data)
 
-    def init_fn(key):
-        return TrainState.create(family.init(key, dummy), tx, family.frozen)
+    def init_fn(key, batch):
+        return TrainState.create(family.init(key, batch), tx, family.frozen)
 
     repl = sharding.replicated(mesh)
     # Keys made by jit with a replicated output are global arrays: valid jit
@@ -51,10 +50,8 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
         out_shardings=repl,
     )()
     # Params may come boxed with logical axis names: shard by them, then unbox.
-    boxed = jax.eval_shape(init_fn, init_key)
-    abstract, state_sh = sharding.abstract_with_shardings(
-        boxed, mesh, config.mesh.fsdp_min_size
-    )
+    abstract, state_sh = checkpoint.abstract_of(init_fn, config, mesh, init_key)
+    dummy = data.dummy_batch(config.data)
     train_step = jax.jit(
         functools.partial(
             step.train_step, family=family, ema_decay=config.train.ema_decay
@@ -68,7 +65,7 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
         mesh,
         abstract,
         state_sh,
-        jax.jit(lambda key: nn.unbox(init_fn(key)), out_shardings=state_sh),
+        jax.jit(lambda key: nn.unbox(init_fn(key, dummy)), out_shardings=state_sh),
         train_step,
         init_key,
         step_key,

@@ -24,7 +24,6 @@ from jax.sharding import Mesh
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 from gen_jax import data, families, sharding
-from gen_jax.families import lora
 from gen_jax.train_state import TrainState
 
 
@@ -212,11 +211,17 @@ class Run:
     step: int
 
 
+def abstract_of(init_fn, config, mesh: Mesh, key: jax.Array | None = None):
+    """(ShapeDtypeStructs carrying their target shardings, the shardings) of
+    `init_fn(key, dummy batch)`: a run's state (build.setup) or params."""
+    key = jax.random.key(0) if key is None else key
+    boxed = jax.eval_shape(init_fn, key, data.dummy_batch(config.data))
+    return sharding.abstract_with_shardings(boxed, mesh, config.mesh.fsdp_min_size)
+
+
 def abstract_params(family, config, mesh: Mesh) -> dict:
     """ShapeDtypeStructs of `family`'s params, carrying their target shardings."""
-    dummy = data.dummy_batch(config.data)
-    boxed = jax.eval_shape(family.init, jax.random.key(0), dummy)
-    return sharding.abstract_with_shardings(boxed, mesh, config.mesh.fsdp_min_size)[0]
+    return abstract_of(family.init, config, mesh)[0]
 
 
 def open_run(
@@ -230,15 +235,15 @@ def open_run(
     """The config and the params (EMA by default) of `workdir`'s newest checkpoint
     (or of `step`), restored without the optimizer state: a sampler, evaluator or
     exporter never holds the 3x larger train state. `config` replaces the run's
-    config.json with a variant that keeps its params (another sampler, say)."""
+    config.json with a variant that keeps its params (another sampler, say).
+    The family and params are those it is deployed as (`Family.deployed`)."""
     config = load_config(workdir) if config is None else config
     family = families.make(config)
     mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
     abstract = abstract_params(family, config, mesh)
     params, step = load_params(workdir, abstract, ema=ema, step=step)
-    if lora.BASE in params:  # adapters folded in: the plain family samples it
-        params = lora.merge(params, config.lora.alpha / config.lora.rank)
-        family = families.make(config, lora=False)
+    if family.deployed is not None:
+        family, params = family.deployed(params)
     return Run(config, family, mesh, params, step)
 
 

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
-from gen_jax import artifact, checkpoint, text
+from gen_jax import artifact, checkpoint
+from gen_jax import text as text_lib
 from gen_jax.families import lm
 from gen_jax.families.family import Params, seeded_keys
 from gen_jax.models import transformer
@@ -55,16 +56,16 @@ def image_functions(run: checkpoint.Run) -> dict[str, Function]:
     """`sample(params, seeds, indices, labels, guidance) -> images`: image i from
     fold_in(key(seeds[i]), indices[i]), so `gen-jax sample --seed=S` is seeds
     all S and indices 0..n-1."""
-    generate, config = run.family.generate, run.config
-    if generate is None:
-        raise ValueError(f"family {config.family!r} does not generate images")
+    generate, images = run.family.generate, run.family.images
+    if images is None:
+        raise ValueError(f"family {run.config.family!r} does not generate images")
 
     def sample(params: Params, seeds_N, indices_N, labels_N, guidance_N):
         return generate(params, seeded_keys(seeds_N, indices_N), labels_N, guidance_N)
 
     (n,) = jax_export.symbolic_shape("n")
-    classes = max(config.data.get("num_classes", 0), 1)
-    guidance = config.diffusion.guidance_scale if config.family == "diffusion" else 1.0
+    classes = max(images.num_classes, 1)
+    guidance = 1.0 if images.guidance is None else images.guidance
     args = [
         _int32("seeds", (n,), "seed of each image's PRNG key", [0, 0]),
         _int32("indices", (n,), "folded into the key: image i of a seed", [0, 1]),
@@ -88,7 +89,7 @@ def image_functions(run: checkpoint.Run) -> dict[str, Function]:
 def lm_functions(run: checkpoint.Run, context: int) -> dict[str, Function]:
     """The LM's `prefill` and `decode` (`lm.make_serving`) over a KV cache of
     `context` positions per slot."""
-    model, tokenizer = lm.make_model(run.config)
+    model, tokenizer = run.family.text.model, run.family.text.tokenizer
     prefill, decode = lm.make_serving(model, context)
     # One symbolic scope per function: a dim must appear in its arguments.
     b, p, prefill_slots = jax_export.symbolic_shape(
@@ -238,7 +239,8 @@ def export_run(
     context: int | None = None,
 ) -> list[str]:
     """Writes the run's artifact to `out`; returns the files written."""
-    if run.config.family == "lm":
+    text = run.family.text
+    if text is not None:  # what it makes decides what is exported
         context = context or run.config.data.seq_len
         functions = lm_functions(run, context)
     else:
@@ -288,35 +290,23 @@ def export_run(
         "functions": manifest_fns,
         "config": json.loads(run.config.to_json()),
     }
-    if run.config.family == "lm":
-        model, tokenizer = lm.make_model(run.config)
+    if text is not None:
         manifest["lm"] = {
             "context": context,
-            "vocab_size": model.vocab_size,
-            "eos_id": tokenizer.eos_id,
-            "num_layers": model.num_layers,
+            "vocab_size": text.model.vocab_size,
+            "eos_id": text.tokenizer.eos_id,
+            "num_layers": text.model.num_layers,
             "decode_windows": decode_windows(context),
-            "tokenizer": text.describe_tokenizer(
-                run.config.data, tokenizer, str(out_path / "tokenizer")
+            "tokenizer": text_lib.describe_tokenizer(
+                run.config.data, text.tokenizer, str(out_path / "tokenizer")
             ),
         }
     else:
-        d = run.config.data
+        images = run.family.images
         manifest["images"] = {
-            "shape": [d.image_size, d.image_size, d.channels],
-            "num_classes": d.get("num_classes", 0) if _conditional(run.config) else 0,
+            "shape": list(images.shape),
+            "num_classes": images.num_classes,
+            **images.sampler,
         }
-        if run.config.family == "diffusion":
-            c = run.config.diffusion
-            manifest["images"] |= {
-                "objective": c.get("objective", "ddpm"),
-                "sampler": c.sampler,
-                "steps": c.sample_steps if c.sampler != "ddpm" else c.num_timesteps,
-                "guidance": c.guidance_scale,
-            }
     (out_path / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return sorted(str(p) for p in out_path.rglob("*") if p.is_file())
-
-
-def _conditional(config) -> bool:
-    return bool(config.get(config.family, {}).get("conditional", False))

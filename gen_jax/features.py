@@ -32,7 +32,7 @@ def save_classifier(workdir: str, path: str) -> None:
 
     run = checkpoint.open_run(workdir)
     config = run.config
-    if config.family != "classifier":
+    if run.family.images or run.family.text:  # a classifier makes neither
         raise ValueError(f"{workdir!r} trains {config.family!r}, not a classifier")
     params = jax.device_get(run.params["model"])
     flat = traverse_util.flatten_dict(params, sep="/")  # _load_classifier's inverse

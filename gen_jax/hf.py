@@ -430,12 +430,13 @@ def export_run(
     adapter in OUT/adapter, or with `merge` the merged weights. Returns the
     directories written."""
     from gen_jax import checkpoint, families, sharding
-    from gen_jax.families import lm, lora
+    from gen_jax.families import lora
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype={dtype!r}; valid: {', '.join(DTYPES)}")
     config = checkpoint.load_config(workdir)
-    if config.family != "lm" or config.data.tokenizer != "hf":
+    family = families.make(config)
+    if family.text is None or config.data.tokenizer != "hf":
         raise ValueError(
             "export-hf writes LM runs with a Hugging Face tokenizer "
             f"(data.tokenizer='hf'); this run has family={config.family!r}, "
@@ -444,12 +445,11 @@ def export_run(
     tokenizer_dir = config.data.tokenizer_dir
     base_cfg_path = epath.Path(tokenizer_dir) / "config.json"
     base = json.loads(base_cfg_path.read_text()) if base_cfg_path.exists() else {}
-    family = families.make(config)
     mesh = sharding.make_mesh(config.mesh)
     abstract = checkpoint.abstract_params(family, config, mesh)
     params, _ = checkpoint.load_params(workdir, abstract, ema=True)
     is_lora = lora.BASE in params
-    vocab = lm.make_model(config)[0].vocab_size
+    vocab = family.text.model.vocab_size
     written = [out_dir]
     if is_lora and merge:
         model_params = lora.merge(params, config.lora.alpha / config.lora.rank)["model"]

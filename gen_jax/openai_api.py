@@ -85,7 +85,6 @@ async def _json_body(request) -> dict:
 def make_app(
     *,
     model_name: str,
-    family: str,
     engine,
     tokenizer=None,
     image_shape=None,
@@ -94,8 +93,10 @@ def make_app(
     guidance=None,
     metrics: serve.Metrics,
 ):
-    """The FastAPI app; `engine` is a started `serve.LMEngine` or
-    `serve.ImageBatcher` that warms up in the background (/health is 503 until then)."""
+    """The FastAPI app; `engine` is a started `serve.LMEngine` (with the
+    `tokenizer`: the LM routes) or `serve.ImageBatcher` (the images route;
+    `guidance` None: the model takes no guidance weight), warming up in the
+    background (/health is 503 until then)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import PlainTextResponse
@@ -173,7 +174,7 @@ def make_app(
         if not engine.ready:
             raise BadRequest("the server is warming up; retry shortly", status=503)
 
-    if family == "lm":
+    if tokenizer is not None:
         _lm_routes(app, engine, tokenizer, model_name, check_model, check_ready)
     else:
         _image_routes(
@@ -183,7 +184,6 @@ def make_app(
             num_classes,
             steps,
             guidance,
-            family,
             check_model,
             check_ready,
         )
@@ -415,7 +415,7 @@ def _png(image_HWC: np.ndarray) -> str:
 
 
 def _image_routes(
-    app, batcher, shape, num_classes, steps, guidance, family, check_model, check_ready
+    app, batcher, shape, num_classes, steps, guidance, check_model, check_ready
 ):
     from fastapi import Request
 
@@ -444,8 +444,10 @@ def _image_routes(
         if label is not None and not num_classes:
             raise BadRequest("'label': this model is unconditional", "label")
         weight = _field(body, "guidance", (int, float), None, low=0, high=100)
-        if weight is not None and family != "diffusion":
-            raise BadRequest("'guidance' applies to diffusion models", "guidance")
+        if weight is not None and guidance is None:
+            raise BadRequest(
+                "'guidance': this model takes no guidance weight", "guidance"
+            )
         want = _field(body, "steps", int, None, low=1)
         if want is not None and want != steps:
             raise BadRequest(
@@ -459,7 +461,7 @@ def _image_routes(
             n,
             seed,
             label,
-            float(guidance if weight is None else weight),
+            float(weight if weight is not None else guidance or 1.0),
             lambda images: loop.call_soon_threadsafe(done.set_result, images),
         )
         batcher.submit(job)

@@ -10,7 +10,7 @@ from gen_jax import checkpoint, metrics, sharding
 
 def images(run: checkpoint.Run, *, num_samples: int, seed: int = 0) -> np.ndarray:
     """`num_samples` images in [-1, 1] (NHWC) from the run's params."""
-    if run.family.sample is None:
+    if run.family.images is None:
         raise ValueError(f"family {run.config.family!r} does not generate images")
     sample_fn = jax.jit(
         run.family.sample,
@@ -51,11 +51,11 @@ def complete(
     """LM completions of `prompt`, one per seed (seed, seed + 1, ...)."""
     from gen_jax.families import lm
 
-    if run.config.family != "lm":
+    if run.family.text is None:
         raise ValueError(
             f"a prompt completes LM runs; this run trains {run.config.family!r}"
         )
-    model, tokenizer = lm.make_model(run.config)
+    model, tokenizer = run.family.text.model, run.family.text.tokenizer
     ids = tokenizer.prompt(prompt)  # as the model's own tokenizer encodes it
     if not 0 < len(ids) < max_len:
         raise ValueError(

@@ -16,7 +16,6 @@ from absl import logging
 from etils import epath
 
 from gen_jax import build, checkpoint, data, metrics
-from gen_jax.families import latent, lora
 from gen_jax.train_state import TrainState
 
 
@@ -151,8 +150,8 @@ def _run(config, workdir, preemption) -> TrainState:
             state = run_setup.init(run_setup.init_key)
             if config.train.init_from:
                 state = _init_from(config.train.init_from, state, run_setup)
-            if latent.AUTOENCODER in state.params:
-                state = _load_autoencoder(config, state, run_setup)
+            for load in run_setup.family.loads:
+                state = _load(config, load, state, run_setup)
         # Every start: a resumed run with changed overrides leaves no stale config.
         checkpoint.write_config(config, workdir)
         writer = metrics.Writer(workdir)
@@ -175,46 +174,42 @@ def _run(config, workdir, preemption) -> TrainState:
 
 
 def _init_from(path: str, state: TrainState, run_setup) -> TrainState:
-    """The state with `path`'s params: the whole model (and its EMA), or for a
-    LoRA run the frozen base (the adapters keep their zero-delta init)."""
-    abstract = run_setup.abstract_state.params
-    if lora.BASE in abstract:
-        base, _ = checkpoint.load_params(path, abstract[lora.BASE])
-        return state.replace(params={**state.params, lora.BASE: base})
+    """The state with `path`'s params: the whole model (and its EMA), or the
+    entry the family names (`Family.init_from`: LoRA's frozen base)."""
+    abstract, entry = run_setup.abstract_state.params, run_setup.family.init_from
+    if entry:
+        params, _ = checkpoint.load_params(path, abstract[entry])
+        return state.replace(params={**state.params, entry: params})
     params, _ = checkpoint.load_params(path, abstract)
     return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
 
 
-def _load_autoencoder(config, state: TrainState, run_setup) -> TrainState:
-    """Latent diffusion at step 0: the VAE run's EMA params and the latent
-    scale (1 / std of its posterior means on the first training batches) into
-    the frozen autoencoder entry, which the checkpoints then carry."""
-    path = config.latent.autoencoder
-    abstract = run_setup.abstract_state.params[latent.AUTOENCODER]["model"]
+def _load(config, load, state: TrainState, run_setup) -> TrainState:
+    """Fills the frozen entry `load` declares from its run (`Family.loads`),
+    recording what it measured (latent diffusion's scale) in the config."""
+    abstract = run_setup.abstract_state.params[load.entry]
     try:
-        loaded, step = checkpoint.load_params(path, {"model": abstract}, ema=True)
+        loaded, step = checkpoint.load_params(
+            load.path, {"model": abstract["model"]}, ema=load.ema
+        )
     except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"config.latent.autoencoder={path!r}: {e}; train the VAE first "
-            "(e.g. gen-jax train --config=configs/vae_latents_digits.py "
-            f"--workdir={path})"
-        ) from e
-    it = data.make_train(
-        config.data, batch_size=config.train.batch_size, mesh=run_setup.mesh
-    )
-    batches = [next(it) for _ in range(config.latent.scale_batches)]
-    scale = latent.latent_scale(config, loaded["model"], batches)
-    where = run_setup.abstract_state.params[latent.AUTOENCODER]["scale"].sharding
-    scale = jax.device_put(scale, where)
-    logging.info(
-        "latent diffusion: autoencoder %s (step %d), latent scale %.5g",
-        path,
-        step,
-        float(scale),
-    )
-    config.latent.scale = float(scale)  # recorded in config.json
-    entry = {"model": loaded["model"], "scale": scale}
-    return state.replace(params={**state.params, latent.AUTOENCODER: entry})
+        raise FileNotFoundError(f"{load.source}={load.path!r}: {e}; {load.hint}") from e
+    batches = []
+    if load.batches:
+        it = data.make_train(
+            config.data, batch_size=config.train.batch_size, mesh=run_setup.mesh
+        )
+        batches = [next(it) for _ in range(load.batches)]
+    entry, records = load.finish(loaded, batches)
+    entry = jax.device_put(entry, jax.tree.map(lambda a: a.sharding, abstract))
+    logging.info("%s: loaded %s (step %d); %s", load.entry, load.path, step, records)
+    for key, value in records.items():  # recorded in config.json
+        section, name = key.rsplit(".", 1)
+        config_section = config
+        for part in section.split("."):
+            config_section = config_section[part]
+        config_section[name] = value
+    return state.replace(params={**state.params, load.entry: entry})
 
 
 def _loop(

@@ -26,7 +26,25 @@ __all__ = [
     "check_name",
     "make",
     "role_of",
+    "sampler_flags",
 ]
+
+
+# The sampling flags of `gen-jax sample / export / serve` -> the key each sets,
+# for the families whose samplers read them.
+_SAMPLER_FLAGS = {
+    "diffusion": {
+        "sampler": "diffusion.sampler",
+        "sampler_steps": "diffusion.sample_steps",
+        "guidance": "diffusion.guidance_scale",
+        "eta": "diffusion.ddim_eta",
+    }
+}
+
+
+def sampler_flags(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """{flag: dotted config key} of the sampling flags `config`'s family takes."""
+    return _SAMPLER_FLAGS.get(config.family, {})
 
 
 def make(config: ml_collections.ConfigDict, *, lora: bool = True) -> Family:

@@ -24,9 +24,11 @@ from gen_jax.families import samplers
 from gen_jax.families.family import (
     Batch,
     Family,
+    Images,
     Metrics,
     Params,
     check_name,
+    image_shape,
     images_sampler,
     normal_per_key,
 )
@@ -371,4 +373,15 @@ def make(config: ml_collections.ConfigDict, *, pixels: bool = True) -> Family:
         # The continuous objectives have no discrete bound: held out, their
         # training loss.
         evaluate=evaluate if objective == "ddpm" else None,
+        images=Images(
+            image_shape(config.data),
+            num_classes,
+            d.guidance_scale,
+            sampler={
+                "objective": objective,
+                "sampler": d.sampler,
+                "steps": d.sample_steps if d.sampler != "ddpm" else d.num_timesteps,
+                "guidance": d.guidance_scale,
+            },
+        ),
     )

@@ -15,6 +15,46 @@ LossFn = Callable[[Params, Batch, jax.Array], tuple[jax.Array, Metrics]]
 
 
 @dataclasses.dataclass(frozen=True)
+class Images:
+    """What an image family declares for its exporter and server."""
+
+    shape: tuple[int, int, int]  # [H, W, C] of a sample, in pixels
+    num_classes: int = 0  # labels a sample may be conditioned on (0: none)
+    # The classifier-free guidance weight samples use by default; None: the
+    # family takes no guidance weight (a request that sets one is refused).
+    guidance: float | None = None
+    # The sampler's settings an export records (diffusion: objective,
+    # sampler, model calls' steps, guidance), fixed when it is exported.
+    sampler: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+    """What a language-model family declares for completion, export and serving."""
+
+    model: Any  # the flax module (models/transformer.py's Transformer)
+    tokenizer: Any  # text.Tokenizer: encode, decode, prompt, eos_id
+
+
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """A params entry filled at step 0 from another run's checkpoint, frozen
+    from then on and carried by this run's checkpoints (latent diffusion's
+    autoencoder): train.py reads it, so sampling, export and serving need only
+    this run."""
+
+    entry: str  # the params entry it fills ({"model": ...} from the other run)
+    path: str  # the other run's workdir
+    source: str  # the config key that names `path`, for errors
+    hint: str  # how to make that run, for errors
+    # (loaded {"model": params}, the first `batches` training batches) ->
+    # (the entry, {dotted config key: value} to record in config.json).
+    finish: Callable[[PyTree, list[Batch]], tuple[PyTree, dict[str, Any]]]
+    batches: int = 0
+    ema: bool = True  # the other run's EMA params, else its raw params
+
+
+@dataclasses.dataclass(frozen=True)
 class Family:
     """What the shared loop needs from a family.
 
@@ -65,6 +105,20 @@ class Family:
     # (LoRA's frozen base, families/lora.py): TrainState.create, so the EMA
     # and optimizer state hold only what trains.
     frozen: tuple[str, ...] = ()
+    # What it makes, for the tools, exporter, server and evaluators, which ask
+    # this and never the family's name: images (with `generate`) or text.
+    # Neither: a classifier, whose `apply` gives logits.
+    images: Images | None = None
+    text: Text | None = None
+    # Entries other runs fill at step 0 (train.py).
+    loads: tuple[Load, ...] = ()
+    # The params entry `train.init_from` fills ("": the whole model and its
+    # EMA; LoRA: its frozen base, the adapters keeping their zero delta).
+    init_from: str = ""
+    # params -> (family, params) that sampling, evaluation tools, export and
+    # serving use for a trained run (LoRA folds its adapters into the base and
+    # answers as the plain family); None: the family itself.
+    deployed: Callable[[Params], tuple["Family", Params]] | None = None
 
     @property
     def roles(self) -> list[str]:
@@ -112,6 +166,11 @@ def images_sampler(generate: Callable[..., jax.Array], num_classes: int, guidanc
         return generate(params, image_keys(key, num), labels_N, guidance_N)
 
     return sample
+
+
+def image_shape(data_config) -> tuple[int, int, int]:
+    """[H, W, C] of `config.data`'s images."""
+    return (data_config.image_size, data_config.image_size, data_config.channels)
 
 
 def normal_per_key(keys_N: jax.Array, shape: tuple[int, ...]) -> jax.Array:

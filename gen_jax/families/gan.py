@@ -12,9 +12,11 @@ import ml_collections
 from gen_jax.families.family import (
     Batch,
     Family,
+    Images,
     Metrics,
     Params,
     check_name,
+    image_shape,
     images_sampler,
     normal_per_key,
 )
@@ -161,4 +163,5 @@ def make(config: ml_collections.ConfigDict) -> Family:
         sample=images_sampler(generate_images, num_classes),
         apply=apply,
         every=every,
+        images=Images(image_shape(config.data), num_classes),
     )

@@ -14,12 +14,21 @@ sampling, evaluation and export need only this run. Samples are decoded to
 pixels in [-1, 1], so the quality evaluators score them as any image family's.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from gen_jax.families import vae
-from gen_jax.families.family import Family, Params, heldout_metrics, images_sampler
+from gen_jax.families.family import (
+    Family,
+    Load,
+    Params,
+    heldout_metrics,
+    image_shape,
+    images_sampler,
+)
 
 AUTOENCODER = "autoencoder"  # the params entry of the frozen autoencoder
 
@@ -53,6 +62,13 @@ def wrap(config: ml_collections.ConfigDict, inner: Family) -> Family:
     likelihood = config.latent.likelihood
     shape = latent_shape(config)
     num_classes = config.data.num_classes if config.diffusion.conditional else 0
+
+    def finish(loaded: Params, batches) -> tuple[Params, dict]:
+        """The VAE's EMA params and the scale measured on `batches`."""
+        scale = latent_scale(config, loaded["model"], batches)
+        return {"model": loaded["model"], "scale": scale}, {
+            "latent.scale": float(scale)
+        }
 
     def split(params: Params):
         return params[AUTOENCODER], {
@@ -120,6 +136,20 @@ def wrap(config: ml_collections.ConfigDict, inner: Family) -> Family:
         evaluate=evaluate,
         per_example=inner.per_example,
         frozen=(AUTOENCODER,),
+        # Decoded samples: pixels of config.data's shape.
+        images=dataclasses.replace(inner.images, shape=image_shape(config.data)),
+        loads=(
+            Load(
+                AUTOENCODER,
+                config.latent.autoencoder,
+                "config.latent.autoencoder",
+                "train the VAE first (e.g. gen-jax train "
+                "--config=configs/vae_latents_digits.py "
+                f"--workdir={config.latent.autoencoder})",
+                finish,
+                batches=config.latent.scale_batches,
+            ),
+        ),
     )
 
 

@@ -14,6 +14,7 @@ from gen_jax.families.family import (
     Family,
     Metrics,
     Params,
+    Text,
     check_name,
     seeded_keys,
 )
@@ -253,4 +254,5 @@ def make(config: ml_collections.ConfigDict) -> Family:
             "tokens": length,
             "flops": length * flops_per_token(num_params, model, length),
         },
+        text=Text(model, tokenizer),
     )

@@ -206,4 +206,10 @@ def wrap(family: Family, cfg: ml_collections.ConfigDict) -> Family:
         per_example=family.per_example,
         every=family.every,
         frozen=(BASE,),
+        images=family.images,
+        text=family.text,
+        loads=family.loads,
+        init_from=BASE,
+        # A trained run is used as the plain family with the adapters folded in.
+        deployed=lambda params: (family, merge(params, scale)),
     )

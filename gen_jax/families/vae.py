@@ -10,9 +10,11 @@ import optax
 from gen_jax.families.family import (
     Batch,
     Family,
+    Images,
     Metrics,
     Params,
     check_name,
+    image_shape,
     images_sampler,
     normal_per_key,
 )
@@ -124,4 +126,5 @@ def make(config: ml_collections.ConfigDict) -> Family:
         sample=images_sampler(generate, 0),
         apply=apply,
         reconstruct=reconstruct,
+        images=Images(image_shape(config.data)),
     )

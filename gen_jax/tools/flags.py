@@ -62,22 +62,30 @@ def define_sampler() -> None:
 
 
 def apply_sampler_overrides(config, workdir: str) -> dict:
-    """Sets the sampler flags given into `config.diffusion`; returns them
-    (flags left out keep the run's own values)."""
+    """Sets the sampler flags given into the config keys the run's family
+    reads them from; returns {key: value} of those set (flags left out keep
+    the run's own values)."""
+    from gen_jax import families
+
     values = {
         "sampler": FLAGS.sampler,
-        "sample_steps": FLAGS.sampler_steps,
-        "guidance_scale": FLAGS.guidance,
-        "ddim_eta": FLAGS.eta,
+        "sampler_steps": FLAGS.sampler_steps,
+        "guidance": FLAGS.guidance,
+        "eta": FLAGS.eta,
     }
-    overrides = {k: v for k, v in values.items() if v is not None}
-    if overrides and config.family != "diffusion":
+    given = {flag: v for flag, v in values.items() if v is not None}
+    keys = families.sampler_flags(config)
+    if unknown := sorted(set(given) - set(keys)):
         raise app.UsageError(
-            f"--sampler/--sampler_steps/--guidance/--eta apply to diffusion runs; "
-            f"{workdir!r} trains {config.family!r}"
+            f"{', '.join('--' + f for f in unknown)}: {workdir!r} trains "
+            f"{config.family!r}, whose sampler takes "
+            f"{', '.join('--' + f for f in keys) or 'no sampling flags'}"
         )
-    if overrides:
-        config.diffusion.update(overrides)
+    overrides = {}
+    for flag, value in given.items():
+        section, name = keys[flag].split(".")
+        config[section][name] = value
+        overrides[name] = value
     return overrides
 
 

@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
     overrides = tool_flags.apply_sampler_overrides(config, FLAGS.workdir)
     run = checkpoint.open_run(FLAGS.workdir, config=config)
     name = f"step{run.step}_seed{FLAGS.seed}"
-    if config.family == "lm":
+    if run.family.text is not None:
         texts = sample.complete(
             run,
             "\n" if FLAGS.prompt is None else FLAGS.prompt,

@@ -73,7 +73,7 @@ def main(argv: list[str]) -> None:
         serve.declare_metrics(metrics)
         name = FLAGS.model_name or pathlib.Path(source.rstrip("/")).name
         manifest = art.manifest
-        if art.family == "lm":
+        if "lm" in manifest:  # what the artifact makes: text, else images
             tokenizer = text.tokenizer_from_spec(
                 manifest["lm"]["tokenizer"], str(pathlib.Path(directory) / "tokenizer")
             )
@@ -86,7 +86,6 @@ def main(argv: list[str]) -> None:
             )
             api = openai_api.make_app(
                 model_name=name,
-                family="lm",
                 engine=engine,
                 tokenizer=tokenizer,
                 metrics=metrics,
@@ -102,12 +101,11 @@ def main(argv: list[str]) -> None:
             )
             api = openai_api.make_app(
                 model_name=name,
-                family=art.family,
                 engine=engine,
                 image_shape=info["shape"],
                 num_classes=info["num_classes"],
                 steps=info.get("steps"),
-                guidance=info.get("guidance", 1.0),
+                guidance=info.get("guidance"),
                 metrics=metrics,
             )
         logging.info(
