@@ -1,6 +1,7 @@
 """Evaluators, chosen by `type` in `config.evals`: each is `run(state) -> {name: value}`.
 
-Values are scalars or uint8 HWC images. Jitted functions come from train.py. An
+Values are scalars or uint8 HWC images. The jitted functions they call come from
+build.make_evaluators. An
 evaluator reads only `state.params` or `state.sampling_params` (sample-based ones
 the EMA), so a tool may pass the params of an opened run in their place.
 Every key an evaluator reads is declared by the builders in configs/base.py.
@@ -93,12 +94,10 @@ def _quality(cfg, *, data_cfg, key, sample_fn, workdir=None, **_) -> Evaluator:
     """Fréchet distance, KID, Inception Score and precision/recall of
     `num_samples` EMA samples against the real `reference_split`, in the
     feature space of `cfg.features`. With `compare_split` set, that real split
-    stands in for the samples: the floor the metrics reach on real data."""
-    if cfg.num_samples % cfg.batch_size:
-        raise ValueError(
-            f"evals.{cfg.type}: num_samples={cfg.num_samples} must be a multiple "
-            f"of batch_size={cfg.batch_size}"
-        )
+    stands in for the samples: the floor the metrics reach on real data. The
+    samples come in batches of `batch_size`, the last one partial if it must."""
+    full, rest = divmod(cfg.num_samples, cfg.batch_size)
+    sizes = [cfg.batch_size] * full + ([rest] if rest else [])
     extractor = features.make(cfg.features, cfg.weights, data_cfg)
     reference = cfg.reference_split or data_cfg.train_split
     real_feats, _ = features.real_features(
@@ -120,9 +119,7 @@ def _quality(cfg, *, data_cfg, key, sample_fn, workdir=None, **_) -> Evaluator:
                 np.asarray(
                     sample_fn(state.sampling_params, jax.random.fold_in(key, i), n)
                 )
-                for i, n in enumerate(
-                    [cfg.batch_size] * (cfg.num_samples // cfg.batch_size)
-                )
+                for i, n in enumerate(sizes)
             ]
         feats, logits = features.extract(extractor, images)
         kid, kid_std = quality.kernel_inception_distance(

@@ -1,4 +1,4 @@
-"""The pure train and eval steps shared by every family (jitted only in train.py)."""
+"""The pure train and eval steps shared by every family (jitted in build.py)."""
 
 import functools
 

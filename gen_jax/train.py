@@ -1,9 +1,16 @@
 """The only training loop: build, shard, resume, step, log, evaluate, save.
 
 A run: family and mesh from the config -> the state born sharded (eval_shape
--> shardings -> jit init) or restored from the workdir -> the jitted shared
-train step, with metrics fetched one step late -> evaluators and async
-checkpoints at their intervals -> a final save. SIGTERM saves and exits.
+-> shardings -> jit init) or restored from the workdir, with what the family
+loads at step 0 -> the jitted shared train step, with metrics fetched one step
+late -> evaluators and async checkpoints at their intervals -> a final save.
+SIGTERM saves and exits.
+
+From clu: the log window's averages (`clu.metrics.Average`) and the parameter
+table printed at the start (`clu.parameter_overview`). Not from clu: the
+TensorBoard writer (metrics.Writer) and the progress line (`_Progress`), since
+clu's metric writers and periodic actions import TensorFlow, which a run
+otherwise never loads (tests/test_tools.py checks that it stays out).
 """
 
 import signal
@@ -12,7 +19,10 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
+from clu import metrics as clu_metrics
+from clu import parameter_overview
 from etils import epath
 
 from gen_jax import build, checkpoint, data, metrics
@@ -21,49 +31,47 @@ from gen_jax.train_state import TrainState
 
 class _MetricsBuffer:
     """Holds each step's device metrics until the next step is dispatched, then
-    fetches them (so the device never idles), checks them for NaN and keeps
-    them for averaging until the next log step.
+    fetches them (so the device never idles), checks them for NaN and adds
+    them to the log window's `clu.metrics.Average`s.
 
     A phase that runs every n steps reports `<phase>/updates` (1 or 0) with
-    each step; its other metrics are averaged over its updates only, so a log
-    window holds their exact mean whatever its alignment with n (after a
-    resume, in a final partial window)."""
+    each step; its other metrics count only in its updates (weight 0
+    otherwise), so a log window holds their exact mean whatever its alignment
+    with n (after a resume, in a final partial window)."""
 
     def __init__(self):
         self.pending = None
-        self.rows = []
+        self.window: dict[str, clu_metrics.Average] = {}
 
     def push(self, step: int, device_metrics) -> None:
         self.flush()
         self.pending = (step, device_metrics)
 
     def flush(self) -> None:
-        if self.pending is not None:
-            step, device_metrics = self.pending
-            self.pending = None
-            values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-            metrics.check_finite(step, values)
-            self.rows.append(values)
-
-    def mean(self) -> dict[str, float]:
-        self.flush()
-        counted = [
-            k[: -len("/updates")] for k in self.rows[0] if k.endswith("/updates")
-        ]
-        out = {}
-        for key in self.rows[0]:
+        if self.pending is None:
+            return
+        step, device_metrics = self.pending
+        self.pending = None
+        values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+        metrics.check_finite(step, values)
+        phases = [k[: -len("/updates")] for k in values if k.endswith("/updates")]
+        for key, value in values.items():
             if key.endswith("/updates"):
                 continue
-            owners = [p for p in counted if key.startswith(p + "/")]
-            weights = [
-                r[max(owners, key=len) + "/updates"] if owners else 1.0
-                for r in self.rows
-            ]
-            if sum(weights):  # a phase with no update in this window logs nothing
-                out[key] = sum(w * r[key] for w, r in zip(weights, self.rows)) / sum(
-                    weights
-                )
-        self.rows = []
+            owners = [p for p in phases if key.startswith(p + "/")]
+            weight = values[max(owners, key=len) + "/updates"] if owners else 1.0
+            # Host scalars: merging them is plain numpy arithmetic, no dispatch.
+            one = clu_metrics.Average(
+                total=np.float64(weight * value), count=np.float64(weight)
+            )
+            old = self.window.get(key)
+            self.window[key] = one if old is None else old.merge(one)
+
+    def mean(self) -> dict[str, float]:
+        """The window's averages (a phase with no update in it logs nothing)."""
+        self.flush()
+        out = {k: float(a.compute()) for k, a in self.window.items() if a.count}
+        self.window = {}
         return out
 
 
@@ -96,23 +104,23 @@ class _Preemption:
 
 
 class _Progress:
-    """The note that ends each progress line: steps/s since the last line, how
-    far the run is, its ETA from the wall time per step since the first one
-    (evals and saves included), then the elapsed time and its share in evals.
-    The numbers and format of clu's ReportProgress, without clu's import of
-    TensorFlow (6-9 s of every run's start on a 2-core host)."""
+    """The note that ends each progress line: the window's steps/s (training
+    time only, the value metrics.jsonl logs), how far the run is, its ETA from
+    the wall time per step since the first one (evals and saves included),
+    then the elapsed time and its share in evals: the numbers and format of
+    clu's ReportProgress (see the module docstring for why not clu's own)."""
 
     def __init__(self, step: int, total: int):
         self.total, self.first = total, (step, time.perf_counter())
-        self.last, self.eval_secs = self.first, 0.0
+        self.eval_secs = 0.0
 
-    def note(self, step: int) -> str:
+    def note(self, step: int, steps_per_sec: float) -> str:
         now = time.perf_counter()
-        rate = (step - self.last[0]) / max(now - self.last[1], 1e-9)
         per_step = (now - self.first[1]) / max(step - self.first[0], 1)
-        self.last, elapsed = (step, now), now - self.first[1]
+        elapsed = now - self.first[1]
         return (
-            f"{rate:.1f} steps/s, {100 * step / self.total:.1f}% ({step}/{self.total}), "
+            f"{steps_per_sec:.1f} steps/s, {100 * step / self.total:.1f}% "
+            f"({step}/{self.total}), "
             f"ETA: {per_step * (self.total - step) / 60:.0f}m "
             f"({elapsed / 60:.0f}m : {100 * self.eval_secs / max(elapsed, 1e-9):.1f}% eval)"
         )
@@ -152,6 +160,11 @@ def _run(config, workdir, preemption) -> TrainState:
                 state = _init_from(config.train.init_from, state, run_setup)
             for load in run_setup.family.loads:
                 state = _load(config, load, state, run_setup)
+        if jax.process_index() == 0:
+            table = parameter_overview.get_parameter_overview(
+                run_setup.abstract_state.params, include_stats=False
+            )
+            logging.info("params (frozen entries included):\n%s", table)
         # Every start: a resumed run with changed overrides leaves no stale config.
         checkpoint.write_config(config, workdir)
         writer = metrics.Writer(workdir)
@@ -245,7 +258,7 @@ def _loop(
                 scalars |= _rates(
                     steps_per_sec, cfg.batch_size, run_setup.family.per_example, peak
                 )
-                note = progress.note(done)
+                note = progress.note(done, steps_per_sec)
             writer.write_scalars(done, scalars)
             _log_progress(done, cfg.num_steps, scalars, note)
             last_log, last_time = done, time.perf_counter()

@@ -41,7 +41,11 @@ def trained(tmp_path_factory):
         if name not in runs:
             workdir = str(tmp_path_factory.mktemp(name) / "run")
             result = helpers.gen_jax(
-                "train", f"--config=configs/{name}.py:smoke", f"--workdir={workdir}"
+                "train",
+                f"--config=configs/{name}.py:smoke",
+                f"--workdir={workdir}",
+                # Every module imported, on stderr: what a run loads is checked.
+                env={"PYTHONPROFILEIMPORTTIME": "1"},
             )
             assert result.returncode == 0, result.stderr[-3000:]
             runs[name] = (workdir, result)

@@ -40,12 +40,13 @@ def cli(
 
 
 def gen_jax(
-    *args: str, devices: int = 4, timeout: int = 600
+    *args: str, devices: int = 4, timeout: int = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """Runs the `gen-jax` console script (as installed by pip) from the repository root."""
+    """Runs the `gen-jax` console script (as installed by pip) from the repository
+    root; `env` adds to the environment."""
     script = shutil.which("gen-jax")
     assert script, "the gen-jax console script is missing: pip install -e ."
-    return _run([script, *args], devices, timeout)
+    return _run([script, *args], devices, timeout, env)
 
 
 def start_cli(*args: str, devices: int = 4) -> subprocess.Popen:
@@ -105,11 +106,13 @@ def run_module(
     return _run([sys.executable, "-m", module, *args], devices, timeout)
 
 
-def _run(argv: list[str], devices: int, timeout: int) -> subprocess.CompletedProcess:
+def _run(
+    argv: list[str], devices: int, timeout: int, env: dict | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         argv,
         cwd=ROOT,
-        env=cli_env(devices),
+        env=cli_env(devices) | (env or {}),
         check=False,
         capture_output=True,
         text=True,

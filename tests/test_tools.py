@@ -49,6 +49,18 @@ def test_train_cli_runs_each_family_end_to_end(trained, name):
         )
     log = trained.log(name)
     assert "step 6/6" in log and "ETA" in log and "Traceback" not in log
+    # The run imported clu's metrics and no TensorFlow (PYTHONPROFILEIMPORTTIME
+    # lines: "import time: self | cumulative | module").
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in log.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "clu.metrics" in imported
+    assert not {m for m in imported if m.split(".")[0] == "tensorflow"}
+    # One steps/s: the progress line shows what metrics.jsonl logs.
+    last = [r for r in rows if "steps_per_sec" in r][-1]
+    assert f"{last['steps_per_sec']:.1f} steps/s" in log
     config = importlib.import_module(f"configs.{name}").get_config("smoke")
     for evaluator, cfg in config.evals.items():
         if cfg.type == "samples":
@@ -118,6 +130,17 @@ def test_evaluate_cli_scores_samples_and_real_data_better(trained, tmp_path):
     assert real["frechet_distance"] < noise["frechet_distance"] / 2
     assert real["precision"] > noise["precision"] and real["recall"] > noise["recall"]
     assert real["inception_score"] > 5 > noise["inception_score"]
+
+
+@pytest.mark.parametrize("name", ["vae_digits", "ddpm_digits"])
+def test_evaluate_cli_takes_any_number_of_samples(trained, tmp_path, name):
+    """16 samples with the default batch of 100: one partial batch."""
+    workdir = trained.copy(name, tmp_path / name)
+    result = helpers.gen_jax("evaluate", f"--workdir={workdir}", "--num_samples=16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = [r for r in helpers.read_metrics(workdir) if "eval/quality/kid" in r]
+    assert row["eval/quality/num_samples"] == 16
+    assert np.isfinite(row["eval/quality/frechet_distance"])
 
 
 def _one_line_error(result, rc: int) -> str:

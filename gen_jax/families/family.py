@@ -98,8 +98,8 @@ class Family:
     # logs tokens_per_sec; {"flops": F} logs model FLOP/s and MFU.
     per_example: dict[str, float] = dataclasses.field(default_factory=dict)
     # Phase -> update interval in steps (default 1): step.train_step skips a
-    # phase between its steps (a GAN's generator after n discriminator steps);
-    # train.py checks the intervals divide train.log_every_steps.
+    # phase between its steps (a GAN's generator after n discriminator steps)
+    # and reports `<phase>/updates`, which train.py's log window weighs by.
     every: dict[str, int] = dataclasses.field(default_factory=dict)
     # Params entries that no optimizer updates and the EMA does not copy
     # (LoRA's frozen base, families/lora.py): TrainState.create, so the EMA

@@ -65,7 +65,8 @@ def make(config: ml_collections.ConfigDict) -> Family:
     check_name("config.model.name", config.model.name, MODELS)
     kind, z_dim = cfg.loss, config.model.z_dim
     num_classes = config.data.num_classes if cfg.conditional else 0
-    kwargs = {k: v for k, v in config.model.items() if k != "name"}
+    # z_dim is the family's (it draws the latents); the networks take any width.
+    kwargs = {k: v for k, v in config.model.items() if k not in ("name", "z_dim")}
     model = MODELS[config.model.name](
         **kwargs,
         image_size=config.data.image_size,

@@ -76,7 +76,6 @@ class DCDiscriminator(nn.Module):
 
 def make_pair(
     *,
-    z_dim: int,
     gen_channels: int,
     disc_channels: int,
     channel_mults: Sequence[int],
@@ -87,8 +86,8 @@ def make_pair(
     gen_norm: str = "group",  # group | none
     dtype: str = "float32",
 ) -> layers.GANPair:
-    """The DCGAN pair (`z_dim` is the family's: the networks take any width)."""
-    del z_dim
+    """The DCGAN pair; the generator takes a latent of any width (config.model.z_dim,
+    which the GAN family draws)."""
     if gen_norm not in GEN_NORMS:  # at build time, not when first traced
         raise ValueError(
             f"unknown config.model.gen_norm {gen_norm!r}; "

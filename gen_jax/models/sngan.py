@@ -117,7 +117,6 @@ class ResDiscriminator(nn.Module):
 
 def make_pair(
     *,
-    z_dim: int,
     gen_channels: int,
     disc_channels: int,
     gen_blocks: int,  # 2x upsampling blocks from a (image_size / 2**n)^2 grid
@@ -129,8 +128,8 @@ def make_pair(
     spectral_norm: bool = True,
     dtype: str = "float32",
 ) -> layers.GANPair:
-    """The SNGAN pair (`z_dim` is the family's: the networks take any width)."""
-    del z_dim
+    """The SNGAN pair; the generator takes a latent of any width (config.model.z_dim,
+    which the GAN family draws)."""
     if image_size % 2**gen_blocks:
         raise ValueError(
             f"image_size {image_size} is not divisible by "
