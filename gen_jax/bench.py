@@ -20,43 +20,15 @@ import numpy as np
 from gen_jax import build, data, metrics, sharding
 
 # Every JSON line has these keys (None where a field does not apply).
-FIELDS = (
-    "time",
-    "mode",
-    "config",
-    "family",
-    "model",
-    "backend",
-    "device_kind",
-    "num_devices",
-    "mesh",
-    "batch_size",
-    "num_params",
-    "frozen_params",
-    "state_bytes",
-    "opt_state_bytes",
-    "ema_bytes",
-    "steps",
-    "warmup",
-    "compile_s",
-    "step_s_median",
-    "step_s_p10",
-    "step_s_p90",
-    "examples_per_s",
-    "tokens_per_s",
-    "flops_per_step_xla",
-    "flops_per_step_analytic",
-    "peak_flops",
-    "peak_flops_source",
-    "mfu",
-    "mfu_analytic",
-    "memory_peak_bytes",
-    "memory_temp_bytes",
-    "memory_argument_bytes",
-    "data_batches_per_s",
-    "data_examples_per_s",
-    "data_warning",
-    "profile_dir",
+FIELDS = tuple(
+    """
+    time mode config family model backend device_kind num_devices mesh batch_size
+    num_params frozen_params state_bytes opt_state_bytes ema_bytes steps warmup
+    compile_s step_s_median step_s_p10 step_s_p90 examples_per_s tokens_per_s
+    flops_per_step_xla flops_per_step_analytic peak_flops peak_flops_source mfu
+    mfu_analytic memory_peak_bytes memory_temp_bytes memory_argument_bytes
+    data_batches_per_s data_examples_per_s data_warning profile_dir
+    """.split()
 )
 
 
