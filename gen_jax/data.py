@@ -22,7 +22,7 @@ DIGITS_TEST_SIZE = 300  # of 1797; the split is fixed, independent of config.see
 
 @functools.cache
 def _load_digits():
-    """scikit-learn's bundled digits, parsed once per process (0.5 s a parse)."""
+    """scikit-learn's bundled digits, parsed once per process (not for free)."""
     from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
 
     return load_digits()

@@ -1,6 +1,5 @@
 """Metric writers (TensorBoard event files and metrics.jsonl) on process 0, and the NaN guard."""
 
-import io
 import json
 import math
 import os
@@ -12,6 +11,8 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from gen_jax import png
+
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a step produced a non-finite loss or gradient norm."""
@@ -20,8 +21,8 @@ class NonFiniteLossError(FloatingPointError):
 class _TensorBoard:
     """`events.out.tfevents.*` in TensorBoard's record format, written with
     TensorBoard's own record writer and protos (as PyTorch's SummaryWriter
-    does) through epath, so local and gs:// workdirs alike. Not clu's writer:
-    it imports TensorFlow, 6-9 s of every run's start on a 2-core host.
+    does) through epath, so local and gs:// workdirs alike. Not clu's writer,
+    which imports TensorFlow (train.py's docstring says what we take from clu).
     Scalars are `simple_value`s, images PNGs, as TensorBoard reads them."""
 
     def __init__(self, workdir: epath.Path):
@@ -60,17 +61,6 @@ class _TensorBoard:
         self._records.close()
 
 
-def _png(image: np.ndarray) -> bytes:
-    """An HWC uint8 image (C = 1 or 3) as PNG bytes."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
-        buffer, format="PNG"
-    )
-    return buffer.getvalue()
-
-
 class Writer:
     """Writes scalars to TensorBoard and `metrics.jsonl`, images to TensorBoard and PNG.
 
@@ -98,11 +88,11 @@ class Writer:
         """Images are HWC uint8 grids; also saved as `<name>_<step>.png`."""
         if not self.active:
             return
-        pngs = {k: (_png(v), v.shape) for k, v in images.items()}  # encoded once
+        pngs = {k: (png.encode(v), v.shape) for k, v in images.items()}  # encoded once
         self._tb.write_images(step, pngs)
-        for name, (png, _) in pngs.items():
+        for name, (data, _) in pngs.items():
             path = self.workdir / f"{name.replace('/', '_')}_{step}.png"
-            path.write_bytes(png)
+            path.write_bytes(data)
 
     def write_eval(self, step: int, name: str, results: dict) -> None:
         """An evaluator's results: scalars as `eval/<name>/<key>` (and one log
@@ -202,11 +192,11 @@ def image_grid(images_NHWC: np.ndarray, columns: int = 8) -> np.ndarray:
     n, h, w, c = images_NHWC.shape
     rows = -(-n // columns)
     grid = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1, c), 255, np.uint8)
-    pixels = np.clip((np.asarray(images_NHWC, np.float32) + 1) * 127.5, 0, 255)
+    pixels = png.to_uint8(images_NHWC)
     for i in range(n):
         r, col = divmod(i, columns)
         grid[
             1 + r * (h + 1) : 1 + r * (h + 1) + h,
             1 + col * (w + 1) : 1 + col * (w + 1) + w,
-        ] = pixels[i].astype(np.uint8)
+        ] = pixels[i]
     return grid

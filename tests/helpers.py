@@ -7,11 +7,9 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# LLVM at -O0 instead of XLA:CPU's default -O2: compiles dominate this suite.
-# -O1 compiled the tiny test programs 1.5-4x faster than -O2 (a smoke UNet's
-# jitted init 18 s -> 5 s, its train step 23 s -> 15 s); -O0 another ~20%
-# (tests/test_gan.py + test_families.py from a cold cache: 134 s -> 106 s).
-# Both sides of every comparison in the suite compile with the same flags.
+# LLVM at -O0 instead of XLA:CPU's default -O2: compiles dominate this suite,
+# and the tiny test programs compile several times faster unoptimised. Both
+# sides of every comparison in the suite compile with the same flags.
 _XLA_OPT = "--xla_backend_optimization_level=0"
 CACHE_DIR = os.path.join(ROOT, ".pytest_cache", "jax")  # persistent compile cache
 
@@ -165,7 +163,7 @@ def start_server(*args: str, timeout: float = 300) -> tuple[subprocess.Popen, st
 
 def perturbed(params, scale: float = 0.1, seed: int = 9):
     """`params` plus `scale` x N(0, 1) noise, drawn on the host: numpy, so no
-    per-leaf random-number program compiles (5 s for a small DiT's)."""
+    per-leaf random-number program compiles (seconds for a small DiT's)."""
     import jax
     import numpy as np
 
