@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gen_jax import pytree
 from gen_jax.families.family import Family, Params, heldout_metrics
 
 BASE = "lora_base"  # the params entry of the frozen base: {"model": params}
@@ -31,14 +32,6 @@ def _inputs(module: nn.Module) -> int | None:
     if isinstance(module, nn.Dense):
         return 1
     return None
-
-
-def _node(tree: dict, path) -> dict | None:
-    for key in path:
-        if not isinstance(tree, dict) or key not in tree:
-            return None
-        tree = tree[key]
-    return tree
 
 
 def _record(found: dict):
@@ -63,7 +56,7 @@ def _select(found: dict, model_params: dict, cfg) -> dict:
     pattern = re.compile(cfg.targets) if cfg.targets else None
     chosen, kernels = {}, []
     for path, module in sorted(found.items()):
-        node = _node(model_params, path)
+        node = pytree.subtree(model_params, path)
         if not isinstance(node, dict) or "kernel" not in node:
             continue
         kernel = node["kernel"]
@@ -92,7 +85,7 @@ def _adapted(adapters: dict, scale: float, rate: float, key):
 
     def interceptor(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
-        node = _node(adapters, context.module.path)
+        node = pytree.subtree(adapters, context.module.path)
         if context.method_name != "__call__" or not node or "lora_a" not in node:
             return out
         a, b = node["lora_a"], node["lora_b"]
