@@ -21,12 +21,8 @@ PTH_NAME = "pt_inception-2015-12-05-6726825d.pth"
 PTH_URL = "https://github.com/mseitzer/pytorch-fid/releases"
 _BN_EPS = 1e-3
 # pytorch-fid's BatchNorm2d fields -> our BasicConv2d params.
-_BN = {
-    "weight": "bn_scale",
-    "bias": "bn_bias",
-    "running_mean": "bn_mean",
-    "running_var": "bn_var",
-}
+_BN = {"weight": "bn_scale", "bias": "bn_bias"}
+_BN |= {"running_mean": "bn_mean", "running_var": "bn_var"}
 
 
 def avg_pool_3x3(x_BHWC: jax.Array) -> jax.Array:
