@@ -51,9 +51,9 @@ class _TensorBoard:
         values = [
             Value(
                 tag=k,
-                image=Image(height=h, width=w, colorspace=c, encoded_image_string=png),
+                image=Image(height=h, width=w, colorspace=c, encoded_image_string=data),
             )
-            for k, (png, (h, w, c)) in pngs.items()
+            for k, (data, (h, w, c)) in pngs.items()
         ]
         self._add(step=step, summary=self._summary.Summary(value=values))
 

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from gen_jax import checkpoint, metrics, sharding
+from gen_jax import checkpoint, metrics, png, sharding
 
 
 def images(run: checkpoint.Run, *, num_samples: int, seed: int = 0) -> np.ndarray:
@@ -25,15 +25,11 @@ def write_images(workdir: str, images_NHWC: np.ndarray, name: str) -> str:
     samples = epath.Path(workdir) / "samples"
     prefix = str(samples / name)
     if jax.process_index() == 0:
-        from PIL import Image
-
         samples.mkdir(parents=True, exist_ok=True)
         with epath.Path(prefix + ".npz").open("wb") as f:
             np.savez(f, images=images_NHWC)
         grid = metrics.image_grid(images_NHWC)
-        pil = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
-        with epath.Path(prefix + ".png").open("wb") as f:
-            pil.save(f, format="PNG")
+        epath.Path(prefix + ".png").write_bytes(png.encode(grid))
     return prefix
 
 
