@@ -9,7 +9,7 @@ import pytest
 from configs import lm_pydoc
 from gen_jax import build, data, families, sharding, text
 from gen_jax.families import lm
-from gen_jax.models import transformer
+from gen_jax.models import attention, transformer
 from tests import helpers
 
 
@@ -269,7 +269,8 @@ def test_a_scanned_run_resumes_exactly_and_exports(tmp_path):
     the scanned layout; LoRA refuses it in one line."""
     import shutil
 
-    from gen_jax import artifact, checkpoint, export, train
+    from gen_jax import checkpoint, train
+    from gen_jax.deploy import artifact, export
 
     config = lm_pydoc.get_config("smoke")
     config.model.scan_layers = True
@@ -291,7 +292,7 @@ def test_a_scanned_run_resumes_exactly_and_exports(tmp_path):
 @pytest.mark.parametrize("kv_heads", [4, 2])
 @pytest.mark.parametrize("length", [12, 128])
 def test_both_attention_implementations_agree(kv_heads, length):
-    """`attention`'s XLA layout (CPU's default; at 128 tokens its causal form
+    """`attention.attention`'s XLA layout (CPU's default; at 128 tokens its causal form
     runs in two query blocks) and jax.nn.dot_product_attention (elsewhere):
     causal, and with a packed-row mask, plain and grouped-query, values and
     gradients."""
@@ -300,7 +301,7 @@ def test_both_attention_implementations_agree(kv_heads, length):
     k, v = (jax.random.normal(key, (2, length, kv_heads, 8)) for key in keys[1:])
     first = length // 3
     segments = jnp.asarray([[1] * first + [2] * (length - first), [1] * length])
-    mask = transformer.attention_mask(jnp.zeros((2, length), int), segments)
+    mask = attention.attention_mask(jnp.zeros((2, length), int), segments)
     weights = jax.random.normal(jax.random.key(1), q.shape)
 
     @jax.jit
@@ -308,10 +309,10 @@ def test_both_attention_implementations_agree(kv_heads, length):
         out = {}
         for impl in ("fused", "xla"):
             f = lambda q, k, v, impl=impl: (
-                transformer.attention(q, k, v, m, impl=impl) * weights
+                attention.attention(q, k, v, m, impl=impl) * weights
             ).sum()
             out[impl] = (
-                transformer.attention(q, k, v, m, impl=impl),
+                attention.attention(q, k, v, m, impl=impl),
                 jax.grad(f, argnums=(0, 1, 2))(q, k, v),
             )
         return out
@@ -323,3 +324,17 @@ def test_both_attention_implementations_agree(kv_heads, length):
         assert not np.allclose(fused[:, first + 1], 0)
         for a, b in zip(fused_grads, xla_grads):
             np.testing.assert_allclose(b, a, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"norm": "batch"}, "model.norm 'batch'"),
+        ({"mlp": "relu"}, "model.mlp 'relu'"),
+        ({"num_kv_heads": 3}, "num_heads=4 is not a multiple"),
+    ],
+)
+def test_block_config_rejects_a_block_it_cannot_build(kw, match):
+    model = transformer.Transformer(vocab_size=8, num_heads=4, embed_dim=16, **kw)
+    with pytest.raises(ValueError, match=match):
+        model.block_config()

@@ -90,29 +90,15 @@ def _dit(**kw):
 
 
 def test_dit_blocks_start_as_the_identity_and_the_output_at_zero():
-    """adaLN-Zero: every block returns its input exactly at init (the LM's own
-    Block, conditioned), so the DiT predicts 0; trained params move both."""
-    from gen_jax.models import transformer
+    """adaLN-Zero: every block returns its input exactly at init (the LM's
+    sub-layers under the DiT's modulation), so the DiT predicts 0; trained
+    params move both."""
+    from gen_jax.models import attention, dit
 
-    block = transformer.Block(
-        num_heads=2,
-        num_kv_heads=2,
-        head_dim=8,
-        embed_dim=16,
-        mlp_dim=64,
-        dropout=0.0,
-        norm="layer",
-        norm_eps=1e-6,
-        mlp="gelu",
-        qkv_bias=True,
-        qk_norm=False,
-        dtype=jnp.float32,
-        rope=False,
-        adaln=True,
-    )
+    block = dit.DiTBlock(_dit().block_config())
     k1, k2 = jax.random.split(jax.random.key(0))
     x_BLD, cond_BD = jax.random.normal(k1, (2, 5, 16)), jax.random.normal(k2, (2, 16))
-    args = (x_BLD, None, jnp.zeros((2, 5), int), jnp.zeros((1,)), None, cond_BD)
+    args = (x_BLD, None, attention.full_mask(5), cond_BD)
     params = jax.jit(block.init)(jax.random.key(1), *args)
     apply = jax.jit(block.apply)
     np.testing.assert_array_equal(apply(params, *args)[0], x_BLD)

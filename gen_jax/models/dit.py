@@ -1,11 +1,18 @@
 """Diffusion Transformer (Peebles & Xie 2023, "Scalable Diffusion Models with
-Transformers") built from the LM's own block.
+Transformers") built from the LM's block parts.
 
-Patchify (a p x p stride-p conv) -> fixed 2D sin-cos positions -> the blocks
-of models/transformer.py with adaLN-Zero conditioning on the time (+ label)
-embedding and non-causal attention -> an adaLN-modulated final norm and a
-zero-initialised projection -> unpatchify. Every block and the output start
-as the identity / zero (adaLN-Zero), so at init the DiT predicts 0.
+Patchify (a p x p stride-p conv) -> fixed 2D sin-cos positions -> `DiTBlock`s
+-> an adaLN-modulated final norm and a zero-initialised projection ->
+unpatchify. Every block and the output start as the identity / zero
+(adaLN-Zero), so at init the DiT predicts 0.
+
+adaLN belongs here, not to the LM's block: `DiTBlock` takes the same
+`transformer.BlockConfig` and calls the same sub-layers as the LM's `Block`
+(`norm_layer`, `self_attention`, `feed_forward`, whose params land in the
+block's own scope), and wraps them in its modulation; its attention is
+non-causal and has no RoPE (the patches carry their positions). Conditioning
+on text adds one sub-layer call to `DiTBlock` (cross-attention over the text
+tokens, after self-attention) and one argument through `block_stack`.
 
 It takes the UNet's call signature, (x_BHWC, t_B, label_B=None, train=...),
 so the diffusion family trains either under any objective. Its params carry
@@ -30,10 +37,11 @@ the label embedding's null row is index `num_classes`, as the UNet's.
 """
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gen_jax.models import layers, transformer
+from gen_jax.models import attention, layers, transformer
 
 SIZES = {
     "S": {"num_layers": 12, "embed_dim": 384, "num_heads": 6},
@@ -58,6 +66,65 @@ def sincos_2d(grid: int, dim: int) -> np.ndarray:
     return np.concatenate([embed(rows), embed(cols)], axis=1).astype(np.float32)
 
 
+def modulate(h_BLD: jax.Array, shift_B1D: jax.Array, scale_B1D: jax.Array):
+    """adaLN: h (1 + scale) + shift."""
+    return h_BLD * (1 + scale_B1D) + shift_B1D
+
+
+def _adaln(cond_BD: jax.Array, num: int, dtype, name: str, **kw) -> list[jax.Array]:
+    """`num` [B, 1, D] modulations from a zero-initialised projection of the
+    conditioning (adaLN-Zero)."""
+    dense = nn.Dense(
+        num * cond_BD.shape[-1],
+        dtype=dtype,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.zeros, ("embed", "mlp")
+        ),
+        name=name,
+        **kw,
+    )
+    return jnp.split(dense(nn.silu(cond_BD))[:, None], num, -1)
+
+
+class DiTBlock(nn.Module):
+    """A pre-norm block with adaLN-Zero (DiT Sec. 3.2): the conditioning vector
+    sets a shift and scale after each norm and a gate on each branch, from a
+    zero-initialised projection, so the block starts as the identity."""
+
+    config: transformer.BlockConfig
+
+    @nn.compact
+    def __call__(self, x_BLD, cache, mask, cond_BD):
+        """(x, `cache`): a DiT keeps no cache (None); the slot is `block_stack`'s."""
+        cfg = self.config
+        drop = nn.Dropout(cfg.dropout, deterministic=not cfg.train)
+        bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",))
+        mods = _adaln(cond_BD, 6, cfg.dtype, "adaln", bias_init=bias_init)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mods
+        h_BLD = transformer.norm_layer(cfg, "attn_norm")(x_BLD)
+        out_BLD, _ = transformer.self_attention(
+            cfg, modulate(h_BLD, shift1, scale1), mask
+        )
+        x_BLD = x_BLD + gate1 * drop(out_BLD)
+        h_BLD = transformer.norm_layer(cfg, "mlp_norm")(x_BLD)
+        out_BLD = transformer.feed_forward(cfg, modulate(h_BLD, shift2, scale2))
+        return x_BLD + gate2 * drop(out_BLD), cache
+
+
+def _conditioning(t_B, label_B, num_classes: int, width: int, dtype) -> jax.Array:
+    """[B, D]: the time embedding through an MLP, plus the label's embedding."""
+    init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed"))
+    dense = lambda name: nn.Dense(width, dtype=dtype, kernel_init=init, name=name)
+    cond_BD = dense("time_out")(
+        nn.silu(dense("time_in")(layers.timestep_embedding(t_B, 256)))
+    )
+    if not num_classes:
+        return cond_BD
+    # Row `num_classes` is the null label used for unconditional passes.
+    embed = nn.Embed(num_classes + 1, width, embedding_init=init, name="label_embed")
+    return cond_BD + embed(label_B)
+
+
 class DiT(nn.Module):
     out_channels: int
     patch_size: int = 2
@@ -72,17 +139,34 @@ class DiT(nn.Module):
     remat_policy: str = "nothing"
     dtype: str = "float32"
 
+    def block_config(self, *, train: bool = False) -> transformer.BlockConfig:
+        """The BlockConfig of this model's blocks (DiT's: LayerNorm, GELU MLP,
+        biased q/k/v)."""
+        return transformer.BlockConfig(
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_heads,
+            head_dim=self.embed_dim // self.num_heads,
+            embed_dim=self.embed_dim,
+            mlp_dim=self.mlp_ratio * self.embed_dim,
+            norm="layer",
+            norm_eps=1e-6,
+            mlp="gelu",
+            qkv_bias=True,
+            dropout=self.dropout,
+            dtype=layers.compute_dtype(self.dtype),
+            train=train,
+        )
+
     @nn.compact
     def __call__(self, x_BHWC, t_B, label_B=None, *, train: bool = False):
-        dtype = layers.compute_dtype(self.dtype)
+        config = self.block_config(train=train)
+        dtype, d, p = config.dtype, self.embed_dim, self.patch_size
         b, height, width, _ = x_BHWC.shape
-        p = self.patch_size
         if height != width or height % p:
             raise ValueError(
                 f"DiT needs square images whose side divides by model.patch_size="
                 f"{p}; got {height}x{width}"
             )
-        d = self.embed_dim
         grid = height // p
         h = nn.Conv(
             d, (p, p), strides=p, padding="VALID", dtype=dtype, name="patchify"
@@ -90,79 +174,29 @@ class DiT(nn.Module):
         x_BLD = (
             h.reshape(b, grid * grid, d) + jnp.asarray(sincos_2d(grid, d), dtype)[None]
         )
-
-        dense = lambda name: nn.Dense(
-            d,
-            dtype=dtype,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.normal(0.02), (None, "embed")
-            ),
-            name=name,
-        )
-        cond_BD = dense("time_out")(
-            nn.silu(dense("time_in")(layers.timestep_embedding(t_B, 256)))
-        )
-        if self.num_classes:
-            # Row `num_classes` is the null label used for unconditional passes.
-            cond_BD = cond_BD + nn.Embed(
-                self.num_classes + 1,
-                d,
-                embedding_init=nn.with_logical_partitioning(
-                    nn.initializers.normal(0.02), (None, "embed")
-                ),
-                name="label_embed",
-            )(label_B)
-
-        length = grid * grid
-        positions_BL = jnp.broadcast_to(jnp.arange(length), (b, length))
-        full_mask = jnp.ones((1, 1, length, length), bool)  # non-causal
+        cond_BD = _conditioning(t_B, label_B, self.num_classes, d, dtype)
         x_BLD, _ = transformer.block_stack(
+            DiTBlock,
+            config,
             x_BLD,
             None,
-            positions_BL,
-            jnp.zeros((1,), jnp.float32),  # no RoPE
-            full_mask,
+            attention.full_mask(grid * grid),  # non-causal
             cond_BD,
             num_layers=self.num_layers,
             scan_layers=self.scan_layers,
             remat=self.remat,
             remat_policy=self.remat_policy,
-            num_heads=self.num_heads,
-            num_kv_heads=self.num_heads,
-            head_dim=d // self.num_heads,
-            embed_dim=d,
-            mlp_dim=self.mlp_ratio * d,
-            dropout=self.dropout,
-            norm="layer",
-            norm_eps=1e-6,
-            mlp="gelu",
-            qkv_bias=True,
-            qk_norm=False,
-            dtype=dtype,
-            train=train,
-            rope=False,
-            adaln=True,
         )
-
-        zeros = nn.initializers.zeros
-        shift_BD, scale_BD = jnp.split(
-            nn.Dense(
-                2 * d,
-                dtype=dtype,
-                kernel_init=nn.with_logical_partitioning(zeros, ("embed", "mlp")),
-                name="final_adaln",
-            )(nn.silu(cond_BD))[:, None],
-            2,
-            -1,
-        )
+        shift_B1D, scale_B1D = _adaln(cond_BD, 2, dtype, "final_adaln")
         h = nn.LayerNorm(1e-6, dtype=dtype, use_scale=False, use_bias=False)(x_BLD)
-        h = h * (1 + scale_BD) + shift_BD
         out = nn.Dense(
             p * p * self.out_channels,
             dtype=dtype,
-            kernel_init=nn.with_logical_partitioning(zeros, ("embed", None)),
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.zeros, ("embed", None)
+            ),
             name="final",
-        )(h)
+        )(modulate(h, shift_B1D, scale_B1D))
         # Unpatchify: [B, grid*grid, p*p*C] -> [B, H, W, C].
         out = out.reshape(b, grid, grid, p, p, self.out_channels)
         out = out.transpose(0, 1, 3, 2, 4, 5).reshape(

@@ -1,11 +1,12 @@
 """Layers shared by the networks, and the shape-suffix legend used in model code.
 
 Legend: B batch, L length, D width, H heads / height, W image width, K head dim,
-V vocab, F hidden, C channels, Z latent.
+V vocab, F hidden, C channels, Z latent; in attention G kv heads, T key length.
 """
 
 import functools
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -68,6 +69,47 @@ def group_norm(channels: int, groups: int, dtype) -> GroupNorm:
     return GroupNorm(num_groups=math.gcd(groups, channels), dtype=dtype)
 
 
+class Dense(nn.Module):
+    """A bias-free projection of the trailing `len(in_axes)` axes onto
+    `features`, its kernel's axes logically named `in_axes + out_axes`.
+
+    Computed as one 2D matmul, [B*L, in] @ [in, out]: XLA:CPU runs the
+    backward pass of a [B, L, D] @ [D, F] dot_general slower (its weight
+    gradient contracts over two axes). Kernels keep heads outermost, so
+    flattening them leaves a "heads"-sharded axis sharded in blocks."""
+
+    features: tuple[int, ...]
+    in_axes: tuple[str | None, ...]
+    out_axes: tuple[str | None, ...]
+    dtype: Any = jnp.float32
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n_in = len(self.in_axes)
+        in_shape, lead = x.shape[-n_in:], x.shape[:-n_in]
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(
+                nn.initializers.normal(0.02), self.in_axes + self.out_axes
+            ),
+            in_shape + tuple(self.features),
+        )
+        size_in = math.prod(in_shape)
+        y = x.reshape(-1, size_in).astype(self.dtype) @ kernel.reshape(
+            size_in, -1
+        ).astype(self.dtype)
+        y = y.reshape(lead + tuple(self.features))
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, self.out_axes),
+                tuple(self.features),
+            )
+            y = y + bias.astype(self.dtype)[(None,) * len(lead)]
+        return y
+
+
 class ResBlock(nn.Module):
     """GroupNorm-swish-conv twice, the time embedding added in between (DDPM)."""
 
@@ -91,26 +133,6 @@ class ResBlock(nn.Module):
         if x_BHWC.shape[-1] != self.channels:
             x_BHWC = nn.Dense(self.channels, dtype=self.dtype)(x_BHWC)
         return x_BHWC + h
-
-
-class AttentionBlock(nn.Module):
-    """Single-head self-attention over all pixels, residual (DDPM at 16x16)."""
-
-    norm_groups: int
-    dtype: jnp.dtype
-
-    @nn.compact
-    def __call__(self, x_BHWC):
-        b, h, w, c = x_BHWC.shape
-        y = group_norm(c, self.norm_groups, self.dtype)(x_BHWC)
-        qkv = nn.Dense(3 * c, dtype=self.dtype)(y).reshape(b, h * w, 3, 1, c)
-        q_BLHK, k_BLHK, v_BLHK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        # jax.nn.dot_product_attention picks a fused kernel where the backend has one.
-        out = jax.nn.dot_product_attention(q_BLHK, k_BLHK, v_BLHK)
-        out = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros)(
-            out.reshape(b, h, w, c)
-        )
-        return x_BHWC + out
 
 
 _DIMS = ("NHWC", "HWIO", "NHWC")

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen_jax.models import layers
+from gen_jax.models import attention, layers
 
 
 class UNet(nn.Module):
@@ -40,7 +40,7 @@ class UNet(nn.Module):
         def res(channels, h):
             h = block(channels)(h, emb_BD, train=train)
             if h.shape[1] in self.attention_resolutions:
-                h = layers.AttentionBlock(self.norm_groups, dtype)(h)
+                h = attention.AttentionBlock(self.norm_groups, dtype)(h)
             return h
 
         emb_BD = layers.timestep_embedding(t_B, self.channels)
@@ -61,7 +61,7 @@ class UNet(nn.Module):
                 skips.append(h)
 
         h = block(h.shape[-1])(h, emb_BD, train=train)
-        h = layers.AttentionBlock(self.norm_groups, dtype)(h)
+        h = attention.AttentionBlock(self.norm_groups, dtype)(h)
         h = block(h.shape[-1])(h, emb_BD, train=train)
 
         for level, mult in reversed(list(enumerate(self.channel_mults))):
