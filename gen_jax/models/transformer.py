@@ -48,7 +48,7 @@ class BlockConfig:
     own fields (`Transformer.block_config`, `DiT.block_config`)."""
 
     num_heads: int
-    num_kv_heads: int  # grouped-query attention: num_heads / num_kv_heads share
+    num_kv_heads: int  # each shared by num_heads / num_kv_heads query heads (GQA)
     head_dim: int
     embed_dim: int
     mlp_dim: int
@@ -66,14 +66,12 @@ class BlockConfig:
     cache_window: int = 0
 
     def __post_init__(self):
-        if self.norm not in NORMS:
-            raise ValueError(
-                f"unknown model.norm {self.norm!r}; valid: {', '.join(NORMS)}"
-            )
-        if self.mlp not in MLPS:
-            raise ValueError(
-                f"unknown model.mlp {self.mlp!r}; valid: {', '.join(MLPS)}"
-            )
+        for field, valid in (("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, field) not in valid:
+                raise ValueError(
+                    f"unknown model.{field} {getattr(self, field)!r}; "
+                    f"valid: {', '.join(valid)}"
+                )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"model.num_heads={self.num_heads} is not a multiple of "
@@ -289,7 +287,7 @@ class Transformer(nn.Module):
         """Logits (float32) and the updated cache (None when `cache` is None).
 
         Packed rows pass `segment_ids_BL` (tokens attend only within their
-        segment) and per-segment `positions_BL`; `cache_window` is Block's."""
+        segment) and per-segment `positions_BL`; `cache_window` is BlockConfig's."""
         config = self.block_config(train=train, cache_window=cache_window)
         if positions_BL is None:
             positions_BL = jnp.broadcast_to(
