@@ -242,25 +242,21 @@ def soak(url: str, model: str, pid: int | None, *, requests: int) -> dict:
 
 def engine_only(workdir: str, slots: int, *, sequences: int, max_tokens: int) -> dict:
     """The LM engine's own rate, no HTTP: `sequences` sequences of `max_tokens`
-    tokens submitted at once to an in-process `serve.LMEngine`."""
+    tokens submitted at once to an in-process `lm_engine.LMEngine`."""
     import tempfile
 
-    from gen_jax import artifact, checkpoint, export, serve, text
+    from gen_jax import checkpoint
+    from gen_jax.deploy import artifact, export, lm_engine, programs, prometheus
 
     with tempfile.TemporaryDirectory() as tmp:
         export.export_run(checkpoint.open_run(workdir), tmp)
-        art = artifact.Artifact(tmp)
-        spec = art.manifest["lm"]["tokenizer"]
-        tokenizer = text.tokenizer_from_spec(spec, f"{tmp}/tokenizer")
-        metrics = serve.Metrics()
-        serve.declare_metrics(metrics)
-        engine = serve.LMEngine(
-            serve.Programs(art),
-            tokenizer,
+        engine = lm_engine.LMEngine(
+            programs.Programs(artifact.Artifact(tmp)),
             slots=slots,
             max_waiting=sequences,
-            metrics=metrics,
+            metrics=prometheus.serving(),
         )
+        tokenizer = engine.tokenizer
         engine.warm_up()
         engine.start()
         left, done = [sequences], threading.Event()
@@ -275,7 +271,7 @@ def engine_only(workdir: str, slots: int, *, sequences: int, max_tokens: int) ->
         start = time.perf_counter()
         engine.submit(
             [
-                serve.Sequence(prompt, max_tokens, i, 1.0, 0, 1.0, (), emit)
+                lm_engine.Sequence(prompt, max_tokens, i, 1.0, 0, 1.0, (), emit)
                 for i in range(sequences)
             ]
         )

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from gen_jax import artifact
+from gen_jax.deploy import artifact
 from tests import helpers
 
 FAMILIES = ("lm_pydoc", "ddpm_digits", "vae_digits", "gan_digits")

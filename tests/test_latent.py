@@ -102,7 +102,7 @@ def test_latent_needs_a_continuous_objective_and_a_latent_image(runs):
 
 def test_a_latent_run_exports_with_its_autoencoder(runs, tmp_path):
     """The artifact carries the frozen autoencoder and its scalar scale."""
-    from gen_jax import artifact, export
+    from gen_jax.deploy import artifact, export
 
     _, workdir, _ = runs
     export.export_run(checkpoint.open_run(workdir), str(tmp_path / "art"))

@@ -240,28 +240,32 @@ def test_chat_completions_with_the_models_own_template(chat_server):
         client.chat.completions.create(model="qwen", messages=[])
 
 
-def test_warming_up_and_a_full_queue_answer_503_in_openais_shape():
-    """The HTTP side alone, over an engine that is not ready, then full."""
+def _lm_app(ready: bool = True, chat_template: str | None = None):
+    """The LM routes over a stand-in engine whose queue is always full, and its
+    TestClient: the HTTP side alone, nothing compiled."""
+    import dataclasses
+
     from fastapi.testclient import TestClient
 
-    from gen_jax import openai_api, serve, text
+    from gen_jax import text
+    from gen_jax.deploy import app, lm_routes, programs, prometheus
+
+    byte = text.tokenizer_from_spec({"tokenizer": "byte"}, ".")
 
     class Engine:
-        ready, context = False, 32
+        context, metrics = 32, prometheus.serving()
+        tokenizer = dataclasses.replace(byte, chat_template=chat_template)
 
         def submit(self, sequences):
-            raise serve.QueueFull("256 sequences are waiting; retry later")
+            raise programs.QueueFull("256 sequences are waiting; retry later")
 
-    metrics = serve.Metrics()
-    serve.declare_metrics(metrics)
-    app = openai_api.make_app(
-        model_name="m",
-        family="lm",
-        engine=Engine(),
-        tokenizer=text.tokenizer_from_spec({"tokenizer": "byte"}, "."),
-        metrics=metrics,
-    )
-    client = TestClient(app)
+    engine = Engine()
+    engine.ready = ready
+    return engine, TestClient(app.make_app(engine, lm_routes.add, model_name="m"))
+
+
+def test_warming_up_and_a_full_queue_answer_503_in_openais_shape():
+    engine, client = _lm_app(ready=False)
     ask = {"model": "m", "prompt": "hi", "max_tokens": 4}
     assert client.get("/health").status_code == 503
     response = client.post("/v1/completions", json=ask)
@@ -269,7 +273,7 @@ def test_warming_up_and_a_full_queue_answer_503_in_openais_shape():
         response.status_code == 503
         and "warming up" in response.json()["error"]["message"]
     )
-    Engine.ready = True
+    engine.ready = True
     assert client.get("/health").json() == {"status": "ok"}
     response = client.post("/v1/completions", json=ask)
     assert response.status_code == 503
@@ -282,10 +286,12 @@ def test_warming_up_and_a_full_queue_answer_503_in_openais_shape():
 def test_a_failed_sampler_call_fails_its_requests_and_the_batcher_goes_on():
     import types
 
-    from gen_jax import serve
+    from gen_jax.deploy import image_batcher, prometheus
 
     class Programs:
-        artifact = types.SimpleNamespace(manifest={"images": {"num_classes": 0}})
+        artifact = types.SimpleNamespace(
+            manifest={"images": {"shape": [2, 2, 1], "num_classes": 0}}
+        )
         calls = 0
 
         def __call__(self, name, seeds, *rest):
@@ -297,20 +303,145 @@ def test_a_failed_sampler_call_fails_its_requests_and_the_batcher_goes_on():
         def compiled(self):
             return 1
 
-    metrics = serve.Metrics()
-    serve.declare_metrics(metrics)
-    batcher = serve.ImageBatcher(
-        Programs(), max_batch=2, max_wait_s=0.0, max_waiting=4, metrics=metrics
+    batcher = image_batcher.ImageBatcher(
+        Programs(),
+        max_batch=2,
+        max_wait_s=0.0,
+        max_waiting=4,
+        metrics=prometheus.serving(),
     )
     batcher.start()
     results = []
     for seed in (1, 2):
         done = threading.Event()
         batcher.submit(
-            serve.ImageJob(
+            image_batcher.ImageJob(
                 1, seed, None, 1.0, lambda x, d=done: (results.append(x), d.set())
             )
         )
         assert done.wait(30)
     batcher.stop()
     assert results[0] is None and results[1].shape == (1, 2, 2, 1)
+
+
+@pytest.mark.parametrize(
+    "path, body, param, says",
+    [
+        ("completions", b'{"model": "m", "prompt": ', None, "not valid JSON"),
+        ("completions", b"[1, 2]", None, "must be a JSON object"),
+        ("completions", b'{"prompt": "hi"}', "model", "Field required"),
+        ("completions", b'{"model": "m", "prompt": 3}', "prompt", "a string"),
+        ("completions", b'{"model": "m", "prompt": ["a", "b"]}', "prompt", "one"),
+        ("completions", b'{"model": "m", "prompt": "hi", "n": 17}', "n", "17"),
+        ("completions", b'{"model": "m", "prompt": "h", "max_tokens": true}', "max_tokens", "integer"),
+        ("completions", b'{"model": "m", "prompt": "h", "max_tokens": 33}', "max_tokens", "[1, 32]"),
+        ("completions", b'{"model": "m", "prompt": "h", "temperature": "1"}', "temperature", "number"),
+        ("completions", b'{"model": "m", "prompt": "h", "top_p": 0}', "top_p", "greater than 0"),
+        ("completions", b'{"model": "m", "prompt": "h", "seed": 2147483647, "n": 2}', "seed", "n=2"),
+        ("completions", b'{"model": "m", "prompt": "h", "stop": ["a", ""]}', "stop", "non-empty"),
+        ("completions", b'{"model": "m", "prompt": "h", "stop": ["a", "b", "c", "d", "e"]}', "stop", "at most 4"),
+        ("completions", b'{"model": "m", "prompt": "h", "stream": "yes"}', "stream", "boolean"),
+        ("completions", b'{"model": "m", "prompt": "h", "stream_options": {"include_usage": 1}}', "stream_options", "include_usage"),
+        ("chat/completions", b'{"model": "m", "messages": []}', "messages", "at least 1"),
+        ("chat/completions", b'{"model": "m", "messages": [{"role": "user", "content": 3}]}', "messages", "messages[0].content"),
+    ],
+)  # fmt: skip
+def test_every_invalid_body_is_a_400_in_openais_shape_naming_its_field(
+    path, body, param, says
+):
+    """Pydantic's validation, FastAPI's JSON parsing and the routes' own checks
+    alike: 400 (never 422), OpenAI's error object, the field in `param` and
+    one line that names it."""
+    _, client = _lm_app(chat_template="{{ messages[0].content }}")
+    response = client.post(
+        f"/v1/{path}", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error.keys() == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert says in error["message"] and "\n" not in error["message"]
+    if param:
+        assert f"'{param}" in error["message"]
+
+
+def test_null_fields_take_their_defaults_and_an_unknown_model_is_404():
+    _, client = _lm_app()
+    ask = {"model": "m", "prompt": "hi", "max_tokens": None, "stop": None, "user": "u"}
+    response = client.post("/v1/completions", json=ask)
+    assert response.status_code == 503  # validated, then queued: the queue is full
+    response = client.post("/v1/completions", json={**ask, "model": "gpt-4"})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+
+
+def _image_app(images: np.ndarray, *, guidance=None, num_classes=0, steps=None):
+    """The images route over a stand-in batcher that answers every job with
+    `images` at once."""
+    from fastapi.testclient import TestClient
+
+    from gen_jax.deploy import app, image_routes, prometheus
+
+    class Batcher:
+        ready, metrics, max_batch = True, prometheus.serving(), 4
+        shape = images.shape[1:]
+
+        def __init__(self):
+            self.num_classes, self.steps, self.guidance = num_classes, steps, guidance
+            self.default_guidance = 1.0 if guidance is None else guidance
+            self.jobs = []
+
+        def submit(self, job):
+            self.jobs.append(job)
+            job.done(images[: job.count])
+
+    batcher = Batcher()
+    return batcher, TestClient(
+        app.make_app(batcher, image_routes.add, model_name="digits")
+    )
+
+
+@pytest.mark.parametrize(
+    "ask, param, says",
+    [
+        ({"n": 5}, "n", "[1, 4]"),
+        ({"n": 0}, "n", "greater than or equal to 1"),
+        ({"response_format": "url"}, "response_format", "no URLs"),
+        ({"size": "16x16"}, "size", "8x8"),
+        ({"label": 3}, "label", "unconditional"),
+        ({"guidance": 2.0}, "guidance", "no guidance weight"),
+        ({"steps": 50}, "steps", "--sampler_steps=50"),
+        ({"seed": -1}, "seed", "greater than or equal to 0"),
+    ],
+)
+def test_image_requests_the_model_cannot_answer_are_400s(ask, param, says):
+    batcher, client = _image_app(np.zeros((4, 8, 8, 1), np.float32))
+    response = client.post("/v1/images/generations", json={"prompt": "", **ask})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and says in error["message"], error
+    assert not batcher.jobs
+
+
+def test_an_image_request_reaches_the_batcher_as_asked():
+    batcher, client = _image_app(
+        np.zeros((4, 8, 8, 1), np.float32), guidance=1.5, num_classes=10, steps=20
+    )
+    ask = {"model": "digits", "prompt": "", "n": 2, "seed": 7, "label": 3, "steps": 20}
+    response = client.post("/v1/images/generations", json=ask)
+    assert response.status_code == 200 and len(response.json()["data"]) == 2
+    (job,) = batcher.jobs
+    assert (job.count, job.seed, job.label, job.guidance) == (2, 7, 3, 1.5)
+
+
+def test_the_openapi_spec_publishes_the_request_schemas():
+    _, client = _lm_app(chat_template="{{ messages[0].content }}")
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert {"CompletionRequest", "ChatCompletionRequest", "ChatMessage"} <= set(schemas)
+    assert schemas["CompletionRequest"]["properties"]["temperature"]["maximum"] == 2
+    body = spec["paths"]["/v1/completions"]["post"]["requestBody"]
+    ref = body["content"]["application/json"]["schema"]["$ref"]
+    assert ref.endswith("/CompletionRequest")
+    _, client = _image_app(np.zeros((1, 8, 8, 1), np.float32))
+    assert "ImageRequest" in client.get("/openapi.json").json()["components"]["schemas"]

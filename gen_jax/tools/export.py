@@ -32,7 +32,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     tool_flags.require("workdir", "out")
-    from gen_jax import checkpoint, export
+    from gen_jax import checkpoint
+    from gen_jax.deploy import export
 
     config = checkpoint.load_config(FLAGS.workdir)
     tool_flags.apply_sampler_overrides(config, FLAGS.workdir)

@@ -56,66 +56,36 @@ def main(argv: list[str]) -> None:
     import pathlib
     import tempfile
 
-    from gen_jax import artifact, openai_api, serve, text
+    from gen_jax.deploy import server
 
     source = FLAGS.artifact or FLAGS.workdir
     with tempfile.TemporaryDirectory(prefix="gen_jax_serve_") as scratch:
         directory = FLAGS.artifact
         if FLAGS.workdir is not None:
-            from gen_jax import checkpoint, export
+            from gen_jax import checkpoint
+            from gen_jax.deploy import export
 
             run = checkpoint.open_run(FLAGS.workdir)
             export.export_run(run, scratch, context=FLAGS.context or None)
             directory = scratch
-        art = artifact.Artifact(directory)
-        programs = serve.Programs(art)
-        metrics = serve.Metrics()
-        serve.declare_metrics(metrics)
         name = FLAGS.model_name or pathlib.Path(source.rstrip("/")).name
-        manifest = art.manifest
-        if "lm" in manifest:  # what the artifact makes: text, else images
-            tokenizer = text.tokenizer_from_spec(
-                manifest["lm"]["tokenizer"], str(pathlib.Path(directory) / "tokenizer")
-            )
-            engine = serve.LMEngine(
-                programs,
-                tokenizer,
-                slots=FLAGS.slots,
-                max_waiting=FLAGS.max_waiting,
-                metrics=metrics,
-            )
-            api = openai_api.make_app(
-                model_name=name,
-                engine=engine,
-                tokenizer=tokenizer,
-                metrics=metrics,
-            )
-        else:
-            info = manifest["images"]
-            engine = serve.ImageBatcher(
-                programs,
-                max_batch=FLAGS.max_batch,
-                max_wait_s=FLAGS.max_wait_ms / 1000,
-                max_waiting=FLAGS.max_waiting,
-                metrics=metrics,
-            )
-            api = openai_api.make_app(
-                model_name=name,
-                engine=engine,
-                image_shape=info["shape"],
-                num_classes=info["num_classes"],
-                steps=info.get("steps"),
-                guidance=info.get("guidance"),
-                metrics=metrics,
-            )
+        engine, api = server.build(
+            directory,
+            model_name=name,
+            slots=FLAGS.slots,
+            max_batch=FLAGS.max_batch,
+            max_wait_s=FLAGS.max_wait_ms / 1000,
+            max_waiting=FLAGS.max_waiting,
+        )
+        family = engine.programs.artifact.family
         logging.info(
-            "serving %s (%s) on http://%s:%d", name, art.family, FLAGS.host, FLAGS.port
+            "serving %s (%s) on http://%s:%d", name, family, FLAGS.host, FLAGS.port
         )
         print(
-            f"serving {name} ({art.family}) on http://{FLAGS.host}:{FLAGS.port}",
+            f"serving {name} ({family}) on http://{FLAGS.host}:{FLAGS.port}",
             flush=True,
         )
-        openai_api.run_server(
+        server.run_server(
             api,
             host=FLAGS.host,
             port=FLAGS.port,

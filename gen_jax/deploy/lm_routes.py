@@ -1,0 +1,212 @@
+"""OpenAI's completions, and chat completions when the tokenizer has a chat
+template, over the LM engine: `n` choices (choice i samples with seed + i),
+stop sequences and usage, answered whole or streamed as server-sent events."""
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+
+from gen_jax import text
+from gen_jax.deploy import errors, schemas
+from gen_jax.deploy.lm_engine import LMEngine, Sequence
+
+Arrivals = AsyncIterator[tuple[int, str, str | None]]  # (choice, delta, finish)
+
+
+def add(app: FastAPI, engine: LMEngine, model_name: str) -> None:
+    """POST /v1/completions, and /v1/chat/completions with a chat template."""
+    tokenizer = engine.tokenizer
+
+    @app.post("/v1/completions")
+    async def completions(body: schemas.CompletionRequest):
+        errors.check_model(body.model, model_name)
+        prompt_ids = tokenizer.prompt(body.prompt)
+        return await _respond(engine, model_name, body, prompt_ids, chat=False)
+
+    if not tokenizer.chat_template:
+        return
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: schemas.ChatCompletionRequest):
+        errors.check_model(body.model, model_name)
+        messages = [m.model_dump() for m in body.messages]
+        rendered = text.render_chat(tokenizer, messages, add_generation_prompt=True)
+        prompt_ids = tokenizer.encode(rendered)
+        return await _respond(engine, model_name, body, prompt_ids, chat=True)
+
+
+async def _respond(
+    engine: LMEngine,
+    model_name: str,
+    body: schemas.Sampling,
+    prompt_ids: np.ndarray,
+    *,
+    chat: bool,
+):
+    errors.check_ready(engine)
+    sequences, arrivals = _start(
+        engine, lambda emit_for: _sequences(body, engine, prompt_ids, emit_for)
+    )
+    reply = _Reply(model_name, chat, len(prompt_ids), sequences)
+    if body.stream:
+        usage = body.stream_options is not None and body.stream_options.include_usage
+        chunks = reply.chunks(arrivals, usage)
+        return StreamingResponse(_sse(chunks), media_type="text/event-stream")
+    return await reply.whole(arrivals)
+
+
+def _sequences(
+    body: schemas.Sampling, engine: LMEngine, prompt_ids: np.ndarray, emit_for
+) -> list[Sequence]:
+    """The request's sequences (`n` choices of the prompt), checked against
+    what only the server knows: its context."""
+    n, max_tokens = body.n, body.max_tokens
+    if max_tokens > engine.context:
+        raise errors.BadRequest(
+            f"'max_tokens' must be in [1, {engine.context}], got {max_tokens}",
+            "max_tokens",
+        )
+    seed = body.seed
+    if seed is not None and seed > schemas.SEEDS - n:
+        raise errors.BadRequest(
+            f"'seed' must be in [0, {schemas.SEEDS - n}] with n={n}, got {seed}",
+            "seed",
+        )
+    if seed is None:  # still one stream per choice
+        seed = int.from_bytes(os.urandom(4), "little") % (schemas.SEEDS - n)
+    if len(prompt_ids) == 0:
+        raise errors.BadRequest("the prompt is empty", "prompt")
+    if len(prompt_ids) + max_tokens > engine.context:
+        raise errors.BadRequest(
+            f"this model's context is {engine.context} tokens; the prompt has "
+            f"{len(prompt_ids)} and max_tokens is {max_tokens}: shorten the prompt "
+            "or lower max_tokens",
+            "max_tokens",
+            code="context_length_exceeded",
+        )
+    return [
+        Sequence(
+            prompt_ids,
+            max_tokens,
+            seed + i,
+            float(body.temperature),
+            body.top_k,
+            float(body.top_p),
+            body.stop,
+            emit_for(i),
+        )
+        for i in range(n)
+    ]
+
+
+def _start(engine: LMEngine, make_sequences: Callable) -> tuple[list, Arrivals]:
+    """Builds and queues the request's sequences, so a bad field or a full
+    queue raises here, before any response (or stream) has begun. Returns
+    (the sequences, an async iterator of (index, delta, finish) as they come)."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+
+    def emit_for(i):
+        return lambda delta, finish: loop.call_soon_threadsafe(
+            events.put_nowait, (i, delta, finish)
+        )
+
+    sequences = make_sequences(emit_for)
+    engine.submit(sequences)
+
+    async def arrivals():
+        left = len(sequences)
+        while left:
+            i, delta, finish = await events.get()
+            left -= finish is not None
+            yield i, delta, finish
+
+    return sequences, arrivals()
+
+
+async def _sse(chunks: AsyncIterator[dict]) -> AsyncIterator[str]:
+    async for chunk in chunks:
+        yield f"data: {json.dumps(chunk)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+class _Reply:
+    """One request's answer in OpenAI's objects: whole, or as chunks."""
+
+    def __init__(self, model_name: str, chat: bool, prompt_length: int, sequences):
+        self.chat, self.prompt_length, self.sequences = chat, prompt_length, sequences
+        self.kind = "chat.completion" if chat else "text_completion"
+        self.chunk_kind = self.kind + ".chunk" if chat else self.kind
+        self.head = {
+            "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
+            "object": self.kind,
+            "created": int(time.time()),
+            "model": model_name,
+        }
+
+    def usage(self) -> dict:
+        prompt = self.prompt_length * len(self.sequences)
+        completion = sum(len(s.tokens) for s in self.sequences)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+    async def whole(self, arrivals: Arrivals) -> dict:
+        texts, finishes = {}, {}
+        async for i, delta, finish in arrivals:
+            if finish == "error":
+                raise RuntimeError("generation failed; the server log has the cause")
+            texts[i] = texts.get(i, "") + delta
+            if finish:
+                finishes[i] = finish
+        choices = [
+            self._choice(i, texts.get(i, ""), finishes[i]) for i in sorted(finishes)
+        ]
+        return {**self.head, "choices": choices, "usage": self.usage()}
+
+    async def chunks(self, arrivals: Arrivals, usage: bool) -> AsyncIterator[dict]:
+        head, started = {**self.head, "object": self.chunk_kind}, set()
+        async for i, delta, finish in arrivals:
+            first = i not in started
+            started.add(i)
+            yield {**head, "choices": [self._delta(i, delta, finish, first)]}
+        if usage:
+            yield {**head, "choices": [], "usage": self.usage()}
+
+    def _choice(self, i: int, text_: str, finish: str) -> dict:
+        if not self.chat:
+            return {
+                "index": i,
+                "text": text_,
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+        message = {"role": "assistant", "content": text_}
+        return {
+            "index": i,
+            "logprobs": None,
+            "finish_reason": finish,
+            "message": message,
+        }
+
+    def _delta(self, i: int, delta: str, finish: str | None, first: bool) -> dict:
+        if not self.chat:
+            return {
+                "index": i,
+                "text": delta,
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+        content = (
+            {"role": "assistant", "content": delta} if first else {"content": delta}
+        )
+        return {"index": i, "delta": content, "logprobs": None, "finish_reason": finish}

@@ -1,0 +1,129 @@
+"""The request bodies of the OpenAI routes as Pydantic models: FastAPI validates
+each body against its model (a failure answers 400 in OpenAI's error shape,
+errors.py) and /openapi.json publishes them. Types are strict (a bool is not an
+int, "1" not a number); a null field takes its default, as OpenAI's API does.
+Limits known only when serving (the context, the batch) are the routes' checks."""
+
+from typing import Annotated, Any
+
+import pydantic
+from pydantic import Field, StrictBool, StrictInt, StrictStr
+from pydantic_core import PydanticCustomError
+
+MAX_N = 16  # choices per request
+MAX_STOPS = 4  # as OpenAI
+SEEDS = 2**31  # seeds are int32: choice i samples with seed + i
+
+# An int or a float (never a bool or a string).
+Number = Annotated[float, Field(strict=True)]
+
+
+def _one_prompt(value: Any) -> str:
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if not isinstance(value, str):
+        raise PydanticCustomError("prompt", "must be a string (or a list of one)")
+    return value
+
+
+def _stops(value: Any) -> tuple[str, ...]:
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+        raise PydanticCustomError(
+            "stop", "must be a non-empty string or a list of them"
+        )
+    if len(stops) > MAX_STOPS:
+        raise PydanticCustomError("stop", f"takes at most {MAX_STOPS} sequences")
+    return tuple(stops)
+
+
+Prompt = Annotated[
+    str,
+    pydantic.BeforeValidator(_one_prompt),
+    pydantic.WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}, "maxItems": 1},
+            ],
+            "description": "the text to complete (a list holds one)",
+        }
+    ),
+]
+Stops = Annotated[
+    tuple[str, ...],
+    pydantic.BeforeValidator(_stops),
+    pydantic.WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1},
+                    "maxItems": MAX_STOPS,
+                },
+            ],
+            "description": "text that ends a choice (not part of it)",
+        }
+    ),
+]
+
+
+class Body(pydantic.BaseModel):
+    """A request body; fields it does not know are ignored, as OpenAI's
+    clients send more than a model uses."""
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+class StreamOptions(Body):
+    include_usage: StrictBool = False
+
+
+class Sampling(Body):
+    """What completions and chat completions share: the model, how many
+    tokens and choices, how each token is sampled, streaming."""
+
+    model: StrictStr
+    max_tokens: StrictInt = Field(16, ge=1, description="at most the context")
+    n: StrictInt = Field(1, ge=1, le=MAX_N, description="choice i: seed + i")
+    temperature: Number = Field(1.0, ge=0, le=2, description="0 is greedy")
+    top_p: Number = Field(1.0, gt=0, le=1)
+    top_k: StrictInt = Field(0, ge=0, lt=SEEDS, description="0: off")
+    seed: StrictInt | None = Field(None, ge=0, lt=SEEDS)
+    stop: Stops = ()
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+
+
+class CompletionRequest(Sampling):
+    prompt: Prompt
+
+
+class ChatMessage(pydantic.BaseModel):
+    role: StrictStr
+    content: StrictStr
+
+
+class ChatCompletionRequest(Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class ImageRequest(Body):
+    """OpenAI's image generation, with the labels, seed, guidance and steps of
+    `gen-jax sample`; the prompt is accepted and unused (no text conditioning)."""
+
+    model: StrictStr | None = None  # optional in OpenAI's images API
+    prompt: StrictStr = ""
+    n: StrictInt = Field(1, ge=1, description="at most the server's --max_batch")
+    response_format: StrictStr = Field("b64_json", description="b64_json only")
+    size: StrictStr | None = Field(None, description="HxW: the model's own size")
+    seed: StrictInt | None = Field(None, ge=0, lt=SEEDS)
+    label: StrictInt | None = Field(None, ge=0, description="default: every class")
+    guidance: Number | None = Field(None, ge=0, le=100)
+    steps: StrictInt | None = Field(None, ge=1, description="fixed at export")
