@@ -32,9 +32,9 @@ Sizes (DiT Table 1; patch size is separate, DiT-S/2 has patch 2):
 
 Differences from the paper's network: the blocks' norms keep a learned scale
 and bias (DiT's are affine-free; at init they are the identity, so adaLN-Zero
-starts the same); the MLP and attention output projections have no bias (the
-LM's; q, k and v have one);
-the label embedding's null row is index `num_classes`, as the UNet's.
+starts the same); the MLP and the attention's output projection have no bias
+(the LM's; q, k and v have one); the label embedding's null row is index
+`num_classes`, as the UNet's.
 """
 
 import flax.linen as nn
