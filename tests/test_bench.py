@@ -12,7 +12,7 @@ import pytest
 from configs import lm_pydoc, vae_digits
 from gen_jax import bench, families
 from gen_jax.families import lm
-from gen_jax.models import layers, transformer
+from gen_jax.models import layers
 from tests import helpers
 
 
@@ -186,7 +186,7 @@ def test_group_norm_equals_flax_group_norm(shape, groups, dtype):
 def test_transformer_dense_equals_dense_general():
     key = jax.random.key(0)
     x = jax.random.normal(key, (2, 5, 3, 4))
-    fast = transformer.Dense((6, 2), ("heads", "kv"), ("embed", None))
+    fast = layers.Dense((6, 2), ("heads", "kv"), ("embed", None))
     reference = nn.DenseGeneral((6, 2), axis=(-2, -1), use_bias=False)
     params = nn.unbox(fast.init(key, x))
     assert params["params"]["kernel"].shape == (3, 4, 6, 2)

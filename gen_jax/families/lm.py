@@ -18,14 +18,14 @@ from gen_jax.families.family import (
     check_name,
     seeded_keys,
 )
-from gen_jax.models import MODELS, transformer
+from gen_jax.models import MODELS, block, transformer
 
 
 def make_model(config: ml_collections.ConfigDict):
     """The Transformer for `config` and the tokenizer that sets its vocabulary."""
     check_name("config.model.name", config.model.name, ("transformer",))
-    check_name("config.model.norm", config.model.norm, transformer.NORMS)
-    check_name("config.model.mlp", config.model.mlp, transformer.MLPS)
+    check_name("config.model.norm", config.model.norm, block.NORMS)
+    check_name("config.model.mlp", config.model.mlp, block.MLPS)
     tokenizer = text.make_tokenizer(config.data)
     kwargs = {k: v for k, v in config.model.items() if k != "name"}
     kwargs["rope_llama3"] = tuple(kwargs.get("rope_llama3", ()))  # JSON gives a list

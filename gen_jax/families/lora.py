@@ -27,7 +27,7 @@ BASE = "lora_base"  # the params entry of the frozen base: {"model": params}
 def _inputs(module: nn.Module) -> int | None:
     """How many trailing input axes the module's kernel contracts (None: not a
     Dense, e.g. a convolution)."""
-    if hasattr(module, "in_axes"):  # models.transformer.Dense
+    if hasattr(module, "in_axes"):  # models.layers.Dense
         return len(module.in_axes)
     if isinstance(module, nn.Dense):
         return 1

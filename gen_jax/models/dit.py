@@ -7,7 +7,7 @@ unpatchify. Every block and the output start as the identity / zero
 (adaLN-Zero), so at init the DiT predicts 0.
 
 adaLN belongs here, not to the LM's block: `DiTBlock` takes the same
-`transformer.BlockConfig` and calls the same sub-layers as the LM's `Block`
+`block.BlockConfig` and calls the same sub-layers as the LM's `Block`
 (`norm_layer`, `self_attention`, `feed_forward`, whose params land in the
 block's own scope), and wraps them in its modulation; its attention is
 non-causal and has no RoPE (the patches carry their positions). Conditioning
@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gen_jax.models import attention, layers, transformer
+from gen_jax.models import attention, block, layers
 
 SIZES = {
     "S": {"num_layers": 12, "embed_dim": 384, "num_heads": 6},
@@ -92,7 +92,7 @@ class DiTBlock(nn.Module):
     sets a shift and scale after each norm and a gate on each branch, from a
     zero-initialised projection, so the block starts as the identity."""
 
-    config: transformer.BlockConfig
+    config: block.BlockConfig
 
     @nn.compact
     def __call__(self, x_BLD, cache, mask, cond_BD):
@@ -102,13 +102,11 @@ class DiTBlock(nn.Module):
         bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",))
         mods = _adaln(cond_BD, 6, cfg.dtype, "adaln", bias_init=bias_init)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods
-        h_BLD = transformer.norm_layer(cfg, "attn_norm")(x_BLD)
-        out_BLD, _ = transformer.self_attention(
-            cfg, modulate(h_BLD, shift1, scale1), mask
-        )
+        h_BLD = block.norm_layer(cfg, "attn_norm")(x_BLD)
+        out_BLD, _ = block.self_attention(cfg, modulate(h_BLD, shift1, scale1), mask)
         x_BLD = x_BLD + gate1 * drop(out_BLD)
-        h_BLD = transformer.norm_layer(cfg, "mlp_norm")(x_BLD)
-        out_BLD = transformer.feed_forward(cfg, modulate(h_BLD, shift2, scale2))
+        h_BLD = block.norm_layer(cfg, "mlp_norm")(x_BLD)
+        out_BLD = block.feed_forward(cfg, modulate(h_BLD, shift2, scale2))
         return x_BLD + gate2 * drop(out_BLD), cache
 
 
@@ -140,10 +138,10 @@ class DiT(nn.Module):
     remat_policy: str = "nothing"
     dtype: str = "float32"
 
-    def block_config(self, *, train: bool = False) -> transformer.BlockConfig:
+    def block_config(self, *, train: bool = False) -> block.BlockConfig:
         """The BlockConfig of this model's blocks (DiT's: LayerNorm, GELU MLP,
         biased q/k/v)."""
-        return transformer.BlockConfig(
+        return block.BlockConfig(
             num_heads=self.num_heads,
             num_kv_heads=self.num_heads,
             head_dim=self.embed_dim // self.num_heads,
@@ -176,7 +174,7 @@ class DiT(nn.Module):
             h.reshape(b, grid * grid, d) + jnp.asarray(sincos_2d(grid, d), dtype)[None]
         )
         cond_BD = _conditioning(t_B, label_B, self.num_classes, d, dtype)
-        x_BLD, _ = transformer.block_stack(
+        x_BLD, _ = block.block_stack(
             DiTBlock,
             config,
             x_BLD,
