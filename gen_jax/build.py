@@ -50,7 +50,7 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
         out_shardings=repl,
     )()
     # Params may come boxed with logical axis names: shard by them, then unbox.
-    abstract, state_sh = checkpoint.abstract_of(init_fn, config, mesh, init_key)
+    abstract, state_sh = checkpoint.abstract_of(init_fn, config, mesh)
     dummy = data.dummy_batch(config.data)
     train_step = jax.jit(
         functools.partial(

@@ -1,13 +1,11 @@
-"""orbax checkpoints of the train state together with the data iterator state,
-and `open_run`: the config and params of a finished run, for the tools.
+"""orbax checkpoints of the train state with the data iterator state, and
+`open_run`: the config and params of a finished run, for the tools.
 
-Restarting with the same workdir resumes from the newest checkpoint that
-restores; newer damaged ones are moved aside with a warning (never deleted).
-A checkpoint whose arrays do not match the config (a changed model) is refused
-before any array is read. The data state is saved as JSON, once:
-data.make_train gives every process the same iterator position, so it restores
-under any process count (grain's own handler writes one file per process and
-needs the same count back).
+A restart resumes from the newest checkpoint that restores; newer damaged ones
+are moved aside with a warning (never deleted). A checkpoint whose arrays do not
+match the config is refused before any array is read. The data state is saved as
+JSON, once: every process has the same iterator position, so it restores under
+any process count (grain's own handler needs the same count back).
 """
 
 import dataclasses
@@ -32,10 +30,9 @@ class CheckpointError(RuntimeError):
 
 
 # Replicated arrays whose per-replica slice would be under this size are
-# written by one replica. orbax's default (0) splits every replicated array
-# across its replicas for parallel transfers, which compiles one slice program
-# per array shape and offset: 48 for a smoke VAE on 4 devices, seconds per run,
-# for nothing on small arrays. Large arrays still save in parallel.
+# written by one replica: orbax's default (0) splits every replicated array,
+# compiling one slice program per shape and offset (48 for a smoke VAE on 4
+# devices), for nothing on small arrays. Large arrays still save in parallel.
 _MIN_REPLICA_SLICE_BYTES = 2**20
 
 
@@ -175,12 +172,8 @@ def restore_latest(
 
 def _damaged(step: int, e: Exception) -> int:
     first = (str(e).splitlines() or [""])[0][:300]
-    logging.warning(
-        "checkpoint at step %d does not restore (%s: %s); trying the previous one",
-        step,
-        type(e).__name__,
-        first,
-    )
+    message = "checkpoint at step %d does not restore (%s: %s); trying the previous one"
+    logging.warning(message, step, type(e).__name__, first)
     return step
 
 
@@ -211,17 +204,11 @@ class Run:
     step: int
 
 
-def abstract_of(init_fn, config, mesh: Mesh, key: jax.Array | None = None):
+def abstract_of(init_fn, config, mesh: Mesh):
     """(ShapeDtypeStructs carrying their target shardings, the shardings) of
     `init_fn(key, dummy batch)`: a run's state (build.setup) or params."""
-    key = jax.random.key(0) if key is None else key
-    boxed = jax.eval_shape(init_fn, key, data.dummy_batch(config.data))
+    boxed = jax.eval_shape(init_fn, jax.random.key(0), data.dummy_batch(config.data))
     return sharding.abstract_with_shardings(boxed, mesh, config.mesh.fsdp_min_size)
-
-
-def abstract_params(family, config, mesh: Mesh) -> dict:
-    """ShapeDtypeStructs of `family`'s params, carrying their target shardings."""
-    return abstract_of(family.init, config, mesh)[0]
 
 
 def open_run(
@@ -240,7 +227,7 @@ def open_run(
     config = load_config(workdir) if config is None else config
     family = families.make(config)
     mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
-    abstract = abstract_params(family, config, mesh)
+    abstract, _ = abstract_of(family.init, config, mesh)
     params, step = load_params(workdir, abstract, ema=ema, step=step)
     if family.deployed is not None:
         family, params = family.deployed(params)
@@ -271,11 +258,9 @@ def load_params(
         item = _params_item(saved, abstract, ema)
         # A params-only read casts to the wanted dtype (a bfloat16 import read
         # into float32), so only the shapes must agree.
-        shapes = lambda flat: {k: v[0] for k, v in flat.items()}
-        want = shapes(_flat_shapes(item))
-        if problem := _mismatch(
-            {k: v for k, v in shapes(saved).items() if k in want}, want
-        ):
+        want = {k: v[0] for k, v in _flat_shapes(item).items()}
+        have = {k: v[0] for k, v in saved.items() if k in want}
+        if problem := _mismatch(have, want):
             raise CheckpointError(
                 f"the checkpoint at {directory}/{step} does not fit this config "
                 f"({problem})"

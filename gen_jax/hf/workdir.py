@@ -65,10 +65,10 @@ def _read_model(hf_dir: str, config: ml_collections.ConfigDict, dtype: str) -> d
     # a scanned model then stacks the layers (briefly holding both on device).
     unrolled = ml_collections.ConfigDict(config.to_dict())
     unrolled.model.scan_layers = False
-    abstract = checkpoint.abstract_params(families.make(unrolled), unrolled, mesh)
+    abstract = checkpoint.abstract_of(families.make(unrolled).init, unrolled, mesh)[0]
     model = safetensors_io.load_params(hf_dir, config.model, abstract["model"], dtype)
     if config.model.get("scan_layers"):
-        scanned = checkpoint.abstract_params(families.make(config), config, mesh)
+        scanned = checkpoint.abstract_of(families.make(config).init, config, mesh)[0]
         stacked = transformer.stack_layers(model, config.model.num_layers)
         shardings = jax.tree.map(lambda a: a.sharding, scanned["model"])
         model = jax.device_put(stacked, shardings)
@@ -131,7 +131,7 @@ def export_run(
     base_cfg_path = epath.Path(tokenizer_dir) / "config.json"
     base = json.loads(base_cfg_path.read_text()) if base_cfg_path.exists() else {}
     mesh = sharding.make_mesh(config.mesh)
-    abstract = checkpoint.abstract_params(family, config, mesh)
+    abstract = checkpoint.abstract_of(family.init, config, mesh)[0]
     params, _ = checkpoint.load_params(workdir, abstract, ema=True)
     model_params, adapters = peft.model_params(params, config, out_dir, merge)
     if config.model.get("scan_layers"):  # HF stores one tensor per layer
