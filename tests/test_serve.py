@@ -1,7 +1,9 @@
 """`gen-jax serve`, driven by OpenAI's own client against a server subprocess:
 completions (streamed, n, stop), continuous batching (16 concurrent requests
 each equal to its solo output), errors that leave the server serving, no
-compile after warm-up, images micro-batched, workdir == artifact, SIGTERM."""
+compile after warm-up, images micro-batched, workdir == artifact, SIGTERM. And
+the HTTP side alone over stand-in engines (nothing compiled): every invalid body
+a 400 in OpenAI's shape naming its field, the request schemas in /openapi.json."""
 
 import base64
 import concurrent.futures
