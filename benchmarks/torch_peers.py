@@ -78,7 +78,7 @@ def _images(batch_size: int, channels: int, size: int) -> dict:
 
 
 def _rope(x, cos, sin):
-    """Rotates channel pairs (i, i + K/2) of x [B, H, L, K] (transformer.rope)."""
+    """Rotates channel pairs (i, i + K/2) of x [B, H, L, K] (attention.rope)."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
