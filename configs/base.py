@@ -103,7 +103,8 @@ SMOKE_MODELS = {
     "diffusion": {
         "channels": 8,
         # One level (no down/up sampling: tests/test_models.py covers those):
-        # a two-level smoke UNet's train step compiled 18 s of a 57 s CLI run.
+        # compiling the train step is most of a smoke run, and each level adds
+        # its convolutions and their gradients to it.
         "channel_mults": (1,),
         "num_res_blocks": 1,
         "norm_groups": 8,
@@ -132,9 +133,12 @@ def shrink_for_smoke(c: ml_collections.ConfigDict, num_steps: int = 6) -> None:
     c.model.update(SMOKE_MODELS.get(c.model.get("name"), SMOKE_MODELS[c.family]))
     if c.family == "diffusion" and c.model.name == "unet":
         c.model.attention_resolutions = (c.data.image_size,)
+        c.diffusion.sample_steps = 4
+    if c.family == "diffusion" and c.diffusion.objective == "ddpm":
         # T=40: room for the README's 20-step samplers; a longer T costs only
-        # the ddpm sampler's loop length, nothing to compile.
-        c.diffusion.update(num_timesteps=40, sample_steps=4, eval_timesteps=4)
+        # the ddpm sampler's loop length, nothing to compile. ddpm's keys, so
+        # set only under ddpm: the other objectives refuse them.
+        c.diffusion.update(num_timesteps=40, eval_timesteps=4)
     if c.family == "lm":
         c.data.seq_len = 17
     for role in c.optim:
@@ -233,11 +237,28 @@ def gan_defaults(c: ml_collections.ConfigDict) -> None:
 
 def diffusion_defaults() -> ml_collections.ConfigDict:
     """`config.diffusion`: the objective (DDPM's process by default: T=1000,
-    linear betas 1e-4..0.02), its samplers and guidance."""
+    linear betas 1e-4..0.02), its samplers and guidance.
+
+    One flat section in four groups: the shared keys, then those of one
+    objective each (ddpm, edm, flow). A run may set only its own objective's
+    keys; another's left off its default fails at make time. The valid
+    samplers of each objective are its record's, in
+    gen_jax/families/diffusion_objectives.py (SAMPLERS; `gen-jax sample --help`)."""
     return ml_collections.ConfigDict(
         {
+            # Shared by every objective.
             "objective": "ddpm",  # ddpm | edm | flow
-            # ddpm
+            "conditional": False,  # on data.num_classes labels, + a null label
+            "label_dropout": 0.1,  # null-label rate, for classifier-free guidance
+            "guidance_scale": 1.0,  # 1 = the conditional model
+            "sampler": "ddim",  # one of the objective's samplers (see above)
+            # ddpm's sampler always uses T; heun to sigma = 0 makes 2 steps - 1
+            # model calls, midpoint 2 per step, the others 1.
+            "sample_steps": 50,
+            # Guidance only at EDM-equivalent noise levels sigma / alpha in
+            # (lo, hi] (Kynkäänniemi et al. 2024); (): everywhere.
+            "guidance_interval": (),
+            # ddpm only (Ho et al. 2020).
             "num_timesteps": 1000,
             "schedule": "linear",  # linear | cosine
             "beta_start": 1e-4,
@@ -245,21 +266,9 @@ def diffusion_defaults() -> ml_collections.ConfigDict:
             "prediction": "eps",  # eps | x0 | v
             "loss": "simple",  # simple | vlb
             "variance": "small",  # p(x_{t-1}|x_t) variance: small (beta~) | large
-            "conditional": False,  # on data.num_classes labels, + a null label
-            "label_dropout": 0.1,  # null-label rate, for classifier-free guidance
-            "guidance_scale": 1.0,  # 1 = the conditional model
-            # ddpm: ddpm | ddim | dpm_solver_pp_2m; edm: euler | heun |
-            # dpm_solver_pp_2m; flow: euler | heun | midpoint | dpm_solver_pp_2m
-            "sampler": "ddim",
-            # ddpm's sampler always uses T; heun to sigma = 0 makes 2 steps - 1
-            # model calls, midpoint 2 per step, the others 1.
-            "sample_steps": 50,
             "ddim_eta": 0.0,
             "eval_timesteps": 50,  # stratified timesteps per image for bits/dim
-            # Guidance only at EDM-equivalent noise levels sigma / alpha in
-            # (lo, hi] (Kynkäänniemi et al. 2024); (): everywhere.
-            "guidance_interval": (),
-            # edm (Karras et al. 2022)
+            # edm only (Karras et al. 2022).
             "sigma_data": 0.5,
             "p_mean": -1.2,  # training ln sigma ~ N(p_mean, p_std^2)
             "p_std": 1.2,
@@ -270,7 +279,7 @@ def diffusion_defaults() -> ml_collections.ConfigDict:
             "churn_min": 0.0,  # S_tmin, S_tmax: the sigma range churned
             "churn_max": 1e9,
             "churn_noise": 1.0,  # S_noise
-            # flow: training t ~ uniform | logit_normal (mean, std; SD3: 0, 1)
+            # flow only: training t ~ uniform | logit_normal (mean, std; SD3: 0, 1).
             "timesteps": "logit_normal",
             "t_mean": 0.0,
             "t_std": 1.0,
@@ -352,6 +361,21 @@ def get_config() -> ml_collections.ConfigDict:
             "targets": "",
             "target_axes": (),
             "base_dtype": "float32",  # bfloat16 halves the frozen base's memory
+        }
+    )
+
+    # Latent diffusion (families/latent.py): with `autoencoder` set, the
+    # diffusion family trains on that VAE run's latents.
+    c.latent = ml_collections.ConfigDict(
+        {
+            "autoencoder": "",  # a VAE run's workdir; "": on pixels
+            # That run's config.model, repeated: this run's shapes are fixed
+            # before any checkpoint is read.
+            "model": {},
+            "likelihood": "bernoulli",  # that run's vae.likelihood (its decoder's)
+            # Training batches whose posterior means set the latent scale.
+            "scale_batches": 10,
+            "scale": 0.0,  # filled at step 0: 1 / std of those means
         }
     )
 

@@ -42,7 +42,7 @@ def get_config(arg: str | None = None):
     c.gan.disc_steps = 5
     for role in ("disc", "gen"):
         c.optim[role].update(lr=2e-4, b1=0.0, b2=0.9)
-    if arg.dcgan:  # the DCGAN baseline at the issue-6 reference shapes
+    if arg.dcgan:  # DCGAN at benchmarks/reference.py's shapes (its PyTorch peer's)
         c.model = {
             "name": "dcgan",
             "z_dim": 100,

@@ -15,8 +15,6 @@ fails to load with both shapes named. `:smoke` pairs with
 vae_latents_digits.py:smoke.
 """
 
-import ml_collections
-
 from configs import base, fm_digits, vae_latents_digits
 
 
@@ -25,15 +23,10 @@ def get_config(arg: str | None = None):
     c = fm_digits.get_config()  # flow + DiT, the digits data, optimizer and evals
     c.model.patch_size = 1
     autoencoder = vae_latents_digits.get_config("smoke" if arg.smoke else None)
-    c.latent = ml_collections.ConfigDict(
-        {
-            "autoencoder": "runs/vae_latents_digits",  # a VAE run's workdir
-            "model": autoencoder.model.to_dict(),
-            "likelihood": autoencoder.vae.likelihood,  # how its decoder reads out
-            # Training batches whose posterior means set the latent scale.
-            "scale_batches": 10,
-            "scale": 0.0,  # filled at step 0: 1 / std of those means
-        }
+    c.latent.update(
+        autoencoder="runs/vae_latents_digits",
+        model=autoencoder.model.to_dict(),
+        likelihood=autoencoder.vae.likelihood,
     )
 
     if arg.smoke:

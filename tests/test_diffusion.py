@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import ddpm_digits, fm_digits
+from configs import base, ddpm_digits, fm_digits
 from gen_jax import families
-from gen_jax.families import diffusion, samplers
+from gen_jax.families import diffusion, diffusion_objectives, samplers
 from gen_jax.families import gaussian_diffusion as gd
 from tests import helpers
 
@@ -20,6 +20,16 @@ def config():
     c = ddpm_digits.get_config("smoke")
     c.model = fm_digits.get_config("smoke").model
     return c
+
+
+def _under(config, objective: str, **updates) -> None:
+    """Switches `config` (a ddpm_digits:smoke one) to `objective`; DDPM's keys
+    that the smoke shrink set go back to their defaults under another one,
+    which refuses them set."""
+    if objective != "ddpm":
+        ddpm = diffusion_objectives.OBJECTIVES["ddpm"].keys
+        config.diffusion.update({k: base.diffusion_defaults()[k] for k in ddpm})
+    config.diffusion.update(objective=objective, **updates)
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
@@ -114,7 +124,7 @@ def test_continuous_objectives_learn_a_one_image_dataset(config, objective, most
     linear part of the denoiser, and what is left at small sigma, the noise
     itself, is hard for a tiny UNet in 200 steps (measured: EDM 1.17 -> 0.97,
     flow 1.36 -> 0.68)."""
-    config.diffusion.update(objective=objective, sampler="euler")
+    _under(config, objective, sampler="euler")
     config.optim.model.update(warmup_steps=0, lr=3e-3)
     family = families.make(config)
     image = jax.random.uniform(jax.random.key(1), (1, 8, 8, 1), minval=-1)
@@ -133,7 +143,9 @@ def test_continuous_objectives_learn_a_one_image_dataset(config, objective, most
 
 def _denoise_fn(config, params, labels):
     """The conditional model alone, as the samplers see it."""
-    model, s = diffusion._model_and_schedule(config)
+    d = config.diffusion
+    model = diffusion.make_model(config)
+    s = gd.make_schedule(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
 
     def denoise(x_t, t_B):
         out = model.apply({"params": params["model"]}, x_t, t_B, labels)
@@ -193,10 +205,10 @@ def test_an_image_does_not_depend_on_what_it_is_batched_with(config):
 
 @pytest.mark.parametrize(
     "objective, name",
-    [(o, n) for o, names in diffusion.SAMPLERS.items() for n in names],
+    [(o, n) for o, names in diffusion_objectives.SAMPLERS.items() for n in names],
 )
 def test_every_sampler_returns_finite_images_in_range(config, objective, name):
-    config.diffusion.update(objective=objective, sampler=name, sample_steps=3)
+    _under(config, objective, sampler=name, sample_steps=3)
     _, _, params = _setup(config)
     images = jax.jit(families.make(config).sample, static_argnums=2)(
         params, jax.random.key(0), 6
@@ -209,7 +221,7 @@ def test_guidance_interval_is_traced_and_gates_guidance(config):
     """The interval (EDM-equivalent sigmas) is an argument: changing it does
     not recompile; an interval holding no step's noise level gives the
     conditional model alone (guidance 1), one holding all gives full guidance."""
-    config.diffusion.update(objective="edm", sampler="heun", sample_steps=3)
+    _under(config, "edm", sampler="heun", sample_steps=3)
     _, batch, params = _setup(config)
     # Off the zero-initialised output layer, so labels change the output.
     params = helpers.perturbed(nn.unbox(params), scale=0.5, seed=4)
@@ -227,17 +239,63 @@ def test_guidance_interval_is_traced_and_gates_guidance(config):
     assert np.abs(everywhere - conditional).max() > 1e-5
 
 
-def test_continuous_objectives_refuse_ddpm_only_settings(config):
+def test_an_objective_refuses_another_objectives_settings(config):
     for update, words in [
         ({"objective": "edm", "sampler": "ddim"}, "samples objective 'ddpm'"),
-        ({"objective": "flow", "loss": "vlb"}, "is DDPM's bound"),
-        ({"objective": "flow", "sampler": "heun", "churn": 10.0}, "churn"),
+        (
+            {"objective": "flow", "loss": "vlb"},
+            (
+                "config.diffusion.loss='vlb' is read only by objective 'ddpm', not "
+                "'flow': leave it at 'simple' or set config.diffusion.objective='ddpm'"
+            ),
+        ),
+        ({"objective": "flow", "sampler": "heun", "churn": 10.0}, "churn=10.0"),
+        ({"objective": "edm", "churn": 10.0, "sampler": "dpm_solver_pp_2m"}, "churn"),
+        ({"objective": "ddpm", "sampler": "ddim", "t_std": 2.0}, "objective 'flow'"),
         ({"objective": "edm", "guidance_interval": (2.0, 1.0)}, "lo < hi"),
     ]:
         c = config.copy_and_resolve_references()
-        c.diffusion.update({"sampler": "heun", **update})
-        with pytest.raises(ValueError, match=words):
+        _under(c, **{"sampler": "heun", **update})
+        with pytest.raises(ValueError) as e:
             diffusion.make(c)
+        assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_records_own_every_key_but_the_shared_ones_with_bases_defaults():
+    """Each config.diffusion key is shared or one objective's, and a record's
+    defaults are configs/base.py's (what it requires of other objectives)."""
+    defaults = base.diffusion_defaults()
+    shared = {
+        "objective",
+        "conditional",
+        "label_dropout",
+        "guidance_scale",
+        "sampler",
+        "sample_steps",
+        "guidance_interval",
+    }
+    owned = [k for o in diffusion_objectives.OBJECTIVES.values() for k in o.keys]
+    assert len(owned) == len(set(owned)) and set(owned) == set(defaults) - shared
+    for objective in diffusion_objectives.OBJECTIVES.values():
+        assert objective.keys == {k: defaults[k] for k in objective.keys}
+    for name, samplers_ in diffusion_objectives.SAMPLERS.items():
+        assert f"{' | '.join(samplers_)} (objective {name})" in (
+            diffusion_objectives.SAMPLERS_HELP
+        )
+
+
+def test_a_run_written_before_objectives_opens_as_ddpm(config):
+    """config.json of a run from before `diffusion.objective` (and the keys
+    added with it) builds the same DDPM family."""
+    old = config.diffusion.to_dict()
+    for o in ("edm", "flow"):
+        for key in diffusion_objectives.OBJECTIVES[o].keys:
+            del old[key]
+    del old["objective"], old["guidance_interval"]
+    c = config.copy_and_resolve_references()
+    c.diffusion = old
+    assert diffusion.objective_of(c.diffusion) == "ddpm"
+    assert diffusion.make(c).images.sampler == diffusion.make(config).images.sampler
 
 
 def test_heldout_bound_is_positive_and_consistent(config):

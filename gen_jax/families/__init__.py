@@ -63,7 +63,8 @@ def make(config: ml_collections.ConfigDict, *, lora: bool = True) -> Family:
         "vae": vae.make,
     }
     check_name("config.family", config.family, families)
-    if config.get("latent") and config.latent.get("autoencoder"):
+    # config.json of a run written before base.py declared config.latent has none.
+    if config.get("latent", {}).get("autoencoder"):
         if config.family != "diffusion":
             raise ValueError(
                 f"config.latent trains a diffusion model on latents; this config "

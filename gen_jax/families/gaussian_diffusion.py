@@ -1,4 +1,5 @@
-"""Discrete-time Gaussian diffusion: schedules, target conversions, posterior, VLB terms.
+"""Discrete-time Gaussian diffusion: schedules, target conversions, posterior, VLB
+terms and the held-out bound.
 
 Ho et al. 2020 (DDPM) for the process and the bound; Nichol & Dhariwal 2021 for
 the cosine schedule; Salimans & Ho 2022 for v-prediction. Timesteps are
@@ -163,3 +164,30 @@ def vlb_term(s: Schedule, variance: str, x0, x_t, t_B, x0_pred):
         discretized_gaussian_nll(x0, model_mean, 0.5 * model_logvar), (1, 2, 3)
     )
     return jnp.where(t_B == 0, nll, kl)
+
+
+def heldout_nelbo(s: Schedule, prediction: str, variance: str, network, x0, key, k):
+    """(-VLB per example in nats, the simple loss) from `k` stratified
+    timesteps per example; `network(x_t, t_B)` is the denoiser's output."""
+    num_timesteps = s.betas.shape[0]
+    if num_timesteps % k:
+        raise ValueError(
+            f"diffusion.eval_timesteps={k} must divide num_timesteps={num_timesteps}"
+        )
+
+    def term(i):
+        t_key, eps_key = jax.random.split(jax.random.fold_in(key, i))
+        # Stratum i covers timesteps [i T/k, (i+1) T/k): unbiased for the sum.
+        t_B = i * (num_timesteps // k) + jax.random.randint(
+            t_key, (x0.shape[0],), 0, num_timesteps // k
+        )
+        eps = jax.random.normal(eps_key, x0.shape)
+        x_t = q_sample(s, x0, t_B, eps)
+        out = network(x_t, t_B)
+        x0_pred, _ = to_x0_eps(s, prediction, x_t, t_B, out)
+        mse = jnp.mean((out - target(s, prediction, x0, t_B, eps)) ** 2)
+        return vlb_term(s, variance, x0, x_t, t_B, x0_pred), mse
+
+    terms_KB, mse_K = jax.lax.map(term, jnp.arange(k))
+    nelbo_B = num_timesteps / k * jnp.sum(terms_KB, 0) + prior_kl(s, x0)
+    return nelbo_B, jnp.mean(mse_K)

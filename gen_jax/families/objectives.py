@@ -1,4 +1,5 @@
-"""Continuous diffusion objectives, EDM and flow matching, beside DDPM's.
+"""The continuous diffusion objectives' math, EDM and flow matching, beside
+DDPM's (gaussian_diffusion.py); their records are in diffusion_objectives.py.
 
 Every objective noises data as x = alpha(tau) x0 + sigma(tau) eps, at a noise
 coordinate tau of its own:
@@ -20,31 +21,15 @@ x0_hat) / tau (for flow that is the velocity itself), so one set of samplers
 """
 
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-OBJECTIVES = ("ddpm", "edm", "flow")
 TIMESTEPS = ("uniform", "logit_normal")  # flow's training distribution of t
 # The network's noise input is c_noise (edm) or t (flow) times this, so the
 # UNet's sinusoidal embedding (made for DDPM's 0..999 timesteps) resolves it.
 TIME_SCALE = 1000.0
-
-
-class EDM(NamedTuple):
-    """EDM's constants (paper defaults for data in [-1, 1])."""
-
-    sigma_data: float = 0.5
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    rho: float = 7.0
-
-
-# ---- EDM ----
 
 
 def edm_precondition(sigma, sigma_data: float):
@@ -55,12 +40,6 @@ def edm_precondition(sigma, sigma_data: float):
     c_in = 1 / jnp.sqrt(var)
     c_noise = jnp.log(sigma) / 4
     return c_skip, c_out, c_in, c_noise
-
-
-def edm_loss_weight(sigma, sigma_data: float):
-    """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2, which
-    makes the weighted denoising error, lambda |D - x0|^2, equal |F - target|^2."""
-    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
 def edm_training_sigmas(key, n: int, p_mean: float, p_std: float) -> jax.Array:
@@ -81,6 +60,13 @@ def edm_target(x0, x, sigma, sigma_data: float):
     return (x0 - c_skip * x) / c_out
 
 
+def edm_alpha_sigma(sigma):
+    """(alpha, sigma) = (1, sigma): EDM's x = x0 + sigma eps (numpy in, numpy
+    out: samplers build their grids on the host)."""
+    ones = np.ones_like if isinstance(sigma, np.ndarray) else jnp.ones_like
+    return ones(sigma), sigma
+
+
 def karras_sigmas(
     steps: int, sigma_min: float, sigma_max: float, rho: float
 ) -> np.ndarray:
@@ -99,9 +85,6 @@ def karras_sigmas(
         sigma_max**inv_rho + ramp * (sigma_min**inv_rho - sigma_max**inv_rho)
     ) ** rho
     return np.append(sigmas, 0.0).astype(np.float64)
-
-
-# ---- flow matching ----
 
 
 def flow_timesteps(key, n: int, kind: str, mean: float = 0.0, std: float = 1.0):
@@ -127,6 +110,11 @@ def flow_target(x0, eps):
     return eps - x0
 
 
+def flow_alpha_sigma(t):
+    """(alpha, sigma) = (1 - t, t): flow's x_t = (1 - t) x0 + t eps."""
+    return 1 - t, t
+
+
 def flow_times(steps: int) -> np.ndarray:
     """Flow's sampling grid: `steps` intervals from t = 1 to 0, even in t."""
     if steps < 1:
@@ -134,42 +122,14 @@ def flow_times(steps: int) -> np.ndarray:
     return np.linspace(1.0, 0.0, steps + 1)
 
 
-# ---- conversions ----
-
-
 def flow_denoised(x, t, velocity):
     """x0_hat = x - t v."""
     return x - t * velocity
 
 
-def flow_eps(x, t, velocity):
-    """eps_hat = x + (1 - t) v."""
-    return x + (1 - t) * velocity
-
-
-def eps_from_denoised(x, x0, alpha, sigma):
-    """eps_hat = (x - alpha x0_hat) / sigma, for any objective."""
-    return (x - alpha * x0) / sigma
-
-
-def velocity_from(x0, eps):
-    """Flow's velocity from a (x0, eps) pair, whichever objective gave them."""
-    return eps - x0
-
-
-def alpha_sigma(objective: str, tau):
-    """(alpha, sigma) of x = alpha x0 + sigma eps at a continuous tau (numpy
-    in, numpy out: samplers build their grids on the host)."""
-    if objective == "edm":
-        ones = np.ones_like if isinstance(tau, np.ndarray) else jnp.ones_like
-        return ones(tau), tau
-    if objective == "flow":
-        return 1 - tau, tau
-    raise ValueError(f"alpha_sigma: {objective!r} is not a continuous objective")
-
-
-def noise_level(objective: str, tau):
-    """The EDM-equivalent noise level sigma / alpha (flow: t / (1 - t), inf at
-    t = 1): guidance intervals are given in it, for every objective."""
-    alpha, sigma = alpha_sigma(objective, tau)
+def noise_level(alpha_sigma, tau):
+    """The EDM-equivalent noise level sigma / alpha at tau, of an objective's
+    `alpha_sigma(tau)` (flow: t / (1 - t), inf at t = 1): guidance intervals
+    are given in it, for every objective."""
+    alpha, sigma = alpha_sigma(tau)
     return jnp.where(alpha > 0, sigma / jnp.where(alpha > 0, alpha, 1.0), math.inf)

@@ -124,8 +124,7 @@ def dpm_solver_pp_2m(s: gd.Schedule, denoise: Denoise, x_T, keys_B, *, steps: in
     return jnp.clip(x, -1, 1)
 
 
-# ---- continuous objectives (EDM, flow) ----
-
+# The continuous objectives' (EDM, flow) solvers.
 ODE_METHODS = ("euler", "heun", "midpoint")
 
 
