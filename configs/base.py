@@ -240,10 +240,10 @@ def diffusion_defaults() -> ml_collections.ConfigDict:
     linear betas 1e-4..0.02), its samplers and guidance.
 
     One flat section in four groups: the shared keys, then those of one
-    objective each (ddpm, edm, flow). A run may set only its own objective's
-    keys; another's left off its default fails at make time. The valid
-    samplers of each objective are its record's, in
-    gen_jax/families/diffusion_objectives.py (SAMPLERS; `gen-jax sample --help`)."""
+    objective each (ddpm, edm, flow). A key of another objective than the
+    run's must keep its default (make time fails naming it). Each objective's
+    valid samplers are its record's, in gen_jax/families/diffusion_objectives.py
+    (SAMPLERS; `gen-jax sample --help`)."""
     return ml_collections.ConfigDict(
         {
             # Shared by every objective.
