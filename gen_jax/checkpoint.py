@@ -182,7 +182,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return families.migrate(ml_collections.ConfigDict(json.loads(path.read_text())))
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -317,3 +317,22 @@ def test_vlb_loss_and_other_targets_give_finite_gradients(config, prediction):
     (loss, _), grads = grad_fn(params, batch, jax.random.key(0))
     assert np.isfinite(float(loss)) and float(loss) > 0
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+def test_an_edm_run_written_with_ddpm_keys_set_still_opens(tmp_path):
+    """config.json of an edm smoke run from before the records (the smoke
+    shrink then set DDPM's T=40 for every objective): refused as a new config,
+    opened as a run's own (checkpoint.load_config migrates it)."""
+    import json
+
+    from configs import edm_digits
+    from gen_jax import checkpoint, families
+
+    config = edm_digits.get_config("smoke")
+    config.diffusion.update(num_timesteps=40, eval_timesteps=4)
+    with pytest.raises(ValueError, match="num_timesteps=40 is read only by"):
+        families.make(config)
+    (tmp_path / "config.json").write_text(config.to_json())
+    opened = checkpoint.load_config(str(tmp_path))
+    assert opened.diffusion.num_timesteps == base.diffusion_defaults().num_timesteps
+    assert families.make(opened).images.sampler["objective"] == "edm"

@@ -25,6 +25,7 @@ __all__ = [
     "PyTree",
     "check_name",
     "make",
+    "migrate",
     "role_of",
     "sampler_flags",
 ]
@@ -45,6 +46,16 @@ _SAMPLER_FLAGS = {
 def sampler_flags(config: ml_collections.ConfigDict) -> dict[str, str]:
     """{flag: dotted config key} of the sampling flags `config`'s family takes."""
     return _SAMPLER_FLAGS.get(config.family, {})
+
+
+def migrate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A run's config.json as today's families read it (each family migrates
+    its own section): checkpoint.load_config calls it for every opened run."""
+    from gen_jax.families import diffusion
+
+    if config.family == "diffusion":
+        diffusion.migrate(config.diffusion)
+    return config
 
 
 def make(config: ml_collections.ConfigDict, *, lora: bool = True) -> Family:

@@ -52,9 +52,9 @@ def define_sampler() -> None:
     flags.DEFINE_string(
         "sampler",
         None,
-        "Diffusion sampler: ddpm | ddim | dpm_solver_pp_2m (objective ddpm); "
-        "euler | heun | dpm_solver_pp_2m (edm); euler | heun | midpoint | "
-        "dpm_solver_pp_2m (flow).",
+        "Diffusion sampler, one of the run's objective's (its record in "
+        "gen_jax/families/diffusion_objectives.py; a wrong one is refused "
+        "naming the valid ones).",
     )
     flags.DEFINE_integer("sampler_steps", None, "Diffusion sampler steps.")
     flags.DEFINE_float("guidance", None, "Diffusion classifier-free guidance scale.")
