@@ -323,7 +323,6 @@ def test_an_edm_run_written_with_ddpm_keys_set_still_opens(tmp_path):
     """config.json of an edm smoke run from before the records (the smoke
     shrink then set DDPM's T=40 for every objective): refused as a new config,
     opened as a run's own (checkpoint.load_config migrates it)."""
-    import json
 
     from configs import edm_digits
     from gen_jax import checkpoint, families

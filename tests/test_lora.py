@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import ddpm_digits, lm_pydoc
-from gen_jax import build, data, families
+from gen_jax import build, data
 from gen_jax.families import lora
 
 
@@ -24,7 +24,7 @@ def _setup(config):
 def _check(config):
     """Step 0 equals the base; two steps move adapters only; merge == adapted."""
     s, state, batches = _setup(config)
-    base_family = families.make(config, lora=False)
+    base_family, _ = s.family.deployed(state.params)  # the plain family
     batch, key = next(batches), jax.random.key(3)
     base = {"model": state.params[lora.BASE]["model"]}
     # Jitted (op by op, a UNet compiles every primitive separately); the

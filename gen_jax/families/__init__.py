@@ -58,9 +58,9 @@ def migrate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
-def make(config: ml_collections.ConfigDict, *, lora: bool = True) -> Family:
+def make(config: ml_collections.ConfigDict) -> Family:
     """Builds the family named by `config.family`; with `config.lora.rank` > 0
-    (and `lora`), it trains LoRA adapters on a frozen base; a diffusion config
+    it trains LoRA adapters on a frozen base; a diffusion config
     with `config.latent.autoencoder` trains on that VAE's latents."""
     # Explicit imports, no registration side effects.
     from gen_jax.families import classifier, diffusion, gan, latent, lm, vae
@@ -85,7 +85,7 @@ def make(config: ml_collections.ConfigDict, *, lora: bool = True) -> Family:
         family = latent.wrap(config, inner)
     else:
         family = families[config.family](config)
-    if lora and "lora" in config and config.lora.rank > 0:
+    if "lora" in config and config.lora.rank > 0:
         if config.model.get("scan_layers"):
             raise ValueError(
                 "config.lora adapts unrolled layers only; set "
