@@ -242,8 +242,8 @@ def diffusion_defaults() -> ml_collections.ConfigDict:
     One flat section in four groups: the shared keys, then those of one
     objective each (ddpm, edm, flow). A key of another objective than the
     run's must keep its default (make time fails naming it). Each objective's
-    valid samplers are its record's, in gen_jax/families/diffusion_objectives.py
-    (SAMPLERS; `gen-jax sample --help`)."""
+    valid samplers are its record's `samplers`, in
+    gen_jax/families/diffusion_objectives.py (a wrong one fails naming them)."""
     return ml_collections.ConfigDict(
         {
             # Shared by every objective.

@@ -1,9 +1,9 @@
 """Evaluators, chosen by `type` in `config.evals`: each is `run(state) -> {name: value}`.
 
 Values are scalars or uint8 HWC images. The jitted functions they call come from
-build.make_evaluators. An
-evaluator reads only `state.params` or `state.sampling_params` (sample-based ones
-the EMA), so a tool may pass the params of an opened run in their place.
+build.make_evaluators. An evaluator reads only `state.params` or
+`state.sampling_params` (sample-based ones the EMA), so a tool may pass the
+params of an opened run in their place.
 Every key an evaluator reads is declared by the builders in configs/base.py.
 """
 

@@ -42,6 +42,7 @@ class _MetricsBuffer:
     def __init__(self):
         self.pending = None
         self.window: dict[str, clu_metrics.Average] = {}
+        self.weight_key: dict[str, str | None] = {}  # metric -> its "/updates"
 
     def push(self, step: int, device_metrics) -> None:
         self.flush()
@@ -54,12 +55,16 @@ class _MetricsBuffer:
         self.pending = None
         values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
         metrics.check_finite(step, values)
-        phases = [k[: -len("/updates")] for k in values if k.endswith("/updates")]
+        if not self.weight_key:  # the same keys every step
+            phases = [k[: -len("updates")] for k in values if k.endswith("/updates")]
+            for key in values:
+                owners = [p for p in phases if key.startswith(p)]
+                owner = max(owners, key=len, default=None)
+                self.weight_key[key] = owner and owner + "updates"
         for key, value in values.items():
             if key.endswith("/updates"):
                 continue
-            owners = [p for p in phases if key.startswith(p + "/")]
-            weight = values[max(owners, key=len) + "/updates"] if owners else 1.0
+            weight = values[self.weight_key[key]] if self.weight_key[key] else 1.0
             # Host scalars: merging them is plain numpy arithmetic, no dispatch.
             one = clu_metrics.Average(
                 total=np.float64(weight * value), count=np.float64(weight)
@@ -200,10 +205,12 @@ def _init_from(path: str, state: TrainState, run_setup) -> TrainState:
 def _load(config, load, state: TrainState, run_setup) -> TrainState:
     """Fills the frozen entry `load` declares from its run (`Family.loads`),
     recording what it measured (latent diffusion's scale) in the config."""
+    if load.entry not in run_setup.family.frozen:  # a declaration bug, not the user's
+        raise ValueError(f"Family.loads fills {load.entry!r}, which is not frozen")
     abstract = run_setup.abstract_state.params[load.entry]
     try:
         loaded, step = checkpoint.load_params(
-            load.path, {"model": abstract["model"]}, ema=load.ema
+            load.path, {"model": abstract["model"]}, ema=True
         )
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{load.source}={load.path!r}: {e}; {load.hint}") from e
@@ -216,12 +223,7 @@ def _load(config, load, state: TrainState, run_setup) -> TrainState:
     entry, records = load.finish(loaded, batches)
     entry = jax.device_put(entry, jax.tree.map(lambda a: a.sharding, abstract))
     logging.info("%s: loaded %s (step %d); %s", load.entry, load.path, step, records)
-    for key, value in records.items():  # recorded in config.json
-        section, name = key.rsplit(".", 1)
-        config_section = config
-        for part in section.split("."):
-            config_section = config_section[part]
-        config_section[name] = value
+    config.update_from_flattened_dict(records)  # recorded in config.json
     return state.replace(params={**state.params, load.entry: entry})
 
 

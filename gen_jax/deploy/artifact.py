@@ -96,11 +96,12 @@ class Artifact:
     def family(self) -> str:
         return self.manifest["family"]
 
-    def params_of(self, name: str) -> dict:
-        """The params subtree function `name` takes (its `params` leaves)."""
+    def params_of(self, name: str, params: dict | None = None) -> dict:
+        """The params subtree function `name` takes (its `params` leaves), of
+        `params` (default: the artifact's own, on the host)."""
         flat = {}
         for key in self.manifest["functions"][name]["params"]:
-            node = self.params
+            node = self.params if params is None else params
             for part in key.split("/"):
                 node = node[part]
             flat[key] = node

@@ -158,13 +158,10 @@ def export_run(
     else:
         functions = image_functions(run)
         images = run.family.images
-        product = {
-            "images": {
-                "shape": list(images.shape),
-                "num_classes": images.num_classes,
-                **images.sampler,
-            }
-        }
+        info = {"shape": list(images.shape), "num_classes": images.num_classes}
+        if images.guidance is not None:  # absent: the model takes no weight
+            info["guidance"] = images.guidance
+        product = {"images": info | images.sampler}
     manifest_fns = lowering.write_functions(
         functions, jax.device_get(run.params), out_path, platforms
     )

@@ -19,7 +19,10 @@ class Programs:
 
     def __init__(self, art: artifact.Artifact):
         self.artifact = art
-        self._params = {n: jax.device_put(art.params_of(n)) for n in art.functions}
+        # One device copy; each function takes its leaves of it (the LM's
+        # prefill and decode windows share every weight).
+        on_device = jax.device_put(art.params)
+        self._params = {n: art.params_of(n, on_device) for n in art.functions}
         self._jitted = {
             name: jax.jit(exp.call, donate_argnums=(1,) if name != "sample" else ())
             for name, exp in art.functions.items()

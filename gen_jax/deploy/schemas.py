@@ -12,7 +12,8 @@ from pydantic_core import PydanticCustomError
 
 MAX_N = 16  # choices per request
 MAX_STOPS = 4  # as OpenAI
-SEEDS = 2**31  # seeds are int32: choice i samples with seed + i
+INT32 = 2**31  # seeds and top_k reach the programs as int32
+SEEDS = INT32  # choice i samples with seed + i
 
 # An int or a float (never a bool or a string).
 Number = Annotated[float, Field(strict=True)]
@@ -94,7 +95,7 @@ class Sampling(Body):
     n: StrictInt = Field(1, ge=1, le=MAX_N, description="choice i: seed + i")
     temperature: Number = Field(1.0, ge=0, le=2, description="0 is greedy")
     top_p: Number = Field(1.0, gt=0, le=1)
-    top_k: StrictInt = Field(0, ge=0, lt=SEEDS, description="0: off")
+    top_k: StrictInt = Field(0, ge=0, lt=INT32, description="0: off")
     seed: StrictInt | None = Field(None, ge=0, lt=SEEDS)
     stop: Stops = ()
     stream: StrictBool = False

@@ -31,21 +31,14 @@ __all__ = [
 ]
 
 
-# The sampling flags of `gen-jax sample / export / serve` -> the key each sets,
-# for the families whose samplers read them.
-_SAMPLER_FLAGS = {
-    "diffusion": {
-        "sampler": "diffusion.sampler",
-        "sampler_steps": "diffusion.sample_steps",
-        "guidance": "diffusion.guidance_scale",
-        "eta": "diffusion.ddim_eta",
-    }
-}
-
-
 def sampler_flags(config: ml_collections.ConfigDict) -> dict[str, str]:
-    """{flag: dotted config key} of the sampling flags `config`'s family takes."""
-    return _SAMPLER_FLAGS.get(config.family, {})
+    """{flag: dotted config key} of the sampling flags of `gen-jax sample /
+    export / evaluate` that `config`'s family takes (none: {})."""
+    from gen_jax.families import diffusion
+
+    if config.family == "diffusion":
+        return diffusion.sampler_flags(config.diffusion)
+    return {}
 
 
 def migrate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -33,28 +33,41 @@ from gen_jax.families.family import (
 from gen_jax.models import MODELS
 
 
-def objective_of(d: ml_collections.ConfigDict) -> str:
-    """`diffusion.objective`; "ddpm" for runs written before it existed (the
-    section's one migration: the keys added with it are read only where
-    present)."""
-    return d.get("objective", "ddpm")
-
-
 def migrate(d: ml_collections.ConfigDict) -> None:
-    """A run's own `config.diffusion` (config.json) as today's code reads it,
-    in place: another objective's keys, which this one ignores but a new
-    config may not set, go back to their defaults (runs written before the
-    records, e.g. an edm smoke run that carries DDPM's shortened T)."""
-    name = objective_of(d)
+    """The section's one migration, in place, for a run's own config.json
+    (checkpoint.load_config): a run written before `objective` existed is
+    DDPM and the keys added since take their defaults; another objective's
+    keys, which this one ignores but a new config may not set, go back to
+    their defaults (an edm smoke run that carries DDPM's shortened T)."""
+    if "objective" not in d:
+        d.objective = "ddpm"
     for other in OBJECTIVES.values():
-        if other.name != name:
-            d.update({k: v for k, v in other.keys.items() if k in d})
+        for key, default in other.keys.items():
+            if key not in d or other.name != d.objective:
+                d[key] = default
+
+
+def sampler_flags(d: ml_collections.ConfigDict) -> dict[str, str]:
+    """{sampling flag: the config key it sets} for this objective's runs."""
+    flags = {
+        "sampler": "diffusion.sampler",
+        "sampler_steps": "diffusion.sample_steps",
+        "guidance": "diffusion.guidance_scale",
+    }
+    if "ddim_eta" in OBJECTIVES[d.objective].keys:
+        flags["eta"] = "diffusion.ddim_eta"
+    return flags
 
 
 def pick_objective(d: ml_collections.ConfigDict) -> Objective:
     """The record `diffusion.objective` names; fails fast on a sampler or a
     key of `config.diffusion` that it does not read."""
-    name = objective_of(d)
+    if "objective" not in d:
+        raise ValueError(
+            "config.diffusion has no objective: set one, or open a run's "
+            "config.json with checkpoint.load_config, which migrates it"
+        )
+    name = d.objective
     check_name("config.diffusion.objective", name, OBJECTIVES)
     objective = OBJECTIVES[name]
     if d.sampler not in objective.samplers:
@@ -105,7 +118,13 @@ def make_model(config: ml_collections.ConfigDict) -> nn.Module:
 
 
 def _guided(config, model: nn.Module, process: Process, pixels: bool):
-    """make_guided_sampler's sampler, of a model and process already built."""
+    """(params, keys_N, labels_N, guidance_N, interval=None) -> images (the
+    family's `generate`), with the objective's sampler and its steps fixed by
+    `config.diffusion`, one traced guidance weight per image and a traced
+    guidance interval [lo, hi] (EDM-equivalent sigmas; default
+    `diffusion.guidance_interval`): changing either does not recompile.
+    Labels are ignored when the model is unconditional. `pixels`: samples
+    are images, clipped to [-1, 1] (latents are not)."""
     num_classes = _num_classes(config)
     shape = image_shape(config.data)
     default_interval = guidance_interval(config.diffusion)
@@ -143,19 +162,6 @@ def _guided(config, model: nn.Module, process: Process, pixels: bool):
         return jnp.clip(x, -1, 1) if pixels else x
 
     return sample
-
-
-def make_guided_sampler(config: ml_collections.ConfigDict, pixels: bool = True):
-    """(params, keys_N, labels_N, guidance_N, interval=None) -> images (the
-    family's `generate`), with the objective's sampler and its steps fixed by
-    `config.diffusion`, one traced guidance weight per image and a traced
-    guidance interval [lo, hi] (EDM-equivalent sigmas; default
-    `diffusion.guidance_interval`): changing either does not recompile.
-    Labels are ignored when the model is unconditional. `pixels`: samples
-    are images, clipped to [-1, 1] (latents are not)."""
-    d = config.diffusion
-    process = pick_objective(d).make(d)
-    return _guided(config, make_model(config), process, pixels)
 
 
 def make(config: ml_collections.ConfigDict, *, pixels: bool = True) -> Family:
@@ -236,7 +242,6 @@ def make(config: ml_collections.ConfigDict, *, pixels: bool = True) -> Family:
                 "objective": objective.name,
                 "sampler": d.sampler,
                 "steps": process.sampler_steps,
-                "guidance": d.guidance_scale,
             },
         ),
     )

@@ -286,8 +286,3 @@ FLOW = Objective(
     make=_flow,
 )
 OBJECTIVES = {o.name: o for o in (DDPM, EDM, FLOW)}
-# The one list of samplers: `diffusion.sampler`, `gen-jax sample --sampler`.
-SAMPLERS = {name: o.samplers for name, o in OBJECTIVES.items()}
-SAMPLERS_HELP = "; ".join(
-    f"{' | '.join(names)} (objective {name})" for name, names in SAMPLERS.items()
-)

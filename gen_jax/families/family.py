@@ -23,8 +23,8 @@ class Images:
     # The classifier-free guidance weight samples use by default; None: the
     # family takes no guidance weight (a request that sets one is refused).
     guidance: float | None = None
-    # The sampler's settings an export records (diffusion: objective,
-    # sampler, model calls' steps, guidance), fixed when it is exported.
+    # The sampler's settings an export records beside `guidance` (diffusion:
+    # objective, sampler, steps), fixed when it is exported.
     sampler: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -47,11 +47,11 @@ class Load:
     path: str  # the other run's workdir
     source: str  # the config key that names `path`, for errors
     hint: str  # how to make that run, for errors
-    # (loaded {"model": params}, the first `batches` training batches) ->
-    # (the entry, {dotted config key: value} to record in config.json).
+    # (the other run's EMA {"model": params}, this run's first `batches`
+    # training batches) -> (the entry, {dotted config key: value} to record in
+    # config.json).
     finish: Callable[[PyTree, list[Batch]], tuple[PyTree, dict[str, Any]]]
     batches: int = 0
-    ema: bool = True  # the other run's EMA params, else its raw params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,7 @@ class Family:
     # label and guidance weight per image (labels and guidance ignored where
     # the model does not use them), so an image does not depend on what it is
     # batched with: `sample` is built on it (`images_sampler`), and so are the
-    # exported sampler (export.py) and the server's micro-batches.
+    # exported sampler (deploy/export.py) and the server's micro-batches.
     generate: Callable[..., jax.Array] | None = None
     # The model's deterministic forward pass on a batch, for inspection (the
     # quick-start notebook): VAE decoder output for a posterior sample,

@@ -198,7 +198,7 @@ def wrap(family: Family, cfg: ml_collections.ConfigDict) -> Family:
         ),
         per_example=family.per_example,
         every=family.every,
-        frozen=(BASE,),
+        frozen=(BASE, *family.frozen),  # latent's autoencoder stays frozen too
         images=family.images,
         text=family.text,
         loads=family.loads,

@@ -58,16 +58,15 @@ def save_adapter(
 
 
 def model_params(
-    params: dict, config: ml_collections.ConfigDict, out_dir: str, merge: bool
+    family, params: dict, config: ml_collections.ConfigDict, out_dir: str, merge: bool
 ) -> tuple[dict, list[str]]:
     """(the model params export-hf writes, the extra directories written): a
     LoRA run's base with its adapter saved to OUT/adapter, or with `merge` the
-    merged weights; any other run's own params."""
+    weights it is deployed with (merged); any other run's own params."""
     if lora.BASE not in params:
         return params["model"], []
     if merge:
-        scale = config.lora.alpha / config.lora.rank
-        return lora.merge(params, scale)["model"], []
+        return family.deployed(params)[1]["model"], []
     adapter_dir = epath.Path(out_dir) / "adapter"
     save_adapter(params["model"], config.model, config.lora, adapter_dir, str(out_dir))
     return params[lora.BASE]["model"], [str(adapter_dir)]

@@ -133,7 +133,7 @@ def export_run(
     mesh = sharding.make_mesh(config.mesh)
     abstract = checkpoint.abstract_of(family.init, config, mesh)[0]
     params, _ = checkpoint.load_params(workdir, abstract, ema=True)
-    model_params, adapters = peft.model_params(params, config, out_dir, merge)
+    model_params, adapters = peft.model_params(family, params, config, out_dir, merge)
     if config.model.get("scan_layers"):  # HF stores one tensor per layer
         model_params = transformer.unstack_layers(model_params)
     safetensors_io.save_params(model_params, config.model, out_dir, dtype)

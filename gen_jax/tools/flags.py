@@ -81,12 +81,8 @@ def apply_sampler_overrides(config, workdir: str) -> dict:
             f"{config.family!r}, whose sampler takes "
             f"{', '.join('--' + f for f in keys) or 'no sampling flags'}"
         )
-    overrides = {}
-    for flag, value in given.items():
-        section, name = keys[flag].split(".")
-        config[section][name] = value
-        overrides[name] = value
-    return overrides
+    config.update_from_flattened_dict({keys[f]: v for f, v in given.items()})
+    return {keys[f].rsplit(".", 1)[1]: v for f, v in given.items()}
 
 
 def require(*names: str) -> None:
