@@ -1,9 +1,10 @@
 """The transformer block's parts, shared by every block (the LM's in
-transformer.py, the DiT's in dit.py): one frozen `BlockConfig`, the sub-layers
-`norm_layer`, `self_attention` and `feed_forward`, which create their params in
-the calling block's scope, and `block_stack`, which unrolls or scans any block.
-A conditioning sub-layer (cross-attention) is one more call in a block, its
-inputs one more argument through `block_stack`.
+transformer.py, the DiT's in dit.py, the UNet's text attention): one frozen
+`BlockConfig`, the sub-layers `norm_layer`, `self_attention`, `cross_attention`
+and `feed_forward`, which create their params in the calling block's scope, and
+`block_stack`, which unrolls or scans any block. Cross-attention is one more
+call in a block, its text tokens and mask two more arguments through
+`block_stack`; `text_inputs` checks a denoiser's text fields against its call.
 """
 
 import dataclasses
@@ -28,6 +29,10 @@ REMAT_POLICIES = {
     "everything": jax.checkpoint_policies.everything_saveable,
 }
 MLPS = ("gelu", "swiglu")  # the `mlp` field
+# A denoiser's `text_conditioning` field: "cross" is cross-attention on the
+# text tokens (PixArt-alpha, Stable Diffusion). SD3's joint attention (MMDiT)
+# would be "joint"; it is not built yet.
+TEXT_CONDITIONINGS = ("none", "cross")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +125,77 @@ def self_attention(
         (config.embed_dim,), ("heads", "kv"), ("embed",), config.dtype, name="attn_out"
     )
     return out(out_BLHK), cache
+
+
+def cross_attention(
+    config: BlockConfig,
+    h_BLD: jax.Array,
+    context_BSD: jax.Array,
+    context_mask_BS: jax.Array,
+) -> jax.Array:
+    """Multi-head cross-attention of the caller's block (params "cross_q",
+    "cross_k", "cross_v", "cross_out"): queries from `h_BLD`, keys and values
+    from the context tokens whose mask is true. The context may have any width
+    (the k and v projections read it). A row without tokens (the null caption)
+    gives 0, as does every row at init: "cross_out" starts at zero (PixArt)."""
+    q_BLHK = _heads(config, config.num_heads, "cross_q")(h_BLD)
+    k_BSGK = _heads(config, config.num_kv_heads, "cross_k")(context_BSD)
+    v_BSGK = _heads(config, config.num_kv_heads, "cross_v")(context_BSD)
+    if config.qk_norm:
+        q_BLHK = norm_layer(config, "cross_q_norm", "kv")(q_BLHK)
+        k_BSGK = norm_layer(config, "cross_k_norm", "kv")(k_BSGK)
+    mask_BS = context_mask_BS.astype(bool)
+    some_B = jnp.any(mask_BS, axis=1)
+    # A row without tokens attends to all of them and is zeroed after: a fully
+    # masked softmax is NaN in fused kernels (and in their gradients).
+    mask_B11S = (mask_BS | ~some_B[:, None])[:, None, None, :]
+    out_BLHK = attention.attention(q_BLHK, k_BSGK, v_BSGK, mask_B11S)
+    out_BLHK = jnp.where(some_B[:, None, None, None], out_BLHK, 0)
+    out = layers.Dense(
+        (config.embed_dim,),
+        ("heads", "kv"),
+        ("embed",),
+        config.dtype,
+        kernel_init=nn.initializers.zeros,
+        name="cross_out",
+    )
+    return out(out_BLHK)
+
+
+def text_inputs(
+    kind: str, text_dim: int, text_BSD: jax.Array | None, text_mask_BS=None
+) -> tuple[jax.Array, jax.Array] | None:
+    """A denoiser's text arguments checked against its `text_conditioning` and
+    `text_dim` fields: (features, boolean mask; all true when None), or None
+    without text conditioning."""
+    if kind == "joint":
+        raise ValueError(
+            "model.text_conditioning='joint' (SD3's MMDiT joint attention) is "
+            f"not built yet; valid: {', '.join(TEXT_CONDITIONINGS)}"
+        )
+    if kind not in TEXT_CONDITIONINGS:
+        raise ValueError(
+            f"unknown model.text_conditioning {kind!r}; valid: "
+            f"{', '.join(TEXT_CONDITIONINGS)}"
+        )
+    if kind == "none":
+        if text_BSD is not None:
+            raise ValueError("text given to a model with text_conditioning='none'")
+        return None
+    if text_BSD is None or text_BSD.ndim != 3 or text_BSD.shape[-1] != text_dim:
+        got = None if text_BSD is None else text_BSD.shape
+        raise ValueError(
+            f"model.text_conditioning={kind!r} needs text features "
+            f"[batch, length, model.text_dim={text_dim}]; got {got}"
+        )
+    if text_mask_BS is None:
+        return text_BSD, jnp.ones(text_BSD.shape[:2], bool)
+    if text_mask_BS.shape != text_BSD.shape[:2]:
+        raise ValueError(
+            f"text_mask_BS {text_mask_BS.shape} does not match text_BSD "
+            f"{text_BSD.shape}"
+        )
+    return text_BSD, text_mask_BS.astype(bool)
 
 
 def feed_forward(config: BlockConfig, h_BLD: jax.Array) -> jax.Array:

@@ -10,14 +10,20 @@ adaLN belongs here, not to the LM's block: `DiTBlock` takes the same
 `block.BlockConfig` and calls the same sub-layers as the LM's `Block`
 (`norm_layer`, `self_attention`, `feed_forward`, whose params land in the
 block's own scope), and wraps them in its modulation; its attention is
-non-causal and has no RoPE (the patches carry their positions). Conditioning
-on text adds one sub-layer call to `DiTBlock` (cross-attention over the text
-tokens, after self-attention) and one argument through `block_stack`.
+non-causal and has no RoPE (the patches carry their positions).
 
-It takes the UNet's call signature, (x_BHWC, t_B, label_B=None, train=...),
-so the diffusion family trains either under any objective. Its params carry
-the transformer's logical axis names (sharding.py), and `scan_layers` stacks
-the blocks as the LM's do.
+Text conditioning (`text_conditioning="cross"`, PixArt-alpha, Chen et al. 2023):
+the encoder's token features are normalised and projected to the block width
+once (`_text`); every `DiTBlock` cross-attends to them after self-attention
+(the tokens and their mask ride through `block_stack` as shared arguments),
+and their masked mean, projected, joins the adaLN conditioning (the pooled
+prompt embedding). The cross-attention's output projection and the pooled
+one start at zero, so at init the text changes nothing.
+
+It takes the UNet's call signature, (x_BHWC, t_B, label_B=None, text_BSD=None,
+text_mask_BS=None, train=...), so the diffusion family trains either under any
+objective. Its params carry the transformer's logical axis names (sharding.py),
+and `scan_layers` stacks the blocks as the LM's do.
 
 Sizes (DiT Table 1; patch size is separate, DiT-S/2 has patch 2):
 
@@ -34,7 +40,8 @@ Differences from the paper's network: the blocks' norms keep a learned scale
 and bias (DiT's are affine-free; at init they are the identity, so adaLN-Zero
 starts the same); the MLP and the attention's output projection have no bias
 (the LM's; q, k and v have one); the label embedding's null row is index
-`num_classes`, as the UNet's.
+`num_classes`, as the UNet's. With text, a norm precedes each cross-attention
+(Stable Diffusion's; PixArt has none) and one the caption projection (Sana's).
 """
 
 import flax.linen as nn
@@ -72,6 +79,13 @@ def modulate(h_BLD: jax.Array, shift_B1D: jax.Array, scale_B1D: jax.Array):
     return h_BLD * (1 + scale_B1D) + shift_B1D
 
 
+def unpatchify(out_BLF: jax.Array, grid: int, p: int, channels: int):
+    """[B, grid * grid, p * p * C] patches -> [B, grid * p, grid * p, C]."""
+    b = out_BLF.shape[0]
+    out = out_BLF.reshape(b, grid, grid, p, p, channels)
+    return out.transpose(0, 1, 3, 2, 4, 5).reshape(b, grid * p, grid * p, channels)
+
+
 def _adaln(cond_BD: jax.Array, num: int, dtype, name: str, **kw) -> list[jax.Array]:
     """`num` [B, 1, D] modulations from a zero-initialised projection of the
     conditioning (adaLN-Zero)."""
@@ -95,8 +109,12 @@ class DiTBlock(nn.Module):
     config: block.BlockConfig
 
     @nn.compact
-    def __call__(self, x_BLD, cache, mask, cond_BD):
-        """(x, `cache`): a DiT keeps no cache (None); the slot is `block_stack`'s."""
+    def __call__(
+        self, x_BLD, cache, mask, cond_BD, context_BSD=None, context_mask_BS=None
+    ):
+        """(x, `cache`): a DiT keeps no cache (None); the slot is `block_stack`'s.
+        Given text tokens, it cross-attends to them after self-attention
+        (unmodulated and ungated, as PixArt-alpha)."""
         cfg = self.config
         drop = nn.Dropout(cfg.dropout, deterministic=not cfg.train)
         bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",))
@@ -105,6 +123,10 @@ class DiTBlock(nn.Module):
         h_BLD = block.norm_layer(cfg, "attn_norm")(x_BLD)
         out_BLD, _ = block.self_attention(cfg, modulate(h_BLD, shift1, scale1), mask)
         x_BLD = x_BLD + gate1 * drop(out_BLD)
+        if context_BSD is not None:
+            h_BLD = block.norm_layer(cfg, "cross_norm")(x_BLD)
+            out_BLD = block.cross_attention(cfg, h_BLD, context_BSD, context_mask_BS)
+            x_BLD = x_BLD + drop(out_BLD)
         h_BLD = block.norm_layer(cfg, "mlp_norm")(x_BLD)
         out_BLD = block.feed_forward(cfg, modulate(h_BLD, shift2, scale2))
         return x_BLD + gate2 * drop(out_BLD), cache
@@ -124,6 +146,29 @@ def _conditioning(t_B, label_B, num_classes: int, width: int, dtype) -> jax.Arra
     return cond_BD + embed(label_B)
 
 
+def _text(config: block.BlockConfig, text, cond_BD) -> tuple[jax.Array, tuple]:
+    """(cond_BD, the blocks' text arguments). PixArt-alpha's caption projection,
+    once for every block: the encoder's features normalised (Sana: an LM's
+    hidden states run large), then a GELU MLP to the block width. Their masked
+    mean through a zero-initialised projection joins the conditioning, so the
+    null caption (no tokens) adds nothing to it."""
+    if text is None:
+        return cond_BD, ()
+    text_BSD, mask_BS = text
+    d, dtype = config.embed_dim, config.dtype
+    dense = lambda name, **kw: layers.Dense(
+        (d,), (None,), ("embed",), dtype, name=name, **kw
+    )
+    h_BSD = block.norm_layer(config, "text_norm")(text_BSD.astype(dtype))
+    h_BSD = dense("text_in", use_bias=True)(h_BSD)
+    context_BSD = dense("text_out", use_bias=True)(nn.gelu(h_BSD))
+    weight_BS1 = mask_BS[:, :, None].astype(jnp.float32)
+    count_B1 = jnp.maximum(jnp.sum(weight_BS1, axis=1), 1.0)
+    pooled_BD = jnp.sum(context_BSD * weight_BS1, axis=1) / count_B1
+    pooled_BD = dense("text_pool", kernel_init=nn.initializers.zeros)(pooled_BD)
+    return cond_BD + pooled_BD, (context_BSD, mask_BS)
+
+
 class DiT(nn.Module):
     out_channels: int
     patch_size: int = 2
@@ -132,6 +177,8 @@ class DiT(nn.Module):
     embed_dim: int = 384
     mlp_ratio: int = 4
     num_classes: int = 0  # 0: unconditional
+    text_conditioning: str = "none"  # block.TEXT_CONDITIONINGS
+    text_dim: int = 0  # the width of the text encoder's features
     dropout: float = 0.0
     scan_layers: bool = False
     remat: bool = False
@@ -157,7 +204,22 @@ class DiT(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, x_BHWC, t_B, label_B=None, *, train: bool = False):
+    def __call__(
+        self,
+        x_BHWC,
+        t_B,
+        label_B=None,
+        text_BSD=None,
+        text_mask_BS=None,
+        *,
+        train: bool = False,
+    ):
+        """The prediction (float32) for noisy images at times `t_B`, given
+        labels and, with text conditioning, the text encoder's features and
+        their mask (true for real tokens; all false is the null caption)."""
+        text = block.text_inputs(
+            self.text_conditioning, self.text_dim, text_BSD, text_mask_BS
+        )
         config = self.block_config(train=train)
         dtype, d, p = config.dtype, self.embed_dim, self.patch_size
         b, height, width, _ = x_BHWC.shape
@@ -174,6 +236,7 @@ class DiT(nn.Module):
             h.reshape(b, grid * grid, d) + jnp.asarray(sincos_2d(grid, d), dtype)[None]
         )
         cond_BD = _conditioning(t_B, label_B, self.num_classes, d, dtype)
+        cond_BD, text_args = _text(config, text, cond_BD)
         x_BLD, _ = block.block_stack(
             DiTBlock,
             config,
@@ -181,6 +244,7 @@ class DiT(nn.Module):
             None,
             attention.full_mask(grid * grid),  # non-causal
             cond_BD,
+            *text_args,
             num_layers=self.num_layers,
             scan_layers=self.scan_layers,
             remat=self.remat,
@@ -196,9 +260,5 @@ class DiT(nn.Module):
             ),
             name="final",
         )(modulate(h, shift_B1D, scale_B1D))
-        # Unpatchify: [B, grid*grid, p*p*C] -> [B, H, W, C].
-        out = out.reshape(b, grid, grid, p, p, self.out_channels)
-        out = out.transpose(0, 1, 3, 2, 4, 5).reshape(
-            b, height, width, self.out_channels
-        )
-        return out.astype(jnp.float32)  # losses run in float32
+        out_BHWC = unpatchify(out, grid, p, self.out_channels)
+        return out_BHWC.astype(jnp.float32)  # losses run in float32

@@ -1,11 +1,13 @@
 """Layers shared by the networks, and the shape-suffix legend used in model code.
 
 Legend: B batch, L length, D width, H heads / height, W image width, K head dim,
-V vocab, F hidden, C channels, Z latent; in attention G kv heads, T key length.
+V vocab, F hidden, C channels, Z latent; in attention G kv heads, T key length,
+S text (context) length.
 """
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -83,6 +85,7 @@ class Dense(nn.Module):
     out_axes: tuple[str | None, ...]
     dtype: Any = jnp.float32
     use_bias: bool = False
+    kernel_init: Callable = nn.initializers.normal(0.02)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -91,7 +94,7 @@ class Dense(nn.Module):
         kernel = self.param(
             "kernel",
             nn.with_logical_partitioning(
-                nn.initializers.normal(0.02), self.in_axes + self.out_axes
+                self.kernel_init, self.in_axes + self.out_axes
             ),
             in_shape + tuple(self.features),
         )
