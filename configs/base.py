@@ -6,7 +6,7 @@ from ml_collections import config_dict
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 # Sources that need no download; `:smoke` swaps any other for `synthetic`.
-EMBEDDED_SOURCES = ("digits", "pydoc", "pydoc_qa", "synthetic")
+EMBEDDED_SOURCES = ("digits", "digits_captions", "pydoc", "pydoc_qa", "synthetic")
 
 
 def _convert(name: str, value: str, default):
@@ -376,6 +376,25 @@ def get_config() -> ml_collections.ConfigDict:
             # Training batches whose posterior means set the latent scale.
             "scale_batches": 10,
             "scale": 0.0,  # filled at step 0: 1 / std of those means
+        }
+    )
+
+    # Text-to-image (families/text_encoder.py): with `encoder` set, the
+    # diffusion family reads captions ("text_tokens" of a captioned source,
+    # whose data section names the encoder's tokenizer and `caption_len`)
+    # through that frozen LM's hidden states.
+    c.text = ml_collections.ConfigDict(
+        {
+            "encoder": "",  # a language-model run's workdir; "": no text
+            # That run's config.model, repeated (gen-jax train copies it, and
+            # its tokenizer keys into config.data, from the run's config.json).
+            "model": {},
+            # Blocks whose output is read, through the final norm: -1 all of
+            # them (the last hidden state), k the first k (an earlier layer).
+            "layer": -1,
+            # Captions replaced by the null caption in training, so the same
+            # network is the unconditional model of classifier-free guidance.
+            "drop_prob": 0.1,
         }
     )
 

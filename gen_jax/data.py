@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from gen_jax import sft, sharding, text
+from gen_jax import captions, sft, sharding, text
 
 DIGITS_TEST_SIZE = 300  # of 1797; the split is fixed, independent of config.seed
 
@@ -83,9 +83,15 @@ def _tfds(cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
 
 
 def make_source(cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
-    """The per-example dataset for `split`: {"image": float32 HWC in [-1, 1], "label"}."""
+    """The per-example dataset for `split`: {"image": float32 HWC in [-1, 1],
+    "label"}; captioned sources add "text_tokens" and "text_mask" (int32
+    [caption_len], `cfg.tokenizer`'s ids; captions.py) and what wrote the
+    caption."""
     if cfg.name == "digits":
         ds = _digits(split)
+    elif cfg.name == "digits_captions":
+        tokenize = captions.tokenize_fn(text.make_tokenizer(cfg), cfg.caption_len)
+        ds = captions.source(split, _digits).map(tokenize)
     elif cfg.name == "synthetic":
         ds = _synthetic(cfg, split)
     else:
@@ -243,8 +249,9 @@ def eval_batches(
 
 
 def is_text(cfg: ml_collections.ConfigDict) -> bool:
-    """Text configs name a tokenizer; image configs do not."""
-    return "tokenizer" in cfg
+    """Text configs pack token rows of `seq_len`; image configs do not (a
+    captioned image source names a tokenizer too, for its captions)."""
+    return "seq_len" in cfg
 
 
 def dummy_batch(cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
@@ -255,4 +262,8 @@ def dummy_batch(cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
             "mask": np.ones((1, cfg.seq_len), np.int32),
         }
     shape = (1, cfg.image_size, cfg.image_size, cfg.channels)
-    return {"image": np.zeros(shape, np.float32), "label": np.zeros((1,), np.int32)}
+    batch = {"image": np.zeros(shape, np.float32), "label": np.zeros((1,), np.int32)}
+    if cfg.get("caption_len"):  # a captioned source: its tokens and their mask
+        tokens = np.zeros((1, cfg.caption_len), np.int32)
+        batch |= {"text_tokens": tokens, "text_mask": tokens}
+    return batch

@@ -25,7 +25,7 @@ from clu import metrics as clu_metrics
 from clu import parameter_overview
 from etils import epath
 
-from gen_jax import build, checkpoint, data, metrics
+from gen_jax import build, checkpoint, data, families, metrics, pytree
 from gen_jax.train_state import TrainState
 
 
@@ -138,6 +138,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     if path.exists() and not path.is_dir():
         raise ValueError(f"--workdir={workdir} is a file; give a directory")
     path.mkdir(parents=True, exist_ok=True)
+    # Sections repeated from the runs this one reads (a text encoder's model
+    # and tokenizer), so any such run fits; recorded in config.json.
+    changed = families.prepare(config, checkpoint.load_config)
+    if changed:
+        logging.info("taken from the runs this one reads: %s", ", ".join(changed))
     preemption = _Preemption()
     try:
         return _run(config, workdir, preemption)
@@ -208,10 +213,8 @@ def _load(config, load, state: TrainState, run_setup) -> TrainState:
     if load.entry not in run_setup.family.frozen:  # a declaration bug, not the user's
         raise ValueError(f"Family.loads fills {load.entry!r}, which is not frozen")
     abstract = run_setup.abstract_state.params[load.entry]
-    try:
-        loaded, step = checkpoint.load_params(
-            load.path, {"model": abstract["model"]}, ema=True
-        )
+    try:  # as that run is deployed: EMA params, a LoRA fine-tune merged
+        other = checkpoint.open_run(load.path, mesh=run_setup.mesh)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{load.source}={load.path!r}: {e}; {load.hint}") from e
     batches = []
@@ -220,9 +223,17 @@ def _load(config, load, state: TrainState, run_setup) -> TrainState:
             config.data, batch_size=config.train.batch_size, mesh=run_setup.mesh
         )
         batches = [next(it) for _ in range(load.batches)]
-    entry, records = load.finish(loaded, batches)
+    entry, records = load.finish(other.params, batches)
+    mismatch = pytree.mismatch(entry, abstract)
+    if mismatch:
+        raise ValueError(
+            f"{load.source}={load.path!r} does not fit this run's {load.entry!r} "
+            f"entry ({mismatch}): this config must repeat that run's model section"
+        )
     entry = jax.device_put(entry, jax.tree.map(lambda a: a.sharding, abstract))
-    logging.info("%s: loaded %s (step %d); %s", load.entry, load.path, step, records)
+    logging.info(
+        "%s: loaded %s (step %d); %s", load.entry, load.path, other.step, records
+    )
     config.update_from_flattened_dict(records)  # recorded in config.json
     return state.replace(params={**state.params, load.entry: entry})
 

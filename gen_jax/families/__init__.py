@@ -26,6 +26,7 @@ __all__ = [
     "check_name",
     "make",
     "migrate",
+    "prepare",
     "role_of",
     "sampler_flags",
 ]
@@ -49,6 +50,23 @@ def migrate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.family == "diffusion":
         diffusion.migrate(config.diffusion)
     return config
+
+
+def prepare(config: ml_collections.ConfigDict, read_config) -> list[str]:
+    """Fills the sections `config` repeats from runs it reads (a text
+    encoder's model and tokenizer: text_encoder.prepare), `read_config(workdir)`
+    giving such a run's config; returns the dotted keys it changed. train.py
+    calls it before building a run, so any fitting run can be named."""
+    from gen_jax.families import text_encoder
+
+    try:
+        return text_encoder.prepare(config, read_config)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"config.text.encoder={config.text.encoder!r}: {e}; train a language "
+            f"model there first (gen-jax train --config=configs/lm_pydoc.py "
+            f"--workdir={config.text.encoder}) or name a gen-jax import-hf workdir"
+        ) from e
 
 
 def make(config: ml_collections.ConfigDict) -> Family:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gen_jax.families import samplers
+from gen_jax.families import samplers, text_encoder
 from gen_jax.families.diffusion_objectives import OBJECTIVES, Objective, Process
 from gen_jax.families.family import (
     Batch,
@@ -109,44 +109,68 @@ def _num_classes(config: ml_collections.ConfigDict) -> int:
 
 
 def make_model(config: ml_collections.ConfigDict) -> nn.Module:
-    """The denoiser `config.model` names, shaped for `config.data`'s images."""
+    """The denoiser `config.model` names, shaped for `config.data`'s images
+    (and with `config.text.encoder`, reading that encoder's features)."""
     check_name("config.model.name", config.model.name, MODELS)
     kwargs = {k: v for k, v in config.model.items() if k != "name"}
+    kwargs |= text_encoder.denoiser_kwargs(config)
     return MODELS[config.model.name](
         **kwargs, out_channels=config.data.channels, num_classes=_num_classes(config)
     )
 
 
 def _guided(config, model: nn.Module, process: Process, pixels: bool):
-    """(params, keys_N, labels_N, guidance_N, interval=None) -> images (the
-    family's `generate`), with the objective's sampler and its steps fixed by
-    `config.diffusion`, one traced guidance weight per image and a traced
-    guidance interval [lo, hi] (EDM-equivalent sigmas; default
-    `diffusion.guidance_interval`): changing either does not recompile.
-    Labels are ignored when the model is unconditional. `pixels`: samples
-    are images, clipped to [-1, 1] (latents are not)."""
+    """(params, keys_N, labels_N, guidance_N, interval=None, prompt=None,
+    negative=None) -> images (the family's `generate`), with the objective's
+    sampler and its steps fixed by `config.diffusion`, one traced guidance
+    weight per image and a traced guidance interval [lo, hi] (EDM-equivalent
+    sigmas; default `diffusion.guidance_interval`): changing either does not
+    recompile. Labels are ignored when the model is unconditional. A
+    text-conditioned model reads `prompt` ({"text_tokens", "text_mask"} [N, S];
+    None: the null caption) and guides away from `negative` (None: the null
+    caption) as its unconditional branch. `pixels`: samples are images,
+    clipped to [-1, 1] (latents are not)."""
     num_classes = _num_classes(config)
     shape = image_shape(config.data)
     default_interval = guidance_interval(config.diffusion)
+    text, prompt_of = text_encoder.enabled(config), text_encoder.prompt_fn(config)
+    length = config.data.get("caption_len", 0)
 
-    def sample(params: Params, keys_N, labels_N, guidance_N, interval=None):
+    def sample(
+        params: Params,
+        keys_N,
+        labels_N,
+        guidance_N,
+        interval=None,
+        prompt=None,
+        negative=None,
+    ):
         p = {"params": params["model"]}
         guidance_N111 = jnp.broadcast_to(guidance_N, labels_N.shape)[
             :, None, None, None
         ]
         lo, hi = default_interval if interval is None else jnp.asarray(interval)
+        null = text_encoder.null_caption(labels_N.shape[0], length)
+        # The text features, computed once per call, not per sampler step.
+        cond_text = prompt_of(params, null if prompt is None else prompt)
+        uncond_text = prompt_of(params, null if negative is None else negative)
 
         def network(x, tau_N):
             x_in, noise_in = process.network_inputs(x, tau_N)
-            if not num_classes:
+            if not (num_classes or text):
                 return model.apply(p, x_in, noise_in)
-            # One batched pass for the conditional and the null label.
-            null_N = jnp.full_like(labels_N, num_classes)
+            # One batched pass for the conditional and the unconditional
+            # inputs (null label; negative prompt or null caption).
+            labels = None
+            if num_classes:
+                null_N = jnp.full_like(labels_N, num_classes)
+                labels = jnp.concatenate([labels_N, null_N])
             both = model.apply(
                 p,
                 jnp.concatenate([x_in, x_in]),
                 jnp.concatenate([noise_in, noise_in]),
-                jnp.concatenate([labels_N, null_N]),
+                labels,
+                *(jnp.concatenate(pair) for pair in zip(cond_text, uncond_text)),
             )
             cond, uncond = jnp.split(both, 2)
             level = process.noise_level(tau_N[0])
@@ -180,6 +204,7 @@ def make(config: ml_collections.ConfigDict, *, pixels: bool = True) -> Family:
     model, process = make_model(config), objective.make(d)
     num_classes = _num_classes(config)
     guided_sample = _guided(config, model, process, pixels)
+    text, prompt_of = text_encoder.enabled(config), text_encoder.prompt_fn(config)
 
     def labels_of(batch, key):
         if not num_classes:
@@ -191,9 +216,15 @@ def make(config: ml_collections.ConfigDict, *, pixels: bool = True) -> Family:
     def init(key: jax.Array, batch: Batch) -> Params:
         x = batch["image"][:1]
         label = jnp.zeros((1,), jnp.int32) if num_classes else None
-        return {
-            "model": model.init(key, x, jnp.zeros((1,), jnp.int32), label)["params"]
-        }
+        key, text_key = jax.random.split(key)
+        params = {}
+        if text:  # the frozen encoder, filled from its run at step 0
+            params[text_encoder.ENTRY] = text_encoder.init(config, text_key)
+        t = jnp.zeros((1,), jnp.int32)
+        captions = {k: batch[k][:1] for k in ("text_tokens", "text_mask") if text}
+        text_args = prompt_of(params, captions)
+        params["model"] = model.init(key, x, t, label, *text_args)["params"]
+        return params
 
     def forward(params: Params, batch: Batch, key: jax.Array, train: bool):
         """The denoiser's output for the batch noised at random noise levels,
@@ -201,11 +232,13 @@ def make(config: ml_collections.ConfigDict, *, pixels: bool = True) -> Family:
         t_key, eps_key, label_key, dropout_key = jax.random.split(key, 4)
         tau_B, x, target = process.noised(batch["image"], t_key, eps_key)
         x_in, noise_in = process.network_inputs(x, tau_B)
+        # Labels and captions are dropped with independent draws.
         out = model.apply(
             {"params": params["model"]},
             x_in,
             noise_in,
             labels_of(batch, label_key),
+            *prompt_of(params, batch, jax.random.fold_in(label_key, 1)),
             train=train,
             rngs={"dropout": dropout_key},
         )
@@ -221,9 +254,12 @@ def make(config: ml_collections.ConfigDict, *, pixels: bool = True) -> Family:
     def evaluate(params: Params, batch: Batch, key: jax.Array) -> Metrics:
         labels = batch["label"] if num_classes else None
 
+        text_args = prompt_of(params, batch)  # no caption dropout
+
         def network(x, tau_B):
             x_in, noise_in = process.network_inputs(x, tau_B)
-            return model.apply({"params": params["model"]}, x_in, noise_in, labels)
+            p = {"params": params["model"]}
+            return model.apply(p, x_in, noise_in, labels, *text_args)
 
         return process.evaluate(network, batch["image"], key)
 
@@ -243,5 +279,8 @@ def make(config: ml_collections.ConfigDict, *, pixels: bool = True) -> Family:
                 "sampler": d.sampler,
                 "steps": process.sampler_steps,
             },
+            prompts=text_encoder.prompts(config) if text else None,
         ),
+        frozen=(text_encoder.ENTRY,) if text else (),
+        loads=(text_encoder.load(config),) if text else (),
     )

@@ -15,6 +15,15 @@ LossFn = Callable[[Params, Batch, jax.Array], tuple[jax.Array, Metrics]]
 
 
 @dataclasses.dataclass(frozen=True)
+class Prompts:
+    """What a text-to-image family reads: captions of `length` token ids from
+    `tokenizer` (captions.tokenize), for its exporter, server and tools."""
+
+    length: int
+    tokenizer: Any  # text.Tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
 class Images:
     """What an image family declares for its exporter and server."""
 
@@ -26,6 +35,8 @@ class Images:
     # The sampler's settings an export records beside `guidance` (diffusion:
     # objective, sampler, steps), fixed when it is exported.
     sampler: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Text-to-image: `generate` takes prompt=/negative= captions; None: no text.
+    prompts: Prompts | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +89,8 @@ class Family:
     sample: Callable[[Params, jax.Array, int], jax.Array] | None = None
     # (params, keys_N, labels_N, guidance_N) -> N images in [-1, 1], one key,
     # label and guidance weight per image (labels and guidance ignored where
-    # the model does not use them), so an image does not depend on what it is
+    # the model does not use them; text-to-image also takes prompt= and
+    # negative=, `Images.prompts`), so an image does not depend on what it is
     # batched with: `sample` is built on it (`images_sampler`), and so are the
     # exported sampler (deploy/export.py) and the server's micro-batches.
     generate: Callable[..., jax.Array] | None = None

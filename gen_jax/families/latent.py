@@ -108,9 +108,10 @@ def wrap(config: ml_collections.ConfigDict, inner: Family) -> Family:
         ae, rest = split(params)
         return inner.losses["model"](rest, on_latents(batch, ae), key)
 
-    def generate(params: Params, keys_N, labels_N, guidance_N, interval=None):
+    def generate(params: Params, keys_N, labels_N, guidance_N, interval=None, **text):
         ae, rest = split(params)
-        return decode(ae, inner.generate(rest, keys_N, labels_N, guidance_N, interval))
+        latents = inner.generate(rest, keys_N, labels_N, guidance_N, interval, **text)
+        return decode(ae, latents)
 
     def apply(params: Params, batch, key: jax.Array):
         ae, rest = split(params)
@@ -135,7 +136,7 @@ def wrap(config: ml_collections.ConfigDict, inner: Family) -> Family:
         reconstruct=reconstruct,
         evaluate=evaluate,
         per_example=inner.per_example,
-        frozen=(AUTOENCODER,),
+        frozen=(AUTOENCODER, *inner.frozen),  # and a text encoder, if any
         # Decoded samples: pixels of config.data's shape.
         images=dataclasses.replace(inner.images, shape=image_shape(config.data)),
         loads=(
@@ -149,6 +150,7 @@ def wrap(config: ml_collections.ConfigDict, inner: Family) -> Family:
                 finish,
                 batches=config.latent.scale_batches,
             ),
+            *inner.loads,
         ),
     )
 

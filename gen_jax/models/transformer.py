@@ -109,11 +109,14 @@ class Transformer(nn.Module):
         segment_ids_BL=None,
         cache_window: int = 0,
         train: bool = False,
+        hidden: bool = False,
     ):
         """Logits (float32) and the updated cache (None when `cache` is None).
 
         Packed rows pass `segment_ids_BL` (tokens attend only within their
-        segment) and per-segment `positions_BL`; `cache_window` is BlockConfig's."""
+        segment) and per-segment `positions_BL`; `cache_window` is BlockConfig's.
+        `hidden`: the final norm's output [B, L, D] (float32) in place of the
+        logits, a text encoder's features (families/text_encoder.py)."""
         config = self.block_config(train=train, cache_window=cache_window)
         if positions_BL is None:
             positions_BL = jnp.broadcast_to(
@@ -147,6 +150,8 @@ class Transformer(nn.Module):
             remat_policy=self.remat_policy,
         )
         x_BLD = norm_layer(config, "final_norm")(x_BLD)
+        if hidden:
+            return x_BLD.astype(jnp.float32), (None if cache is None else new_cache)
         if self.tie_embeddings:  # float32 logits, whatever the compute dtype
             b, length, _ = x_BLD.shape
             logits_BLV = (
