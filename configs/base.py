@@ -157,6 +157,26 @@ def shrink_for_smoke(c: ml_collections.ConfigDict, num_steps: int = 6) -> None:
         e.update({k: 16 for k in ("batch_size", "num_samples") if k in e})
 
 
+def prompts_eval(**overrides) -> ml_collections.ConfigDict:
+    """evals.<name> for a text-to-image run's prompt adherence on captioned
+    digits: EMA samples from held-out captions, their digit accuracy, attribute
+    accuracy and Fréchet distance to the real split."""
+    defaults = {
+        "type": "prompts",
+        "every_steps": 1000,
+        # The held-out captions (captions.py): whole phrasings never trained
+        # on, and digit x attribute pairs never stated together.
+        "splits": ("heldout_phrasings", "heldout_combos"),
+        "num_samples": 1000,  # per split, capped at its size
+        "batch_size": 100,
+        "guidance": -1.0,  # < 0: the run's diffusion.guidance_scale
+        "features": "digits_classifier",
+        "weights": "",
+        "reference_split": "",  # "" = data.train_split
+    }
+    return _section("prompts_eval", defaults, overrides)
+
+
 def lm_defaults(c: ml_collections.ConfigDict) -> None:
     """The LM's model and data fields (a small GPT on the embedded text)."""
     c.family = "lm"

@@ -35,7 +35,10 @@ def get_config(arg: str | None = None):
     c.diffusion.conditional = False  # no label: the text says which digit
     c.model.text_conditioning = "cross"
     c.text.update(encoder="runs/lm_pydoc", model=encoder.model.to_dict())
+    # Prompt adherence on held-out captions in place of label-cycled quality.
+    del c.evals["quality"]
+    c.evals.prompts = base.prompts_eval(every_steps=c.train.num_steps)
 
-    if arg.smoke and not arg.latent:
+    if arg.smoke:  # again for the latent variant: its prompts eval is new
         base.shrink_for_smoke(c)
     return c

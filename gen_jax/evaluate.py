@@ -15,7 +15,8 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from gen_jax import data, features, metrics, quality
+from gen_jax import captions, data, features, metrics, quality
+from gen_jax.families.family import image_keys
 from gen_jax.train_state import TrainState
 
 Evaluator = Callable[[TrainState], dict]
@@ -142,7 +143,89 @@ def _quality(cfg, *, data_cfg, key, sample_fn, workdir=None, **_) -> Evaluator:
     return run
 
 
-EVALUATORS = {"heldout": _heldout, "quality": _quality, "samples": _samples}
+def _prompts(cfg, *, data_cfg, key, family, workdir=None, **_) -> Evaluator:
+    """Prompt adherence of a text-to-image run on captioned digits: images
+    generated from the captions of each split in `cfg.splits` (held-out
+    phrasings, held-out digit x attribute combinations), scored by the digits
+    classifier (digit accuracy: the digit the caption names) and by the
+    measurements that wrote the captions (attribute accuracy over the
+    attributes a caption states, and per attribute), beside their Fréchet
+    distance to the real `reference_split`; and a grid of the first 64."""
+    prompts = family.images.prompts if family.images else None
+    if prompts is None:
+        raise ValueError(
+            "evals type 'prompts' scores text-to-image runs; this family takes "
+            "no prompts (set config.text.encoder)"
+        )
+    guidance = family.images.guidance if cfg.guidance < 0 else cfg.guidance
+    generate = jax.jit(lambda p, k, y, g, c: family.generate(p, k, y, g, prompt=c))
+    extractor = features.make(cfg.features, cfg.weights, data_cfg)
+    real_feats, _ = features.real_features(
+        extractor,
+        data_cfg,
+        cfg.reference_split or data_cfg.train_split,
+        batch_size=cfg.batch_size,
+        cache_key=features.weights_id(cfg.features, cfg.weights),
+        cache_dir=str(epath.Path(workdir) / "quality_cache") if workdir else None,
+    )
+    real_stats = quality.feature_stats(real_feats)
+    splits = {}
+    for split in cfg.splits:  # the first num_samples captions of each
+        ds = data.make_source(data_cfg, split)
+        rows = min(cfg.num_samples, len(ds))
+        splits[split] = [
+            ds[i : min(i + cfg.batch_size, rows)].batch(cfg.batch_size)[0]
+            for i in range(0, rows, cfg.batch_size)
+        ]
+
+    def run(state: TrainState) -> dict:
+        out = {}
+        for s, (split, batches) in enumerate(splits.items()):
+            images = []
+            for b, batch in enumerate(batches):
+                n = len(batch["label"])
+                keys = image_keys(jax.random.fold_in(jax.random.fold_in(key, s), b), n)
+                captions = {k: batch[k] for k in ("text_tokens", "text_mask")}
+                g = np.full(n, guidance, np.float32)
+                x = generate(state.sampling_params, keys, batch["label"], g, captions)
+                images.append(np.asarray(x))
+            out |= _adherence(split, images, batches, extractor, real_stats)
+            if s == 0:
+                out["samples"] = metrics.image_grid(np.concatenate(images)[:64])
+        return out
+
+    return run
+
+
+def _adherence(split, images, batches, extractor, real_stats) -> dict:
+    """`split`'s digit, attribute and per-attribute accuracies and Fréchet
+    distance of `images`, generated from the captions of `batches`."""
+    feats, logits = features.extract(extractor, images)
+    images = np.concatenate(images)
+    rows = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    measured = captions.attributes(images, rows["label"])
+    stated = rows["stated"].astype(bool)  # [N, attributes]
+    hits = np.stack([measured[a] == rows[a] for a in captions.ATTRIBUTES], axis=1)
+    out = {
+        "digit_accuracy": float(np.mean(np.argmax(logits, -1) == rows["label"])),
+        "attribute_accuracy": float(hits[stated].mean()) if stated.any() else np.nan,
+        "frechet_distance": quality.frechet_distance(
+            *real_stats, *quality.feature_stats(feats)
+        ),
+        "num_samples": float(len(images)),
+    }
+    for i, name in enumerate(captions.ATTRIBUTES):
+        if stated[:, i].any():
+            out[f"{name}_accuracy"] = float(hits[stated[:, i], i].mean())
+    return {f"{split}/{k}": v for k, v in out.items()}
+
+
+EVALUATORS = {
+    "heldout": _heldout,
+    "prompts": _prompts,
+    "quality": _quality,
+    "samples": _samples,
+}
 
 
 def make(name: str, cfg: ml_collections.ConfigDict, **deps) -> Evaluator:

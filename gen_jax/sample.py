@@ -5,19 +5,48 @@ import jax
 import numpy as np
 from etils import epath
 
-from gen_jax import checkpoint, metrics, png, sharding
+from gen_jax import captions, checkpoint, metrics, png, sharding
+from gen_jax.families.family import image_keys
 
 
-def images(run: checkpoint.Run, *, num_samples: int, seed: int = 0) -> np.ndarray:
-    """`num_samples` images in [-1, 1] (NHWC) from the run's params."""
-    if run.family.images is None:
+def images(
+    run: checkpoint.Run,
+    *,
+    num_samples: int,
+    seed: int = 0,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+) -> np.ndarray:
+    """`num_samples` images in [-1, 1] (NHWC) from the run's params; a
+    text-to-image run draws them all from `prompt` (None: the null caption,
+    unconditional samples), guided away from `negative_prompt`."""
+    images_info = run.family.images
+    if images_info is None:
         raise ValueError(f"family {run.config.family!r} does not generate images")
-    sample_fn = jax.jit(
-        run.family.sample,
-        static_argnums=2,
-        out_shardings=sharding.replicated(run.mesh),
-    )
-    return np.asarray(sample_fn(run.params, jax.random.key(seed), num_samples))
+    prompts = images_info.prompts
+    if prompts is None:
+        if prompt is not None or negative_prompt is not None:
+            raise ValueError(
+                "--prompt / --negative_prompt: this run takes no text (train "
+                "a text-to-image config, e.g. configs/t2i_digits.py)"
+            )
+        sample_fn = jax.jit(
+            run.family.sample,
+            static_argnums=2,
+            out_shardings=sharding.replicated(run.mesh),
+        )
+        return np.asarray(sample_fn(run.params, jax.random.key(seed), num_samples))
+    text = {
+        name: None
+        if value is None
+        else captions.tokenize([value] * num_samples, prompts.tokenizer, prompts.length)
+        for name, value in (("prompt", prompt), ("negative", negative_prompt))
+    }
+    generate = jax.jit(run.family.generate, out_shardings=sharding.replicated(run.mesh))
+    keys = image_keys(jax.random.key(seed), num_samples)
+    labels = np.arange(num_samples) % max(images_info.num_classes, 1)
+    guidance = np.full(num_samples, images_info.guidance or 1.0, np.float32)
+    return np.asarray(generate(run.params, keys, labels, guidance, **text))
 
 
 def write_images(workdir: str, images_NHWC: np.ndarray, name: str) -> str:

@@ -9,6 +9,12 @@ print the completions (also written to WORKDIR/samples/):
     --sampler=ddim --sampler_steps=50 --guidance=2.0 --seed=0
   gen-jax sample --workdir=runs/lm_pydoc --prompt="The with statement" \\
     --num_samples=2 --max_len=300 --temperature=0.8 --top_k=40 --top_p=0.95
+
+Text-to-image runs draw every image from --prompt, guided away from
+--negative_prompt (default: the null caption):
+
+  gen-jax sample --workdir=runs/t2i_digits --prompt="a thick seven leaning right" \\
+    --guidance=3 --num_samples=16
 """
 
 from absl import app, flags, logging
@@ -23,7 +29,17 @@ def _define_flags() -> None:
     tool_flags.define_num_samples(64)
     tool_flags.define_seed("Sampling seed (LM: row i uses seed + i).")
     tool_flags.define_sampler()
-    flags.DEFINE_string("prompt", None, "LM: the text to complete.")
+    flags.DEFINE_string(
+        "prompt",
+        None,
+        "LM: the text to complete. Text-to-image: the caption every image is "
+        "drawn from (none: the null caption, unconditional samples).",
+    )
+    flags.DEFINE_string(
+        "negative_prompt",
+        None,
+        "Text-to-image: guidance steers away from it (in place of the null caption).",
+    )
     flags.DEFINE_integer("max_len", 256, "LM: prompt + completion tokens.")
     flags.DEFINE_float("temperature", 1.0, "LM: 0 is greedy.")
     flags.DEFINE_integer("top_k", 0, "LM: keep the k likeliest tokens (0: off).")
@@ -59,12 +75,19 @@ def main(argv: list[str]) -> None:
         path.write_text(text)
         print(text)
         return
-    if FLAGS.prompt is not None:
-        raise app.UsageError(
-            f"--prompt completes LM runs; this run trains {config.family!r}"
+    try:
+        images = sample.images(
+            run,
+            num_samples=FLAGS.num_samples,
+            seed=FLAGS.seed,
+            prompt=FLAGS.prompt,
+            negative_prompt=FLAGS.negative_prompt,
         )
-    images = sample.images(run, num_samples=FLAGS.num_samples, seed=FLAGS.seed)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     tag = "".join(f"_{k}{v}" for k, v in sorted(overrides.items()))
+    if FLAGS.prompt is not None:  # one file per prompt: a slug of it
+        tag += "_" + "".join(c if c.isalnum() else "-" for c in FLAGS.prompt)[:48]
     prefix = sample.write_images(FLAGS.workdir, images, name + tag)
     logging.info(
         "wrote %s.png and .npz (%d samples, step %d)", prefix, len(images), run.step
