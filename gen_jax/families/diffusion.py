@@ -150,10 +150,16 @@ def _guided(config, model: nn.Module, process: Process, pixels: bool):
             :, None, None, None
         ]
         lo, hi = default_interval if interval is None else jnp.asarray(interval)
-        null = text_encoder.null_caption(labels_N.shape[0], length)
+        # Both sides at one length (the null caption's: the longest given).
+        given = [c["text_tokens"].shape[1] for c in (prompt, negative) if c]
+        size = max(given, default=length)
+        null = text_encoder.null_caption(labels_N.shape[0], size)
+        prompt, negative = (
+            null if c is None else text_encoder.padded(c, size)
+            for c in (prompt, negative)
+        )
         # The text features, computed once per call, not per sampler step.
-        cond_text = prompt_of(params, null if prompt is None else prompt)
-        uncond_text = prompt_of(params, null if negative is None else negative)
+        cond_text, uncond_text = prompt_of(params, prompt), prompt_of(params, negative)
 
         def network(x, tau_N):
             x_in, noise_in = process.network_inputs(x, tau_N)

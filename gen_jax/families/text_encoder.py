@@ -213,3 +213,9 @@ def null_caption(num: int, length: int) -> dict[str, np.ndarray]:
     """{"text_tokens", "text_mask"} of `num` null captions (all padding)."""
     zeros = np.zeros((num, length), np.int32)
     return {"text_tokens": zeros, "text_mask": zeros}
+
+
+def padded(captions: dict, length: int) -> dict:
+    """{"text_tokens", "text_mask"} right-padded to `length` positions."""
+    extra = length - captions["text_tokens"].shape[1]
+    return {k: jnp.pad(v, ((0, 0), (0, extra))) for k, v in captions.items()}
