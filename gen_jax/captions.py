@@ -6,7 +6,7 @@ combinations for evaluation; and captions -> fixed-length token ids.
 
 import functools
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import grain
 import numpy as np
@@ -210,32 +210,13 @@ def source(split: str, digits: Callable[[str], grain.MapDataset]) -> grain.MapDa
     return grain.MapDataset.range(size).map_with_index(element)
 
 
-def tokenize(
-    captions: Sequence[str], tokenizer: text.Tokenizer, max_len: int
-) -> dict[str, np.ndarray]:
-    """{"text_tokens", "text_mask"}: int32 [N, max_len], right-padded with 0 and
-    mask 1 on real tokens. A caption is encoded as a prompt
-    (`Tokenizer.prompt`: as the LM's own tokenizer encodes one, so a Llama
-    tokenizer adds its BOS, the byte tokenizer nothing) with no EOS: a causal
-    LM's features at the last real token already read the whole caption, and
-    the mask marks where it ends. Longer captions are truncated to their first
-    `max_len` tokens."""
-    tokens = np.zeros((len(captions), max_len), np.int32)
-    mask = np.zeros((len(captions), max_len), np.int32)
-    for row, caption in enumerate(captions):
-        ids = np.asarray(tokenizer.prompt(caption), np.int32)[:max_len]
-        tokens[row, : len(ids)] = ids
-        mask[row, : len(ids)] = 1
-    return {"text_tokens": tokens, "text_mask": mask}
-
-
 def tokenize_fn(tokenizer: text.Tokenizer, max_len: int) -> Callable[[dict], dict]:
     """An element map for `source`: "caption" replaced by "text_tokens" and
     "text_mask" (int32 [max_len]), so every value batches into an array."""
 
     def tokenize_element(element: dict) -> dict:
         out = {k: v for k, v in element.items() if k != "caption"}
-        encoded = tokenize([element["caption"]], tokenizer, max_len)
+        encoded = text.fixed_length([element["caption"]], tokenizer, max_len)
         return out | {k: v[0] for k, v in encoded.items()}
 
     return tokenize_element

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from gen_jax import captions, checkpoint, metrics, png, sharding
+from gen_jax import checkpoint, metrics, png, sharding, text
 from gen_jax.families.family import image_keys
 
 
@@ -36,17 +36,24 @@ def images(
             out_shardings=sharding.replicated(run.mesh),
         )
         return np.asarray(sample_fn(run.params, jax.random.key(seed), num_samples))
-    text = {
+    for value in (prompt, negative_prompt):
+        size = 0 if value is None else len(prompts.tokenizer.prompt(value))
+        if size > prompts.length:
+            raise ValueError(
+                f"{value!r} is {size} tokens; this run reads at most "
+                f"{prompts.length} (data.caption_len)"
+            )
+    captions = {
         name: None
         if value is None
-        else captions.tokenize([value] * num_samples, prompts.tokenizer, prompts.length)
+        else text.fixed_length([value] * num_samples, prompts.tokenizer, prompts.length)
         for name, value in (("prompt", prompt), ("negative", negative_prompt))
     }
     generate = jax.jit(run.family.generate, out_shardings=sharding.replicated(run.mesh))
     keys = image_keys(jax.random.key(seed), num_samples)
     labels = np.arange(num_samples) % max(images_info.num_classes, 1)
     guidance = np.full(num_samples, images_info.guidance or 1.0, np.float32)
-    return np.asarray(generate(run.params, keys, labels, guidance, **text))
+    return np.asarray(generate(run.params, keys, labels, guidance, **captions))
 
 
 def write_images(workdir: str, images_NHWC: np.ndarray, name: str) -> str:

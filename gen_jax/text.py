@@ -9,7 +9,7 @@ read with `tfds.data_source`. Documents are joined by a blank line.
 import dataclasses
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grain
 import ml_collections
@@ -272,3 +272,22 @@ def render_chat(
         add_generation_prompt=add_generation_prompt,
         **tokenizer.special_tokens,
     )
+
+
+def fixed_length(
+    captions: Sequence[str], tokenizer: Tokenizer, max_len: int
+) -> dict[str, np.ndarray]:
+    """{"text_tokens", "text_mask"}: int32 [N, max_len], right-padded with 0 and
+    mask 1 on real tokens. A caption is encoded as a prompt
+    (`Tokenizer.prompt`: as the LM's own tokenizer encodes one, so a Llama
+    tokenizer adds its BOS, the byte tokenizer nothing) with no EOS: a causal
+    LM's features at the last real token already read the whole caption, and
+    the mask marks where it ends. Longer captions are truncated to their first
+    `max_len` tokens."""
+    tokens = np.zeros((len(captions), max_len), np.int32)
+    mask = np.zeros((len(captions), max_len), np.int32)
+    for row, caption in enumerate(captions):
+        ids = np.asarray(tokenizer.prompt(caption), np.int32)[:max_len]
+        tokens[row, : len(ids)] = ids
+        mask[row, : len(ids)] = 1
+    return {"text_tokens": tokens, "text_mask": mask}

@@ -209,7 +209,7 @@ def byte_tokenizer():
 
 
 def test_tokenize_pads_masks_and_truncates(byte_tokenizer):
-    out = captions.tokenize(["ab", "a thick seven"], byte_tokenizer, max_len=8)
+    out = text.fixed_length(["ab", "a thick seven"], byte_tokenizer, max_len=8)
     assert {k: (v.shape, v.dtype) for k, v in out.items()} == {
         "text_tokens": ((2, 8), np.int32),
         "text_mask": ((2, 8), np.int32),
@@ -227,7 +227,7 @@ def test_tokenize_encodes_a_caption_as_a_prompt():
         decode=lambda ids: "",
         encode_prompt=lambda s: np.array([299] + [ord(c) for c in s], np.int32),
     )
-    out = captions.tokenize(["abc"], bos, max_len=3)
+    out = text.fixed_length(["abc"], bos, max_len=3)
     assert out["text_tokens"].tolist() == [[299, 97, 98]]  # BOS kept, tail cut
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from configs import lm_pydoc, lm_shakespeare_char, t2i_digits
-from gen_jax import captions, checkpoint, families, pytree, sample, train
+from gen_jax import checkpoint, families, pytree, sample, text, train
 from gen_jax.families import text_encoder
 from gen_jax.families.family import image_keys
 from tests import helpers
@@ -51,7 +51,7 @@ def _opened(workdir):
 
 def _prompts(run, texts, length=None):
     info = run.family.images.prompts
-    return captions.tokenize(texts, info.tokenizer, length or info.length)
+    return text.fixed_length(texts, info.tokenizer, length or info.length)
 
 
 def _generate(run, prompt=None, negative=None, guidance=2.0):
@@ -232,3 +232,53 @@ def test_an_earlier_layer_keeps_only_its_blocks():
         "final_norm",
     ]
     assert "block_2" in text_encoder._cut(params, -1)
+
+
+def test_two_prompts_in_one_batch_equal_their_solo_images(runs):
+    """An image depends on its own key, prompt and negative prompt only (the
+    server's micro-batches; it also pads them to one size, bitwise)."""
+    _, workdir, _ = runs
+    run = _opened(workdir)
+    texts = ["a thick seven leaning right", "number two, small"]
+    both = _generate(run, _prompts(run, texts))
+    for i, caption in enumerate(texts):
+        solo = np.asarray(
+            jax.jit(run.family.generate)(
+                run.params,
+                image_keys(jax.random.key(0), 2)[i : i + 1],
+                jnp.zeros((1,), jnp.int32),
+                jnp.full((1,), 2.0),
+                None,
+                _prompts(run, [caption]),
+            )
+        )
+        np.testing.assert_allclose(solo[0], both[i], atol=1e-5)
+    assert not np.allclose(both[0], both[1], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_an_imported_hugging_face_model_is_an_encoder(tmp_path):
+    """The committed tiny Llama fixture, imported, conditions a smoke run:
+    its tokenizer (BOS added) tokenizes the captions."""
+    hf_workdir = str(tmp_path / "llama")
+    result = helpers.gen_jax(
+        "import-hf",
+        f"--hf_dir={helpers.ROOT}/tests/fixtures/hf/llama",
+        f"--workdir={hf_workdir}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = t2i_digits.get_config("smoke")
+    config.text.encoder = hf_workdir
+    config.evals = {}
+    workdir = str(tmp_path / "t2i")
+    train.run(config, workdir)
+    recorded = checkpoint.load_config(workdir)
+    assert recorded.data.tokenizer == "hf"
+    assert recorded.text.model == checkpoint.load_config(hf_workdir).model
+    run = _opened(workdir)
+    ids = _prompts(run, ["a thick seven leaning right"])
+    assert (
+        ids["text_tokens"][0, 0] == run.family.images.prompts.tokenizer.prompt("a")[0]
+    )
+    images = _generate(run, ids)
+    assert images.shape == (1, 8, 8, 1) and np.isfinite(images).all()

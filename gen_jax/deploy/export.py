@@ -42,8 +42,17 @@ def image_functions(run: checkpoint.Run) -> dict[str, lowering.Function]:
     if images is None:
         raise ValueError(f"family {run.config.family!r} does not generate images")
 
-    def sample(params: Params, seeds_N, indices_N, labels_N, guidance_N):
-        return generate(params, seeded_keys(seeds_N, indices_N), labels_N, guidance_N)
+    def sample(params: Params, seeds_N, indices_N, labels_N, guidance_N, *text):
+        keys = seeded_keys(seeds_N, indices_N)
+        if not text:
+            return generate(params, keys, labels_N, guidance_N)
+        prompt, negative = (
+            {"text_tokens": tokens, "text_mask": mask}
+            for tokens, mask in (text[:2], text[2:])
+        )
+        return generate(
+            params, keys, labels_N, guidance_N, prompt=prompt, negative=negative
+        )
 
     (n,) = jax_export.symbolic_shape("n")
     classes = max(images.num_classes, 1)
@@ -64,8 +73,32 @@ def image_functions(run: checkpoint.Run) -> dict[str, lowering.Function]:
             [guidance] * 2,
         ),
     ]
+    if images.prompts is not None:
+        args += _prompt_args(images.prompts, n)
     outputs = ["images [n, H, W, C] float32 in [-1, 1]"]
     return {"sample": lowering.Function(sample, args, outputs)}
+
+
+def _prompt_args(prompts, n) -> list[lowering.Arg]:
+    """A text-to-image sampler's caption arguments: the prompt's and the
+    negative prompt's token ids and masks ([n, length], right-padded; an
+    all-zero mask is the null caption), as manifest["images"]["prompts"]
+    says to tokenize them."""
+    example = text_lib.fixed_length(
+        ["a thick seven leaning right", "number two, small"],
+        prompts.tokenizer,
+        prompts.length,
+    )
+    null = np.zeros_like(example["text_mask"])
+    shape = (n, prompts.length)
+    return [
+        _int32(
+            "prompt_tokens", shape, "the prompt's token ids", example["text_tokens"]
+        ),
+        _int32("prompt_mask", shape, "1 on the prompt's tokens", example["text_mask"]),
+        _int32("negative_tokens", shape, "the negative prompt's token ids", null),
+        _int32("negative_mask", shape, "1 on its tokens; all 0: none", null),
+    ]
 
 
 def lm_functions(run: checkpoint.Run, context: int) -> dict[str, lowering.Function]:
@@ -161,6 +194,8 @@ def export_run(
         info = {"shape": list(images.shape), "num_classes": images.num_classes}
         if images.guidance is not None:  # absent: the model takes no weight
             info["guidance"] = images.guidance
+        if images.prompts is not None:  # what tokenizes a prompt, and its length
+            info["prompts"] = _prompts_section(run, images.prompts, out_path)
         product = {"images": info | images.sampler}
     manifest_fns = lowering.write_functions(
         functions, jax.device_get(run.params), out_path, platforms
@@ -179,6 +214,18 @@ def export_run(
     }
     (out_path / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return sorted(str(p) for p in out_path.rglob("*") if p.is_file())
+
+
+def _prompts_section(run: checkpoint.Run, prompts, out_path: pathlib.Path) -> dict:
+    """The manifest's images["prompts"]: the caption length and the tokenizer
+    (its files under `out_path`/tokenizer), so prompt -> image runs where
+    gen_jax is not installed."""
+    return {
+        "length": prompts.length,
+        "tokenizer": text_lib.describe_tokenizer(
+            run.config.data, prompts.tokenizer, str(out_path / "tokenizer")
+        ),
+    }
 
 
 def _lm_section(run: checkpoint.Run, context: int, out_path: pathlib.Path) -> dict:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 from absl import logging
 
+from gen_jax import text
 from gen_jax.deploy import programs as programs_lib
 from gen_jax.deploy import prometheus
 
@@ -21,6 +22,9 @@ class ImageJob:
     guidance: float
     # images [count, H, W, C] in [-1, 1], or None when sampling failed
     done: Callable[[np.ndarray | None], None]
+    # A text-to-image model's caption arrays ([length] each: the sampler's
+    # prompt_tokens, prompt_mask, negative_tokens, negative_mask); None: none.
+    captions: tuple[np.ndarray, ...] | None = None
 
 
 class ImageBatcher(programs_lib.Worker):
@@ -49,6 +53,14 @@ class ImageBatcher(programs_lib.Worker):
         self.num_classes: int = info["num_classes"]
         self.steps: int | None = info.get("steps")
         self.guidance: float | None = info.get("guidance")
+        # Text-to-image: the caption length and the tokenizer of its prompts.
+        self.prompt_length, self.tokenizer = 0, None
+        if "prompts" in info:
+            self.prompt_length = info["prompts"]["length"]
+            self.tokenizer = text.tokenizer_from_spec(
+                info["prompts"]["tokenizer"],
+                str(programs.artifact.directory / "tokenizer"),
+            )
         self.max_batch, self.max_wait_s, self.max_waiting = (
             max_batch,
             max_wait_s,
@@ -72,8 +84,30 @@ class ImageBatcher(programs_lib.Worker):
         model takes none)."""
         return 1.0 if self.guidance is None else self.guidance
 
+    def captions(self, prompt: str, negative: str | None) -> tuple[np.ndarray, ...]:
+        """A job's caption arrays: "" is the null caption, as is a missing
+        negative prompt. ValueError(message, field) when one is longer than
+        the model reads."""
+        out = []
+        for which, value in (("prompt", prompt), ("negative_prompt", negative)):
+            ids = self.tokenizer.prompt(value) if value else []
+            if len(ids) > self.prompt_length:
+                raise ValueError(
+                    f"'{which}' is {len(ids)} tokens; this model reads at most "
+                    f"{self.prompt_length}",
+                    which,
+                )
+            row = text.fixed_length([value or ""], self.tokenizer, self.prompt_length)
+            if not value:
+                row = {k: np.zeros_like(v) for k, v in row.items()}
+            out += [row["text_tokens"][0], row["text_mask"][0]]
+        return tuple(out)
+
     def warm_up(self) -> None:
-        self._sample([ImageJob(1, 0, None, self.default_guidance, lambda _: None)])
+        captions = self.captions("", None) if self.tokenizer else None
+        self._sample(
+            [ImageJob(1, 0, None, self.default_guidance, lambda _: None, captions)]
+        )
         self.metrics.set("gen_jax_compiled_programs", self.programs.compiled())
         self.ready = True
 
@@ -117,15 +151,17 @@ class ImageBatcher(programs_lib.Worker):
         pad = lambda xs, dtype: np.asarray(
             xs + [xs[0]] * (self.max_batch - total), dtype
         )
-        images = np.asarray(
-            self.programs(
-                "sample",
-                pad(seeds, np.int32),
-                pad(list(indices), np.int32),
-                pad(labels, np.int32),
-                pad(guidance, np.float32),
-            )
-        )
+        args = [
+            pad(seeds, np.int32),
+            pad(list(indices), np.int32),
+            pad(labels, np.int32),
+            pad(guidance, np.float32),
+        ]
+        if self.tokenizer is not None:  # per image, like the labels
+            for i in range(4):
+                rows = [job.captions[i] for job in jobs for _ in range(job.count)]
+                args.append(pad(rows, np.int32))
+        images = np.asarray(self.programs("sample", *args))
         self.metrics.inc("gen_jax_images_generated_total", total)
         start = 0
         for job in jobs:

@@ -1,6 +1,8 @@
 """OpenAI's image generations over the image batcher: image i of a request with
 `seed` S is image i of `gen-jax sample --seed=S`, as PNG (gen_jax/png.py) in
-base64; labels, guidance and steps as the exported sampler allows."""
+base64; labels, guidance and steps as the exported sampler allows. A
+text-to-image model draws from `prompt` ("" is the null caption) and guides
+away from `negative_prompt`; other models accept the prompt and ignore it."""
 
 import asyncio
 import base64
@@ -27,6 +29,12 @@ def add(app: FastAPI, batcher: ImageBatcher, model_name: str) -> None:
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little") % schemas.SEEDS
         weight = batcher.default_guidance if body.guidance is None else body.guidance
+        captions = None
+        if batcher.tokenizer is not None:
+            try:
+                captions = batcher.captions(body.prompt, body.negative_prompt)
+            except ValueError as e:
+                raise errors.BadRequest(*e.args) from None
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         batcher.submit(
@@ -36,6 +44,7 @@ def add(app: FastAPI, batcher: ImageBatcher, model_name: str) -> None:
                 body.label,
                 float(weight),
                 lambda images: loop.call_soon_threadsafe(done.set_result, images),
+                captions,
             )
         )
         images = await done
@@ -74,6 +83,10 @@ def _check(body: schemas.ImageRequest, batcher: ImageBatcher) -> None:
     if body.guidance is not None and batcher.guidance is None:
         raise errors.BadRequest(
             "'guidance': this model takes no guidance weight", "guidance"
+        )
+    if body.negative_prompt is not None and batcher.tokenizer is None:
+        raise errors.BadRequest(
+            "'negative_prompt': this model takes no text", "negative_prompt"
         )
     if body.steps is not None and body.steps != batcher.steps:
         raise errors.BadRequest(

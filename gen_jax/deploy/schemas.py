@@ -116,11 +116,15 @@ class ChatCompletionRequest(Sampling):
 
 
 class ImageRequest(Body):
-    """OpenAI's image generation, with the labels, seed, guidance and steps of
-    `gen-jax sample`; the prompt is accepted and unused (no text conditioning)."""
+    """OpenAI's image generation, with the labels, seed, guidance, steps and
+    negative prompt of `gen-jax sample`; a model without text conditioning
+    accepts the prompt and ignores it."""
 
     model: StrictStr | None = None  # optional in OpenAI's images API
     prompt: StrictStr = ""
+    negative_prompt: StrictStr | None = Field(
+        None, description="text-to-image: guidance steers away from it"
+    )
     n: StrictInt = Field(1, ge=1, description="at most the server's --max_batch")
     response_format: StrictStr = Field("b64_json", description="b64_json only")
     size: StrictStr | None = Field(None, description="HxW: the model's own size")

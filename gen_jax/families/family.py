@@ -17,7 +17,7 @@ LossFn = Callable[[Params, Batch, jax.Array], tuple[jax.Array, Metrics]]
 @dataclasses.dataclass(frozen=True)
 class Prompts:
     """What a text-to-image family reads: captions of `length` token ids from
-    `tokenizer` (captions.tokenize), for its exporter, server and tools."""
+    `tokenizer` (text.fixed_length), for its exporter, server and tools."""
 
     length: int
     tokenizer: Any  # text.Tokenizer

@@ -12,7 +12,7 @@ record), frozen (no optimizer, no EMA) and carried by the run's checkpoints, so
 sampling, evaluation, export and serving need only the run.
 
 Captions arrive tokenized ("text_tokens", "text_mask": int32 [B, S],
-right-padded; captions.tokenize). The LM is causal, so a real token's features
+right-padded; text.fixed_length). The LM is causal, so a real token's features
 never read the padding after it; the mask keeps padded positions out of the
 denoiser's cross-attention and pooled embedding. An all-false mask is the null
 caption (classifier-free guidance's unconditional input): the denoiser's text
@@ -22,7 +22,6 @@ terms are then exactly zero.
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from gen_jax.families import lm
 from gen_jax.families.family import Load, Params, Prompts
@@ -209,9 +208,10 @@ def load(config: ml_collections.ConfigDict) -> Load:
     )
 
 
-def null_caption(num: int, length: int) -> dict[str, np.ndarray]:
-    """{"text_tokens", "text_mask"} of `num` null captions (all padding)."""
-    zeros = np.zeros((num, length), np.int32)
+def null_caption(num, length: int) -> dict[str, jax.Array]:
+    """{"text_tokens", "text_mask"} of `num` null captions (all padding);
+    `num` may be a symbolic dimension (an export's batch)."""
+    zeros = jnp.zeros((num, length), jnp.int32)
     return {"text_tokens": zeros, "text_mask": zeros}
 
 

@@ -1,0 +1,148 @@
+"""The text-to-image chain as a user types it: `gen-jax train` an LM (the
+shared lm_pydoc smoke run) -> `gen-jax train --config=configs/t2i_digits.py:smoke
+--config.text.encoder=LM_RUN` -> `gen-jax sample --prompt` -> `gen-jax export`
+(the artifact reruns bitwise where gen_jax, flax and optax cannot be imported,
+and draws `gen-jax sample`'s images from the same tokens) -> `gen-jax serve`
+answering the openai client's images.generate(prompt=...)."""
+
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import openai
+import pytest
+
+from gen_jax import png, text
+from gen_jax.deploy import artifact
+from tests import helpers
+from tests.test_export import BLOCKER
+
+PROMPT = "a thick seven leaning right"
+
+
+@pytest.fixture(scope="module")
+def chain(trained, tmp_path_factory):
+    """(the text-to-image workdir, its artifact), both made by the CLI."""
+    root = tmp_path_factory.mktemp("t2i_cli")
+    workdir, out = str(root / "run"), str(root / "artifact")
+    result = helpers.gen_jax(
+        "train",
+        "--config=configs/t2i_digits.py:smoke",
+        f"--config.text.encoder={trained('lm_pydoc')}",
+        f"--workdir={workdir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = helpers.gen_jax("export", f"--workdir={workdir}", f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, out
+
+
+def _artifact_images(directory: str, prompt: str, seed: int, n: int) -> np.ndarray:
+    art = artifact.Artifact(directory)
+    info = art.manifest["images"]["prompts"]
+    tokenizer = text.tokenizer_from_spec(
+        info["tokenizer"], os.path.join(directory, "tokenizer")
+    )
+    ids = text.fixed_length([prompt] * n, tokenizer, info["length"])
+    zeros = np.zeros_like(ids["text_mask"])
+    return np.asarray(
+        art.call(
+            "sample",
+            np.full(n, seed, np.int32),
+            np.arange(n, dtype=np.int32),
+            np.zeros(n, np.int32),
+            np.full(n, art.manifest["images"]["guidance"], np.float32),
+            ids["text_tokens"],
+            ids["text_mask"],
+            zeros,
+            zeros,
+        )
+    )
+
+
+def test_sample_export_and_the_artifact_without_gen_jax(chain, tmp_path):
+    workdir, out = chain
+    result = helpers.gen_jax(
+        "sample", f"--workdir={workdir}", f"--prompt={PROMPT}", "--num_samples=4"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    prefix = result.stdout.strip().splitlines()[-1].removesuffix(".png")
+    assert prefix.endswith("a-thick-seven-leaning-right")
+    with np.load(prefix + ".npz") as f:
+        sampled = f["images"]
+    # The exported sampler, fed the prompt's tokens, draws the same images.
+    np.testing.assert_array_equal(_artifact_images(out, PROMPT, 0, 4), sampled)
+    with open(os.path.join(out, "manifest.json")) as f:
+        prompts = json.load(f)["images"]["prompts"]
+    assert prompts == {"length": 64, "tokenizer": {"tokenizer": "byte"}}
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "XLA_FLAGS": helpers.xla_flags(1)}
+    result = subprocess.run(
+        [sys.executable, os.path.join(out, "load.py"), out],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "examples match" in result.stdout
+    bad = helpers.gen_jax("sample", f"--workdir={workdir}", "--prompt=" + "x" * 65)
+    assert bad.returncode != 0 and "at most 64" in bad.stderr
+
+
+def _images(client, **ask) -> list[np.ndarray]:
+    from PIL import Image
+
+    response = client.images.generate(
+        model="t2i",
+        prompt=ask.pop("prompt"),
+        response_format="b64_json",
+        n=ask.pop("n", 1),
+        extra_body=ask,
+    )
+    return [
+        np.asarray(Image.open(io.BytesIO(base64.b64decode(d.b64_json))))
+        for d in response.data
+    ]
+
+
+@pytest.mark.slow
+def test_served_prompts_are_the_same_alone_or_batched(chain):
+    _, out = chain
+    proc, url = helpers.start_server(
+        f"--artifact={out}", "--max_batch=4", "--max_wait_ms=300", "--model_name=t2i"
+    )
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        asks = [
+            {"prompt": PROMPT, "seed": 1, "n": 2},
+            {"prompt": "number two, small", "seed": 1},
+            {"prompt": "a thin one", "negative_prompt": "thick", "seed": 3},
+        ]
+        solo = [_images(client, **dict(a)) for a in asks]
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:  # one 300 ms window
+            together = list(pool.map(lambda a: _images(client, **dict(a)), asks))
+        for a, b in zip(solo, together):
+            np.testing.assert_array_equal(np.stack(a), np.stack(b))
+        # The server's images are the artifact's for the same tokens,
+        # PNG-rounded; the prompt decides them (same seed, another prompt: in
+        # floats, as six smoke steps barely move the zero-started text
+        # projections, which PNG's 8 bits round away).
+        mine = _artifact_images(out, PROMPT, 1, 2)
+        other = _artifact_images(out, "number two, small", 1, 1)
+        assert not np.array_equal(mine[:1], other)
+        np.testing.assert_array_equal(np.stack(solo[0]), png.to_uint8(mine)[..., 0])
+        np.testing.assert_array_equal(solo[1][0], png.to_uint8(other)[0, ..., 0])
+        with pytest.raises(openai.BadRequestError, match="at most 64"):
+            _images(client, prompt="x" * 65)
+        assert len(_images(client, prompt="")) == 1  # the null caption
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
