@@ -167,7 +167,9 @@ def prompts_eval(**overrides) -> ml_collections.ConfigDict:
         # The held-out captions (captions.py): whole phrasings never trained
         # on, and digit x attribute pairs never stated together.
         "splits": ("heldout_phrasings", "heldout_combos"),
-        "num_samples": 1000,  # per split, capped at its size
+        # Per split; past a split's size its images come round in their
+        # next phrasing.
+        "num_samples": 1000,
         "batch_size": 100,
         "guidance": -1.0,  # < 0: the run's diffusion.guidance_scale
         "features": "digits_classifier",

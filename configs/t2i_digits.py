@@ -33,6 +33,7 @@ def get_config(arg: str | None = None):
     c.data.sentencepiece_model = encoder.data.sentencepiece_model
     c.data.caption_len = 64  # the longest caption is 51 bytes
     c.diffusion.conditional = False  # no label: the text says which digit
+    c.diffusion.guidance_scale = 2.0  # against the null caption
     c.model.text_conditioning = "cross"
     c.text.update(encoder="runs/lm_pydoc", model=encoder.model.to_dict())
     # Prompt adherence on held-out captions in place of label-cycled quality.

@@ -145,7 +145,7 @@ def _quality(cfg, *, data_cfg, key, sample_fn, workdir=None, **_) -> Evaluator:
 
 def _prompts(cfg, *, data_cfg, key, family, workdir=None, **_) -> Evaluator:
     """Prompt adherence of a text-to-image run on captioned digits: images
-    generated from the captions of each split in `cfg.splits` (held-out
+    generated from `num_samples` captions of each split in `cfg.splits` (held-out
     phrasings, held-out digit x attribute combinations), scored by the digits
     classifier (digit accuracy: the digit the caption names) and by the
     measurements that wrote the captions (attribute accuracy over the
@@ -170,13 +170,12 @@ def _prompts(cfg, *, data_cfg, key, family, workdir=None, **_) -> Evaluator:
     )
     real_stats = quality.feature_stats(real_feats)
     splits = {}
-    for split in cfg.splits:  # the first num_samples captions of each
+    for split in cfg.splits:  # num_samples captions of each, cycling over it
         ds = data.make_source(data_cfg, split)
-        rows = min(cfg.num_samples, len(ds))
-        splits[split] = [
-            ds[i : min(i + cfg.batch_size, rows)].batch(cfg.batch_size)[0]
-            for i in range(0, rows, cfg.batch_size)
-        ]
+        # Past its end, a caption source's index is a later visit: the same
+        # image in its next allowed phrasing (captions.source).
+        ds = ds.repeat(-(-cfg.num_samples // len(ds)))[: cfg.num_samples]
+        splits[split] = list(ds.batch(cfg.batch_size))
 
     def run(state: TrainState) -> dict:
         out = {}

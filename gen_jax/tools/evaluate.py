@@ -5,6 +5,7 @@ recall, written to its metrics.jsonl and TensorBoard as eval/<name>/...
   gen-jax evaluate --workdir=runs/gan_digits --num_samples=1000
   gen-jax evaluate --workdir=runs/gan_digits --compare_split=test --num_samples=300 --name=floor
   gen-jax evaluate --workdir=runs/gan_cifar10 --features=inception --num_samples=50000
+  gen-jax evaluate --workdir=runs/t2i_digits --type=prompts --guidance=3
 
 Diffusion runs take --sampler --sampler_steps --guidance --eta.
 """
@@ -23,7 +24,15 @@ def _define_flags() -> None:
     tool_flags.define_num_samples(1000, "Samples to score.")
     tool_flags.define_seed()
     tool_flags.define_sampler()
-    flags.DEFINE_string("name", "quality", "Metric prefix: eval/<name>/.")
+    flags.DEFINE_enum(
+        "type",
+        "quality",
+        ["quality", "prompts"],
+        "quality: sample quality; prompts: a text-to-image run's prompt "
+        "adherence on held-out captions (digit and attribute accuracy, "
+        "Fréchet distance).",
+    )
+    flags.DEFINE_string("name", None, "Metric prefix: eval/<name>/ (default: --type).")
     flags.DEFINE_integer("batch_size", 100, "Sampling and feature batch.")
     flags.DEFINE_enum(
         "features",
@@ -45,6 +54,20 @@ def _define_flags() -> None:
 def _eval_config():
     import ml_collections
 
+    if FLAGS.type == "prompts":  # the run's guidance: --guidance sets it
+        return ml_collections.ConfigDict(
+            {
+                "type": "prompts",
+                "every_steps": 1,
+                "splits": ("heldout_phrasings", "heldout_combos"),
+                "num_samples": FLAGS.num_samples,
+                "batch_size": FLAGS.batch_size,
+                "guidance": -1.0,
+                "features": FLAGS.features,
+                "weights": FLAGS.weights,
+                "reference_split": FLAGS.reference_split,
+            }
+        )
     return ml_collections.ConfigDict(
         {
             "type": "quality",
@@ -66,13 +89,15 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     tool_flags.require("workdir")
     import jax
+    import numpy as np
 
     from gen_jax import build, checkpoint, metrics
 
     config = checkpoint.load_config(FLAGS.workdir)
     tool_flags.apply_sampler_overrides(config, FLAGS.workdir)
     run = checkpoint.open_run(FLAGS.workdir, config=config)
-    config.evals = {FLAGS.name: _eval_config()}
+    name = FLAGS.name or FLAGS.type
+    config.evals = {name: _eval_config()}
     ((_, evaluator),) = build.make_evaluators(
         config, run.family, run.mesh, jax.random.key(FLAGS.seed), FLAGS.workdir
     ).values()
@@ -80,10 +105,11 @@ def main(argv: list[str]) -> None:
     results = evaluator(types.SimpleNamespace(sampling_params=run.params))
     writer = metrics.Writer(FLAGS.workdir)
     try:
-        writer.write_eval(run.step, FLAGS.name, results)
+        writer.write_eval(run.step, name, results)
     finally:
         writer.close()
-    print(f"step {run.step}: " + " ".join(f"{k}={v:.4g}" for k, v in results.items()))
+    scalars = {k: v for k, v in results.items() if np.ndim(v) == 0}
+    print(f"step {run.step}: " + " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
 
 
 def cli(argv: list[str]) -> None:
