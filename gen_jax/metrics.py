@@ -1,4 +1,5 @@
-"""Metric writers (TensorBoard event files and metrics.jsonl) on process 0, and the NaN guard."""
+"""Metric writers (TensorBoard event files and metrics.jsonl) on process 0, the
+NaN guard, and the training log's window of averages."""
 
 import json
 import math
@@ -9,6 +10,7 @@ import time
 import jax
 import numpy as np
 from absl import logging
+from clu import metrics as clu_metrics
 from etils import epath
 
 from gen_jax import png
@@ -200,3 +202,54 @@ def image_grid(images_NHWC: np.ndarray, columns: int = 8) -> np.ndarray:
             1 + col * (w + 1) : 1 + col * (w + 1) + w,
         ] = pixels[i]
     return grid
+
+
+class LogWindow:
+    """Holds each step's device metrics until the next step is dispatched, then
+    fetches them (so the device never idles), checks them for NaN and adds
+    them to the log window's `clu.metrics.Average`s.
+
+    A phase that runs every n steps reports `<phase>/updates` (1 or 0) with
+    each step; its other metrics count only in its updates (weight 0
+    otherwise), so a log window holds their exact mean whatever its alignment
+    with n (after a resume, in a final partial window)."""
+
+    def __init__(self):
+        self.pending = None
+        self.window: dict[str, clu_metrics.Average] = {}
+        self.weight_key: dict[str, str | None] = {}  # metric -> its "/updates"
+
+    def push(self, step: int, device_metrics) -> None:
+        self.flush()
+        self.pending = (step, device_metrics)
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        step, device_metrics = self.pending
+        self.pending = None
+        values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+        check_finite(step, values)
+        if not self.weight_key:  # the same keys every step
+            phases = [k[: -len("updates")] for k in values if k.endswith("/updates")]
+            for key in values:
+                owners = [p for p in phases if key.startswith(p)]
+                owner = max(owners, key=len, default=None)
+                self.weight_key[key] = owner and owner + "updates"
+        for key, value in values.items():
+            if key.endswith("/updates"):
+                continue
+            weight = values[self.weight_key[key]] if self.weight_key[key] else 1.0
+            # Host scalars: merging them is plain numpy arithmetic, no dispatch.
+            one = clu_metrics.Average(
+                total=np.float64(weight * value), count=np.float64(weight)
+            )
+            old = self.window.get(key)
+            self.window[key] = one if old is None else old.merge(one)
+
+    def mean(self) -> dict[str, float]:
+        """The window's averages (a phase with no update in it logs nothing)."""
+        self.flush()
+        out = {k: float(a.compute()) for k, a in self.window.items() if a.count}
+        self.window = {}
+        return out

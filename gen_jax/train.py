@@ -6,8 +6,9 @@ loads at step 0 -> the jitted shared train step, with metrics fetched one step
 late -> evaluators and async checkpoints at their intervals -> a final save.
 SIGTERM saves and exits.
 
-From clu: the log window's averages (`clu.metrics.Average`) and the parameter
-table printed at the start (`clu.parameter_overview`). Not from clu: the
+From clu: the log window's averages (`clu.metrics.Average`, in
+metrics.LogWindow) and the parameter table printed at the start
+(`clu.parameter_overview`). Not from clu: the
 TensorBoard writer (metrics.Writer) and the progress line (`_Progress`), since
 clu's metric writers and periodic actions import TensorFlow, which a run
 otherwise never loads (tests/test_tools.py checks that it stays out).
@@ -19,65 +20,12 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
-from clu import metrics as clu_metrics
 from clu import parameter_overview
 from etils import epath
 
 from gen_jax import build, checkpoint, data, families, metrics, pytree
 from gen_jax.train_state import TrainState
-
-
-class _MetricsBuffer:
-    """Holds each step's device metrics until the next step is dispatched, then
-    fetches them (so the device never idles), checks them for NaN and adds
-    them to the log window's `clu.metrics.Average`s.
-
-    A phase that runs every n steps reports `<phase>/updates` (1 or 0) with
-    each step; its other metrics count only in its updates (weight 0
-    otherwise), so a log window holds their exact mean whatever its alignment
-    with n (after a resume, in a final partial window)."""
-
-    def __init__(self):
-        self.pending = None
-        self.window: dict[str, clu_metrics.Average] = {}
-        self.weight_key: dict[str, str | None] = {}  # metric -> its "/updates"
-
-    def push(self, step: int, device_metrics) -> None:
-        self.flush()
-        self.pending = (step, device_metrics)
-
-    def flush(self) -> None:
-        if self.pending is None:
-            return
-        step, device_metrics = self.pending
-        self.pending = None
-        values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-        metrics.check_finite(step, values)
-        if not self.weight_key:  # the same keys every step
-            phases = [k[: -len("updates")] for k in values if k.endswith("/updates")]
-            for key in values:
-                owners = [p for p in phases if key.startswith(p)]
-                owner = max(owners, key=len, default=None)
-                self.weight_key[key] = owner and owner + "updates"
-        for key, value in values.items():
-            if key.endswith("/updates"):
-                continue
-            weight = values[self.weight_key[key]] if self.weight_key[key] else 1.0
-            # Host scalars: merging them is plain numpy arithmetic, no dispatch.
-            one = clu_metrics.Average(
-                total=np.float64(weight * value), count=np.float64(weight)
-            )
-            old = self.window.get(key)
-            self.window[key] = one if old is None else old.merge(one)
-
-    def mean(self) -> dict[str, float]:
-        """The window's averages (a phase with no update in it logs nothing)."""
-        self.flush()
-        out = {k: float(a.compute()) for k, a in self.window.items() if a.count}
-        self.window = {}
-        return out
 
 
 class _Preemption:
@@ -244,7 +192,7 @@ def _loop(
     """Steps from `state.step` to `train.num_steps`; returns the last state."""
     cfg = config.train
     start = int(jax.device_get(state.step))
-    buffer = _MetricsBuffer()
+    buffer = metrics.LogWindow()
     peak = (
         metrics.peak_flops(cfg.peak_flops_per_device)[0]
         if ("flops" in run_setup.family.per_example)

@@ -19,7 +19,7 @@ CONFIGS = sorted(
     if not p.endswith(("base.py", "__init__.py"))
 )
 # Written out, not read from configs/base.py: the test states the contract.
-NO_DOWNLOAD = ("digits", "pydoc", "pydoc_qa", "synthetic")
+NO_DOWNLOAD = ("digits", "digits_captions", "pydoc", "pydoc_qa", "synthetic")
 # Every :smoke variant, and those of other variant flags.
 SMOKE = [f"{n}:smoke" for n in CONFIGS] + ["gan_cifar10:smoke,dcgan"]
 EVAL_BUILDERS = {

@@ -149,20 +149,21 @@ class Transformer(nn.Module):
             remat=self.remat,
             remat_policy=self.remat_policy,
         )
-        x_BLD = norm_layer(config, "final_norm")(x_BLD)
-        if hidden:
-            return x_BLD.astype(jnp.float32), (None if cache is None else new_cache)
-        if self.tie_embeddings:  # float32 logits, whatever the compute dtype
+        x_BLD = norm_layer(config, "final_norm")(x_BLD).astype(jnp.float32)
+        out = x_BLD if hidden else self._logits(x_BLD, embed)
+        return out, (None if cache is None else new_cache)
+
+    def _logits(self, x_BLD, embed: nn.Embed):
+        """Float32 logits, whatever the compute dtype: through the embedding
+        (tied) or the "unembed" layer."""
+        if self.tie_embeddings:
             b, length, _ = x_BLD.shape
-            logits_BLV = (
-                x_BLD.reshape(b * length, -1).astype(jnp.float32)
-                @ embed.embedding.T.astype(jnp.float32)
+            return (
+                x_BLD.reshape(b * length, -1) @ embed.embedding.T.astype(jnp.float32)
             ).reshape(b, length, -1)
-        else:
-            logits_BLV = layers.Dense(
-                (self.vocab_size,), ("embed",), ("vocab",), jnp.float32, name="unembed"
-            )(x_BLD.astype(jnp.float32))
-        return logits_BLV.astype(jnp.float32), (None if cache is None else new_cache)
+        return layers.Dense(
+            (self.vocab_size,), ("embed",), ("vocab",), jnp.float32, name="unembed"
+        )(x_BLD)
 
 
 def cache_spec(model: Transformer, batch, max_len: int):
