@@ -282,3 +282,26 @@ def test_an_imported_hugging_face_model_is_an_encoder(tmp_path):
     )
     images = _generate(run, ids)
     assert images.shape == (1, 8, 8, 1) and np.isfinite(images).all()
+
+
+@pytest.mark.slow
+def test_the_latent_variant_composes_lm_vae_and_dit(runs, tmp_path):
+    """t2i_digits:smoke,latent: the LM's features steer a DiT on the VAE's
+    latents, both frozen entries loaded at step 0 and exported with it."""
+    from configs import vae_latents_digits
+    from gen_jax.families import latent
+
+    lm_dir, _, _ = runs
+    vae_dir = str(tmp_path / "vae")
+    vae_config = vae_latents_digits.get_config("smoke")
+    vae_config.evals = {}
+    train.run(vae_config, vae_dir)
+    config = t2i_digits.get_config("smoke,latent")
+    config.latent.autoencoder, config.text.encoder = vae_dir, lm_dir
+    config.evals = {}
+    workdir = str(tmp_path / "t2i")
+    train.run(config, workdir)
+    run = _opened(workdir)
+    assert {latent.AUTOENCODER, text_encoder.ENTRY} <= set(run.params)
+    images = _generate(run, _prompts(run, ["a thick seven leaning right"]))
+    assert images.shape == (1, 8, 8, 1) and np.abs(images).max() <= 1

@@ -108,10 +108,28 @@ def wrap(config: ml_collections.ConfigDict, inner: Family) -> Family:
         ae, rest = split(params)
         return inner.losses["model"](rest, on_latents(batch, ae), key)
 
-    def generate(params: Params, keys_N, labels_N, guidance_N, interval=None, **text):
+    def generate(
+        params: Params,
+        keys_N,
+        labels_N,
+        guidance_N,
+        interval=None,
+        prompt=None,
+        negative=None,
+    ):
+        """`inner.generate`'s images (with a text encoder, from its prompt
+        and negative prompt), decoded."""
         ae, rest = split(params)
-        latents = inner.generate(rest, keys_N, labels_N, guidance_N, interval, **text)
-        return decode(ae, latents)
+        z = inner.generate(
+            rest,
+            keys_N,
+            labels_N,
+            guidance_N,
+            interval,
+            prompt=prompt,
+            negative=negative,
+        )
+        return decode(ae, z)
 
     def apply(params: Params, batch, key: jax.Array):
         ae, rest = split(params)
