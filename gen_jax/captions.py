@@ -1,7 +1,9 @@
-"""Captioned digits (`digits_captions`): the embedded 8x8 digits, each captioned
-from its label and attributes measured from the image (stroke weight, slant,
-size) in one of several phrasings, with held-out phrasings and digit x attribute
-combinations for evaluation; and captions -> fixed-length token ids.
+"""Captioned image sources for text-to-image: `digits_captions`, the embedded
+8x8 digits, each captioned from its label and attributes measured from the
+image (stroke weight, slant, size) in one of several phrasings, with held-out
+phrasings and digit x attribute combinations for evaluation; and
+`coco_captions` (tfds), center-cropped and resized, one of an image's captions
+per visit. data.py tokenizes the captions (`tokenize_fn`).
 """
 
 import functools
@@ -220,3 +222,37 @@ def tokenize_fn(tokenizer: text.Tokenizer, max_len: int) -> Callable[[dict], dic
         return out | {k: v[0] for k, v in encoded.items()}
 
     return tokenize_element
+
+
+def coco_source(source, image_size: int) -> grain.MapDataset:
+    """tfds coco_captions' random-access `source` as {"image": float32
+    [image_size, image_size, 3] in [-1, 1], "caption": str}: each image
+    center-cropped to a square and resized (PIL's antialiased bicubic), its
+    captions taken in turn, one per visit (index i: example i % n, caption
+    (i // n) mod its count), so a restored iterator repeats them exactly."""
+    size = len(source)
+
+    def element(index: int, _) -> dict:
+        example = source[index % size]
+        texts = example["captions"]["text"]
+        text = texts[(index // size) % len(texts)]
+        return {
+            "image": center_crop(example["image"], image_size),
+            "caption": text.decode() if isinstance(text, bytes) else str(text),
+        }
+
+    return grain.MapDataset.range(size).map_with_index(element)
+
+
+def center_crop(image: np.ndarray, side: int) -> np.ndarray:
+    """uint8 HWC -> float32 [side, side, C] in [-1, 1]: the central square,
+    resized."""
+    from PIL import Image  # a dependency of tfds and of the server's tests
+
+    h, w = image.shape[:2]
+    edge = min(h, w)
+    top, left = (h - edge) // 2, (w - edge) // 2
+    square = np.ascontiguousarray(image[top : top + edge, left : left + edge])
+    resized = Image.fromarray(square.squeeze(-1) if square.shape[-1] == 1 else square)
+    out = np.asarray(resized.resize((side, side), Image.BICUBIC), np.float32)
+    return (out.reshape(side, side, -1) / 127.5 - 1.0).astype(np.float32)

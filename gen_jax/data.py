@@ -2,7 +2,9 @@
 
 Sources: the embedded 8x8 digits (scikit-learn), `synthetic` (same shapes,
 random values), and any tfds dataset prepared as array_record under
-`config.data.data_dir`, read with `tfds.data_source`. Shuffling, per-process
+`config.data.data_dir`, read with `tfds.data_source`; the captioned
+`digits_captions` and `coco_captions` (captions.py), whose captions become
+`config.data.tokenizer`'s ids. Shuffling, per-process
 sharding and exact resume all come from grain's index-based MapDataset.
 """
 
@@ -49,16 +51,28 @@ def _synthetic(cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
 
     def element(i):
         rng = np.random.default_rng([cfg.shuffle_seed, offset, i])
-        return {
-            "image": rng.uniform(-1, 1, shape).astype(np.float32),
-            "label": np.int32(rng.integers(cfg.num_classes)),
-        }
+        label = np.int32(rng.integers(cfg.num_classes))
+        out = {"image": rng.uniform(-1, 1, shape).astype(np.float32), "label": label}
+        if cfg.get("caption_len"):  # a captioned config's smoke stand-in
+            out["caption"] = f"random image number {label}"
+        return out
 
     size = cfg.synthetic_size if offset == 0 else max(cfg.synthetic_size // 8, 1)
     return grain.MapDataset.range(size).map(element)
 
 
 def _tfds(cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
+    def element(ex):
+        out = {"image": np.asarray(ex["image"], np.float32) / 127.5 - 1.0}
+        if "label" in ex:
+            out["label"] = np.int32(ex["label"])
+        return out
+
+    return grain.MapDataset.source(_tfds_source(cfg, split)).map(element)
+
+
+def _tfds_source(cfg: ml_collections.ConfigDict, split: str):
+    """tfds's random-access source of a prepared dataset (never downloads)."""
     import tensorflow_datasets as tfds  # loads no TensorFlow; imported only when used
 
     try:
@@ -72,14 +86,7 @@ def _tfds(cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
             f"tfds.builder({cfg.name!r}, data_dir=DIR).download_and_prepare("
             "file_format='array_record') and pass --config.data.data_dir=DIR"
         ) from e
-
-    def element(ex):
-        out = {"image": np.asarray(ex["image"], np.float32) / 127.5 - 1.0}
-        if "label" in ex:
-            out["label"] = np.int32(ex["label"])
-        return out
-
-    return grain.MapDataset.source(source).map(element)
+    return source
 
 
 def make_source(cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
@@ -90,12 +97,20 @@ def make_source(cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
     if cfg.name == "digits":
         ds = _digits(split)
     elif cfg.name == "digits_captions":
-        tokenize = captions.tokenize_fn(text.make_tokenizer(cfg), cfg.caption_len)
-        ds = captions.source(split, _digits).map(tokenize)
+        ds = captions.source(split, _digits)
+    elif cfg.name == "coco_captions":
+        ds = captions.coco_source(_tfds_source(cfg, split), cfg.image_size)
     elif cfg.name == "synthetic":
         ds = _synthetic(cfg, split)
     else:
         ds = _tfds(cfg, split)
+    if cfg.get("caption_len"):  # captions -> the encoder tokenizer's ids
+        if "caption" not in ds[0]:
+            raise ValueError(
+                f"data.caption_len is set but {cfg.name!r} has no captions: "
+                "use digits_captions or coco_captions"
+            )
+        ds = ds.map(captions.tokenize_fn(text.make_tokenizer(cfg), cfg.caption_len))
     want = (cfg.image_size, cfg.image_size, cfg.channels)
     got = tuple(ds[0]["image"].shape)
     if got != want:

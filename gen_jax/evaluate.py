@@ -91,12 +91,17 @@ def _samples(
     return run
 
 
-def _quality(cfg, *, data_cfg, key, sample_fn, workdir=None, **_) -> Evaluator:
+def _quality(
+    cfg, *, data_cfg, key, sample_fn, family=None, workdir=None, **_
+) -> Evaluator:
     """Fréchet distance, KID, Inception Score and precision/recall of
     `num_samples` EMA samples against the real `reference_split`, in the
     feature space of `cfg.features`. With `compare_split` set, that real split
     stands in for the samples: the floor the metrics reach on real data. The
-    samples come in batches of `batch_size`, the last one partial if it must."""
+    samples come in batches of `batch_size`, the last one partial if it must.
+    A class-conditional family's samples (each batch every class in turn,
+    `Family.sample`) also get `class_accuracy`, the share the classifier
+    assigns to the class asked for, when its classes are the family's."""
     full, rest = divmod(cfg.num_samples, cfg.batch_size)
     sizes = [cfg.batch_size] * full + ([rest] if rest else [])
     extractor = features.make(cfg.features, cfg.weights, data_cfg)
@@ -128,7 +133,12 @@ def _quality(cfg, *, data_cfg, key, sample_fn, workdir=None, **_) -> Evaluator:
         )
         precision, recall = quality.precision_recall(real_feats, feats, k=cfg.pr_k)
         score, _ = quality.inception_score(logits)
-        return {
+        out = {}
+        classes = family.images.num_classes if family and family.images else 0
+        if classes and logits.shape[-1] == classes and not cfg.compare_split:
+            asked = np.concatenate([np.arange(n) % classes for n in sizes])
+            out["class_accuracy"] = float(np.mean(np.argmax(logits, -1) == asked))
+        return out | {
             "frechet_distance": quality.frechet_distance(
                 *real_stats, *quality.feature_stats(feats)
             ),

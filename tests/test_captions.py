@@ -242,3 +242,28 @@ def test_tokenized_source_batches_into_arrays(byte_tokenizer):
     caption = captions.source("heldout_combos", DIGITS)[0]["caption"]
     row = batch["text_tokens"][0][batch["text_mask"][0] == 1]
     assert byte_tokenizer.decode(row) == caption
+
+
+def test_coco_captions_under_mock_data():
+    """tfds coco_captions: center-cropped, resized images in [-1, 1], one of
+    an image's captions per visit, tokenized by the config's tokenizer."""
+    import tensorflow_datasets as tfds
+
+    from configs import t2i_coco
+
+    config = t2i_coco.get_config()
+    config.data.update(image_size=32, tokenizer="byte")
+    with tfds.testing.mock_data(num_examples=3):
+        ds = data.make_source(config.data, "train")
+        raw = tfds.data_source("coco_captions", split="train")[1]
+        first, second = ds[1], ds[1 + len(ds)]  # the same image, the next visit
+    assert first["image"].shape == (32, 32, 3) and first["image"].dtype == np.float32
+    assert -1 <= first["image"].min() and first["image"].max() <= 1
+    np.testing.assert_array_equal(first["image"], second["image"])
+    texts = [str(t) for t in raw["captions"]["text"]]
+    for element, want in ((first, texts[0]), (second, texts[1 % len(texts)])):
+        ids = element["text_tokens"][element["text_mask"] == 1]
+        assert bytes(ids.astype(np.uint8)).decode() == want[:120]
+    # The central square of the image, resized.
+    crop = captions.center_crop(np.full((9, 33, 3), 255, np.uint8), 4)
+    np.testing.assert_allclose(crop, 1.0, atol=1e-6)

@@ -1,0 +1,146 @@
+"""Text-to-image on the captioned 8x8 digits: does the language model steer the
+images? Prompt adherence on held-out captions for three runs at equal
+training steps, each sampled with 10 model calls (Euler, 10 steps):
+
+  (a) t2i_digits with the pydoc LM (lm_pydoc, trained here) as its encoder;
+  (b) t2i_digits with a randomly initialised LM of the same shape (lm_pydoc's
+      config, one step at learning rate 0: its EMA is its init);
+  (c) fm_digits, the class-conditional flow DiT: the digit accuracy of its
+      samples of each class (`class_accuracy`), and its Fréchet distance.
+
+  python -m benchmarks.text_to_image --workdir=runs/t2i [--guidance=1,2,3]
+    [--num_samples=1000] [--out=benchmarks/text_to_image.jsonl]
+
+Runs already trained in --workdir are reused (train.py resumes a finished run
+as a no-op). `gen-jax evaluate --type=prompts` scores each text run per
+guidance weight (digit, attribute and per-attribute accuracy, Fréchet digits
+distance against the train split, on heldout_phrasings and heldout_combos);
+`gen-jax evaluate` scores fm_digits. Steps/s are the training logs' medians
+(first interval, the compile, dropped). Prints a markdown table and appends one
+JSON line per row to --out.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLER = ["--sampler=euler", "--sampler_steps=10"]  # 10 model calls
+SPLITS = ("heldout_phrasings", "heldout_combos")
+
+
+def _run(cmd: list[str]) -> str:
+    print("$", " ".join(cmd), file=sys.stderr, flush=True)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
+    return result.stdout + result.stderr
+
+
+def _train(workdir: str, config: str, *overrides: str) -> None:
+    _run(["gen-jax", "train", f"--config={config}", f"--workdir={workdir}", *overrides])
+
+
+def _rows(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _steps_per_sec(workdir: str) -> float | None:
+    rates = [r["steps_per_sec"] for r in _rows(workdir) if "steps_per_sec" in r]
+    rates = sorted(rates[1:])
+    return rates[len(rates) // 2] if rates else None
+
+
+def _last_eval(workdir: str, name: str) -> dict:
+    prefix = f"eval/{name}/"
+    rows = [r for r in _rows(workdir) if any(k.startswith(prefix) for k in r)]
+    return {k[len(prefix) :]: v for k, v in rows[-1].items() if k.startswith(prefix)}
+
+
+def _prompts(workdir: str, guidance: float, num_samples: int) -> dict:
+    name = f"bench_g{guidance:g}"
+    _run(
+        ["gen-jax", "evaluate", f"--workdir={workdir}", "--type=prompts"]
+        + SAMPLER
+        + [f"--guidance={guidance}", f"--num_samples={num_samples}", f"--name={name}"]
+    )
+    return _last_eval(workdir, name)
+
+
+def _baseline(workdir: str, guidance: float, num_samples: int) -> dict:
+    name = f"bench_g{guidance:g}"
+    _run(
+        ["gen-jax", "evaluate", f"--workdir={workdir}"]
+        + SAMPLER
+        + [f"--guidance={guidance}", f"--num_samples={num_samples}", f"--name={name}"]
+    )
+    return _last_eval(workdir, name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default="runs/t2i")
+    parser.add_argument("--guidance", default="1,2,3")
+    parser.add_argument("--num_samples", type=int, default=1000)
+    parser.add_argument("--out", default="benchmarks/text_to_image.jsonl")
+    args = parser.parse_args()
+    work = os.path.abspath(args.workdir)
+    lm, lm_random = f"{work}/lm_pydoc", f"{work}/lm_random"
+    _train(lm, "configs/lm_pydoc.py")
+    _train(
+        lm_random,
+        "configs/lm_pydoc.py",
+        "--config.train.num_steps=1",
+        "--config.optim.model.lr=0",
+        "--config.optim.model.warmup_steps=0",
+    )
+    runs = {"pydoc LM": f"{work}/t2i_pydoc", "random LM": f"{work}/t2i_random"}
+    for (_, workdir), encoder in zip(runs.items(), (lm, lm_random)):
+        _train(workdir, "configs/t2i_digits.py", f"--config.text.encoder={encoder}")
+    baseline = f"{work}/fm_digits"
+    _train(baseline, "configs/fm_digits.py")
+    commit = _run(["git", "rev-parse", "--short", "HEAD"]).strip()
+    base_rate = _steps_per_sec(baseline)
+    table = []
+    for g in [float(x) for x in args.guidance.split(",")]:
+        for encoder, workdir in runs.items():
+            scores = _prompts(workdir, g, args.num_samples)
+            table.append(
+                {"run": f"t2i_digits, {encoder}", "guidance": g, **scores}
+                | {"steps_per_sec": _steps_per_sec(workdir)}
+            )
+        scores = _baseline(baseline, g, args.num_samples)
+        table.append(
+            {"run": "fm_digits (class labels)", "guidance": g, **scores}
+            | {"steps_per_sec": base_rate}
+        )
+    print(
+        "| run | guidance | phrasings digit / attribute acc | combos digit / "
+        "attribute acc | FD (phrasings) | steps/s |"
+    )
+    print("|---|---|---|---|---|---|")
+    for row in table:
+        if "class_accuracy" in row:
+            cells = [f"{row['class_accuracy']:.3f} / -", "-", row["frechet_distance"]]
+        else:
+            p, c = (f"{s}/" for s in SPLITS)
+            cells = [
+                f"{row[p + 'digit_accuracy']:.3f} / {row[p + 'attribute_accuracy']:.3f}",
+                f"{row[c + 'digit_accuracy']:.3f} / {row[c + 'attribute_accuracy']:.3f}",
+                row[p + "frechet_distance"],
+            ]
+        rate = row["steps_per_sec"]
+        print(
+            f"| {row['run']} | {row['guidance']:g} | {cells[0]} | {cells[1]} | "
+            f"{cells[2]:.2f} | {rate:.2f} |"
+        )
+    with open(os.path.join(ROOT, args.out), "a") as f:
+        for row in table:
+            f.write(json.dumps(row | {"commit": commit, "sampler": "euler/10"}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
