@@ -1,6 +1,7 @@
 """Text-to-image on the captioned 8x8 digits: does the language model steer the
-images? Prompt adherence on held-out captions for three runs at equal
-training steps, each sampled with 10 model calls (DPM-Solver++(2M), 10 steps):
+images? Prompt adherence on held-out captions for three runs, each at its
+config's training steps (t2i_digits 6000, fm_digits 2000), each sampled with 10
+model calls (DPM-Solver++(2M), 10 steps):
 
   (a) t2i_digits with the pydoc LM (lm_pydoc, trained here) as its encoder;
   (b) t2i_digits with a randomly initialised LM of the same shape (lm_pydoc's
@@ -140,7 +141,9 @@ def main() -> None:
         )
     with open(os.path.join(ROOT, args.out), "a") as f:
         for row in table:
-            f.write(json.dumps(row | {"commit": commit, "sampler": "dpm++2m/10"}) + "\n")
+            f.write(
+                json.dumps(row | {"commit": commit, "sampler": "dpm++2m/10"}) + "\n"
+            )
 
 
 if __name__ == "__main__":

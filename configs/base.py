@@ -149,9 +149,11 @@ def shrink_for_smoke(c: ml_collections.ConfigDict, num_steps: int = 6) -> None:
         log_every_steps=2,
         ckpt_every_steps=num_steps // 2,
     )
-    for name in [n for n, e in c.evals.items() if e.type == "quality"]:
-        if c.evals[name].features != "digits_classifier":
-            del c.evals[name]  # their weights are files the user supplies
+    for name, e in list(c.evals.items()):  # their weights are files users supply
+        if e.type == "clip" or e.get("features", "digits_classifier") != (
+            "digits_classifier"
+        ):
+            del c.evals[name]
     for e in c.evals.values():
         e.every_steps = num_steps
         e.update({k: 16 for k in ("batch_size", "num_samples") if k in e})
@@ -177,6 +179,21 @@ def prompts_eval(**overrides) -> ml_collections.ConfigDict:
         "reference_split": "",  # "" = data.train_split
     }
     return _section("prompts_eval", defaults, overrides)
+
+
+def clip_eval(**overrides) -> ml_collections.ConfigDict:
+    """evals.<name> for a text-to-image run's CLIP score: EMA samples from a
+    split's captions, scored against them by a local Hugging Face CLIP."""
+    defaults = {
+        "type": "clip",
+        "every_steps": 1000,
+        "weights": "",  # a local HF CLIP directory (config.json, safetensors)
+        "split": "val",
+        "num_samples": 1000,
+        "batch_size": 50,
+        "guidance": -1.0,  # < 0: the run's diffusion.guidance_scale
+    }
+    return _section("clip_eval", defaults, overrides)
 
 
 def lm_defaults(c: ml_collections.ConfigDict) -> None:

@@ -47,6 +47,10 @@ def get_config(arg: str | None = None):
     c.train.ema_decay = 0.9999
     c.evals = {"heldout": base.heldout_eval(every_steps=5000, batch_size=64)}
     c.evals.samples = base.samples_eval(every_steps=5000, num_samples=64)
+    # CLIP score on validation captions: a local copy of openai's ViT-B/32.
+    c.evals.clip = base.clip_eval(
+        every_steps=20_000, weights="runs/clip-vit-base-patch32", split="val"
+    )
 
     if arg.smoke:
         encoder = lm_pydoc.get_config("smoke")

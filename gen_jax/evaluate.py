@@ -153,6 +153,41 @@ def _quality(
     return run
 
 
+def _prompted(cfg, family, data_cfg, splits, key) -> Callable:
+    """(params) -> {split: image batches} generated from the caption batches
+    of `data_cfg`'s `splits`, `cfg.num_samples` each (past a caption source's
+    end its index is a later visit: the same image in its next phrasing), and
+    those caption batches; for the text-to-image evaluators."""
+    if not (family.images and family.images.prompts):
+        raise ValueError(
+            f"evals type {cfg.type!r} scores text-to-image runs; this family "
+            "takes no prompts (set config.text.encoder)"
+        )
+    guidance = family.images.guidance if cfg.guidance < 0 else cfg.guidance
+    generate = jax.jit(lambda p, k, y, g, c: family.generate(p, k, y, g, prompt=c))
+    batches = {}
+    for split in splits:
+        ds = data.make_source(data_cfg, split)
+        ds = ds.repeat(-(-cfg.num_samples // len(ds)))[: cfg.num_samples]
+        batches[split] = list(ds.batch(cfg.batch_size))
+
+    def images(params) -> dict:
+        out = {}
+        for s, (split, rows) in enumerate(batches.items()):
+            out[split] = []
+            for b, batch in enumerate(rows):
+                n = len(batch["label"])
+                keys = image_keys(jax.random.fold_in(jax.random.fold_in(key, s), b), n)
+                captions = {k: batch[k] for k in ("text_tokens", "text_mask")}
+                g = np.full(n, guidance, np.float32)
+                out[split].append(
+                    np.asarray(generate(params, keys, batch["label"], g, captions))
+                )
+        return out
+
+    return images, batches
+
+
 def _prompts(cfg, *, data_cfg, key, family, workdir=None, **_) -> Evaluator:
     """Prompt adherence of a text-to-image run on captioned digits: images
     generated from `num_samples` captions of each split in `cfg.splits` (held-out
@@ -161,14 +196,7 @@ def _prompts(cfg, *, data_cfg, key, family, workdir=None, **_) -> Evaluator:
     measurements that wrote the captions (attribute accuracy over the
     attributes a caption states, and per attribute), beside their Fréchet
     distance to the real `reference_split`; and a grid of the first 64."""
-    prompts = family.images.prompts if family.images else None
-    if prompts is None:
-        raise ValueError(
-            "evals type 'prompts' scores text-to-image runs; this family takes "
-            "no prompts (set config.text.encoder)"
-        )
-    guidance = family.images.guidance if cfg.guidance < 0 else cfg.guidance
-    generate = jax.jit(lambda p, k, y, g, c: family.generate(p, k, y, g, prompt=c))
+    generated, splits = _prompted(cfg, family, data_cfg, cfg.splits, key)
     extractor = features.make(cfg.features, cfg.weights, data_cfg)
     real_feats, _ = features.real_features(
         extractor,
@@ -179,29 +207,42 @@ def _prompts(cfg, *, data_cfg, key, family, workdir=None, **_) -> Evaluator:
         cache_dir=str(epath.Path(workdir) / "quality_cache") if workdir else None,
     )
     real_stats = quality.feature_stats(real_feats)
-    splits = {}
-    for split in cfg.splits:  # num_samples captions of each, cycling over it
-        ds = data.make_source(data_cfg, split)
-        # Past its end, a caption source's index is a later visit: the same
-        # image in its next allowed phrasing (captions.source).
-        ds = ds.repeat(-(-cfg.num_samples // len(ds)))[: cfg.num_samples]
-        splits[split] = list(ds.batch(cfg.batch_size))
 
     def run(state: TrainState) -> dict:
         out = {}
-        for s, (split, batches) in enumerate(splits.items()):
-            images = []
-            for b, batch in enumerate(batches):
-                n = len(batch["label"])
-                keys = image_keys(jax.random.fold_in(jax.random.fold_in(key, s), b), n)
-                captions = {k: batch[k] for k in ("text_tokens", "text_mask")}
-                g = np.full(n, guidance, np.float32)
-                x = generate(state.sampling_params, keys, batch["label"], g, captions)
-                images.append(np.asarray(x))
-            out |= _adherence(split, images, batches, extractor, real_stats)
+        for s, (split, images) in enumerate(generated(state.sampling_params).items()):
+            out |= _adherence(split, images, splits[split], extractor, real_stats)
             if s == 0:
                 out["samples"] = metrics.image_grid(np.concatenate(images)[:64])
         return out
+
+    return run
+
+
+def _clip(cfg, *, data_cfg, key, family, **_) -> Evaluator:
+    """CLIP score of a text-to-image run: images generated from `num_samples`
+    captions of `cfg.split`, each scored against its caption by the CLIP of
+    the local Hugging Face directory `cfg.weights` (features.clip_scorer);
+    the mean, and the same for the split's real images (`real_clip_score`,
+    its ceiling)."""
+    generated, splits = _prompted(cfg, family, data_cfg, [cfg.split], key)
+    score = features.clip_scorer(cfg.weights)
+    tokenizer = family.images.prompts.tokenizer
+    texts = [
+        tokenizer.decode(ids[mask == 1])
+        for batch in splits[cfg.split]
+        for ids, mask in zip(batch["text_tokens"], batch["text_mask"])
+    ]
+    real = np.concatenate([b["image"] for b in splits[cfg.split]])
+    real_score = float(np.mean(score(real, texts)))
+
+    def run(state: TrainState) -> dict:
+        images = np.concatenate(generated(state.sampling_params)[cfg.split])
+        return {
+            "clip_score": float(np.mean(score(images, texts))),
+            "real_clip_score": real_score,
+            "num_samples": float(len(images)),
+        }
 
     return run
 
@@ -230,6 +271,7 @@ def _adherence(split, images, batches, extractor, real_stats) -> dict:
 
 
 EVALUATORS = {
+    "clip": _clip,
     "heldout": _heldout,
     "prompts": _prompts,
     "quality": _quality,

@@ -142,3 +142,70 @@ def weights_id(kind: str, weights: str) -> str:
     )
     with open(os.path.expanduser(path), "rb") as f:
         return f"{kind}:{hashlib.sha1(f.read()).hexdigest()[:12]}"
+
+
+# openai's CLIP image normalisation, when a directory has no preprocessor_config.json.
+CLIP_MEAN, CLIP_STD = (
+    (0.48145466, 0.4578275, 0.40821073),
+    (0.26862954, 0.26130258, 0.27577711),
+)
+
+
+def clip_scorer(directory: str) -> Callable[[np.ndarray, list[str]], np.ndarray]:
+    """(images_NHWC in [-1, 1], captions) -> CLIP scores [N], 100 max(cos, 0)
+    of each image's and its caption's embeddings (Hessel et al. 2021's
+    CLIPScore with torchmetrics' weight of 100), with the CLIP of a local
+    Hugging Face directory (config.json, *.safetensors, tokenizer.json,
+    preprocessor_config.json). Images are resized (antialiased bicubic) to the
+    model's size, grey ones repeated to RGB; captions longer than its context
+    are cut, ending in their end-of-text token."""
+    from safetensors.numpy import load_file
+    from tokenizers import Tokenizer
+
+    from gen_jax.models import clip
+
+    path = epath.Path(directory)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"{directory!r} holds no config.json: the CLIP evaluator reads a local "
+            "Hugging Face CLIP directory (e.g. openai/clip-vit-base-patch32's files)"
+        )
+    config = json.loads((path / "config.json").read_text())
+    tensors = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        tensors |= load_file(str(shard))
+    t, v = config["text_config"], config["vision_config"]
+    model = clip.CLIP(t, v, config["projection_dim"])
+    layers = {"text": t["num_hidden_layers"], "vision": v["num_hidden_layers"]}
+    params = clip.params_from_hf(tensors, layers)
+    pre = path / "preprocessor_config.json"
+    pre = json.loads(pre.read_text()) if pre.exists() else {}
+    mean = np.asarray(pre.get("image_mean", CLIP_MEAN), np.float32).reshape(1, 1, 1, 3)
+    std = np.asarray(pre.get("image_std", CLIP_STD), np.float32).reshape(1, 1, 1, 3)
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    context, eos = t.get("max_position_embeddings", 77), t["eos_token_id"]
+    side = v["image_size"]
+
+    @jax.jit
+    def cosines(params, ids, images):
+        x = (images + 1) / 2
+        if x.shape[-1] == 1:
+            x = jax.numpy.repeat(x, 3, axis=-1)
+        x = jax.image.resize(x, (x.shape[0], side, side, 3), "bicubic")
+        text, image = model.apply({"params": params}, ids, (x - mean) / std)
+        return jax.numpy.sum(text * image, axis=-1)
+
+    def score(images: np.ndarray, captions: list[str], batch: int = 64) -> np.ndarray:
+        ids = np.full((len(captions), context), eos, np.int32)
+        for row, caption in enumerate(captions):
+            encoded = tokenizer.encode(caption).ids[:context]
+            encoded[-1] = eos if len(encoded) == context else encoded[-1]
+            ids[row, : len(encoded)] = encoded
+        images = np.asarray(images, np.float32)
+        cos = [
+            np.asarray(cosines(params, ids[i : i + batch], images[i : i + batch]))
+            for i in range(0, len(ids), batch)
+        ]
+        return 100 * np.maximum(np.concatenate(cos), 0)
+
+    return score

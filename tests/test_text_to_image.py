@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from configs import lm_pydoc, lm_shakespeare_char, t2i_digits
-from gen_jax import checkpoint, families, pytree, sample, text, train
+from gen_jax import captions, checkpoint, families, pytree, sample, text, train
 from gen_jax.families import text_encoder
 from gen_jax.families.family import image_keys
 from tests import helpers
@@ -305,3 +305,39 @@ def test_the_latent_variant_composes_lm_vae_and_dit(runs, tmp_path):
     assert {latent.AUTOENCODER, text_encoder.ENTRY} <= set(run.params)
     images = _generate(run, _prompts(run, ["a thick seven leaning right"]))
     assert images.shape == (1, 8, 8, 1) and np.abs(images).max() <= 1
+
+
+def test_the_clip_evaluator_scores_samples_and_real_images(runs):
+    """The CLIP score with a local HF CLIP (the committed tiny fixture), on a
+    split's captions: the samples' and the real images'."""
+    import types
+
+    from configs import base
+    from gen_jax import evaluate
+
+    _, workdir, _ = runs
+    run = checkpoint.open_run(workdir)
+    cfg = base.clip_eval(
+        weights=f"{helpers.ROOT}/tests/fixtures/hf/clip",
+        split="test",
+        num_samples=8,
+        batch_size=4,
+    )
+    evaluator = evaluate.make(
+        "clip", cfg, data_cfg=run.config.data, key=jax.random.key(0), family=run.family
+    )
+    out = evaluator(types.SimpleNamespace(sampling_params=run.params))
+    assert out["num_samples"] == 8
+    for name in ("clip_score", "real_clip_score"):
+        assert 0 <= out[name] <= 100
+    # The real images are scored against their own captions, decoded from
+    # the run's tokens back to text for CLIP's tokenizer.
+    from gen_jax import data, features
+
+    rows = data.make_source(run.config.data, "test").batch(8)[0]
+    source = captions.source("test", data._digits)
+    texts = [source[i]["caption"] for i in range(8)]
+    score = features.clip_scorer(cfg.weights)
+    want = float(np.mean(score(rows["image"], texts)))
+    assert want > 1 and out["real_clip_score"] == pytest.approx(want, rel=1e-5)
+    assert out["clip_score"] != out["real_clip_score"]
