@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from configs import lm_pydoc, lm_shakespeare_char, t2i_digits
-from gen_jax import captions, checkpoint, families, pytree, sample, text, train
+from gen_jax import captions, checkpoint, data, families, pytree, sample, text, train
 from gen_jax.families import text_encoder
 from gen_jax.families.family import image_keys
 from tests import helpers
@@ -332,7 +332,7 @@ def test_the_clip_evaluator_scores_samples_and_real_images(runs):
         assert 0 <= out[name] <= 100
     # The real images are scored against their own captions, decoded from
     # the run's tokens back to text for CLIP's tokenizer.
-    from gen_jax import data, features
+    from gen_jax import features
 
     rows = data.make_source(run.config.data, "test").batch(8)[0]
     source = captions.source("test", data._digits)
@@ -341,3 +341,43 @@ def test_the_clip_evaluator_scores_samples_and_real_images(runs):
     want = float(np.mean(score(rows["image"], texts)))
     assert want > 1 and out["real_clip_score"] == pytest.approx(want, rel=1e-5)
     assert out["clip_score"] != out["real_clip_score"]
+
+
+@pytest.mark.parametrize("backbone,objective", [("unet", "ddpm"), ("dit", "edm")])
+def test_text_steers_every_backbone_and_objective(backbone, objective):
+    """Beside the flow DiT of the runs above: the UNet's cross-attention under
+    DDPM and the DiT under EDM read the prompt (random encoder, perturbed
+    denoiser, two sampler steps)."""
+    from configs import ddpm_digits, edm_digits
+
+    config = t2i_digits.get_config("smoke")
+    if backbone == "unet":
+        unet = ddpm_digits.get_config("smoke")
+        config.model = unet.model
+        config.model.update(text_conditioning="cross", text_heads=2)
+    source = {"ddpm": ddpm_digits, "edm": edm_digits}[objective].get_config("smoke")
+    config.diffusion = source.diffusion
+    config.diffusion.update(conditional=False, sample_steps=2)
+    if objective == "ddpm":
+        config.diffusion.sampler = "ddim"
+    family = families.make(config)
+    batch = data.dummy_batch(config.data)
+    params = family.init(jax.random.key(0), batch)
+    params |= {"model": helpers.perturbed(params["model"])}
+    params[text_encoder.ENTRY] = helpers.perturbed(params[text_encoder.ENTRY], 0.5)
+    tokenizer = family.images.prompts.tokenizer
+
+    def images(caption):
+        ids = text.fixed_length([caption], tokenizer, config.data.caption_len)
+        return jax.jit(family.generate)(
+            params,
+            image_keys(jax.random.key(0), 1),
+            jnp.zeros((1,), jnp.int32),
+            jnp.full((1,), 2.0),
+            None,
+            ids,
+        )
+
+    assert not np.allclose(images("a thick seven"), images("number two, small"))
+    loss, _ = family.losses["model"](params, batch, jax.random.key(1))
+    assert np.isfinite(loss)
