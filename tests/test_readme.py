@@ -22,6 +22,8 @@ NOT_RUN = {
     "sbatch": "needs a Slurm cluster (the script's dry run: tests/test_launch.py)",
     "python -m benchmarks.serve_load": "minutes of load on two servers; its pieces "
     "are tests/test_serve.py",
+    "python -m benchmarks.text_to_image": "an hour of training on this CPU; its "
+    "pieces are tests/test_text_to_image.py and tests/test_text_to_image_cli.py",
     "python -m benchmarks": "needs the bench extra (torch)",
     "python exports/": "needs an exported run; tests/test_export.py runs every "
     "family's load.py",

@@ -189,6 +189,9 @@ def test_prepare_copies_the_encoders_model_and_tokenizer(runs, tmp_path):
     assert config.text.model == checkpoint.load_config(lm_dir).model
     assert families.prepare(config, checkpoint.load_config) == []
     config.text.encoder = str(tmp_path / "missing")
+    # The section repeated: a resumed run needs the encoder run no longer.
+    assert families.prepare(config, checkpoint.load_config) == []
+    config.text.model = {}
     with pytest.raises(FileNotFoundError, match="config.text.encoder=.*gen-jax train"):
         families.prepare(config, checkpoint.load_config)
 

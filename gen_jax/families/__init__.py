@@ -62,6 +62,8 @@ def prepare(config: ml_collections.ConfigDict, read_config) -> list[str]:
     try:
         return text_encoder.prepare(config, read_config)
     except FileNotFoundError as e:
+        if config.text.model:  # repeated by hand: the step-0 load says more,
+            return []  # and a resumed run needs the encoder run no longer
         raise FileNotFoundError(
             f"config.text.encoder={config.text.encoder!r}: {e}; train a language "
             f"model there first (gen-jax train --config=configs/lm_pydoc.py "
