@@ -384,3 +384,25 @@ def test_text_steers_every_backbone_and_objective(backbone, objective):
     assert not np.allclose(images("a thick seven"), images("number two, small"))
     loss, _ = family.losses["model"](params, batch, jax.random.key(1))
     assert np.isfinite(loss)
+
+
+@pytest.mark.slow
+def test_a_lora_fine_tune_is_an_encoder_merged(tmp_path):
+    """An SFT run's LoRA adapters are folded into its base (the run as it is
+    deployed) before the text encoder entry is filled."""
+    from configs import sft_pydoc
+
+    sft_dir = str(tmp_path / "sft")
+    sft_config = sft_pydoc.get_config("smoke")
+    sft_config.evals = {}
+    train.run(sft_config, sft_dir)
+    config = t2i_digits.get_config("smoke")
+    config.text.encoder = sft_dir
+    config.evals = {}
+    workdir = str(tmp_path / "t2i")
+    train.run(config, workdir)
+    merged = checkpoint.open_run(sft_dir).params["model"]
+    entry = checkpoint.open_run(workdir).params[text_encoder.ENTRY]["model"]
+    assert not pytree.mismatch(entry, merged)
+    for x, y in zip(jax.tree.leaves(entry), jax.tree.leaves(merged)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
