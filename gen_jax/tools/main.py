@@ -32,6 +32,10 @@ COMMANDS = {
         "serve",
         "an OpenAI-compatible HTTP server for a run or an export artifact",
     ),
+    "sweep": (
+        "sweep",
+        "hyper-parameter search on Optuna: trials are runs, pruned, many workers",
+    ),
     "convert-inception": (
         "convert_inception",
         "convert pytorch-fid's InceptionV3 weights for the inception features",

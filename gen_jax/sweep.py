@@ -1,0 +1,218 @@
+"""Hyper-parameter search on Optuna: the driver of `gen-jax sweep`.
+
+A space file (configs/sweeps/*.py) names the metric (an `eval/...` key of
+metrics.jsonl), its direction, the sampler and pruner, and a define-by-run
+`suggest(trial) -> {dotted config key: value}`. Each trial is an ordinary run:
+`gen-jax train` in its own process and workdir (SWEEP_DIR/trial_N), whose
+metrics.jsonl the driver reads as it grows, reporting each evaluation to
+Optuna; a pruned run gets SIGTERM (it saves and exits 0: PRUNED), exit 1 is
+FAIL (the sweep goes on), exit 2 (a config error) stops the sweep.
+
+Many workers share a study through its storage (SQLite on one host,
+PostgreSQL across hosts). `max_trials` bounds the study as a whole: a worker
+holds the sweep's lock (a file lock in the sweep directory; a PostgreSQL
+advisory lock for postgresql:// storages) from counting the started trials
+until its next trial exists. Heartbeats mark a trial whose worker died
+(SIGKILL, a lost host) stale; Optuna's RetryHeartbeatStaleTrialCallback
+re-queues it with the same parameters, and the retry resumes the original
+trial's workdir from its last checkpoint.
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import os
+import pathlib
+import sys
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+import optuna
+
+# The retry callback and heartbeats are "experimental" in Optuna's terms (since
+# 2.8 and 2.9); this module relies on them knowingly.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+
+class SweepError(ValueError):
+    """A space or config error: the sweep stops before (or at) a trial, exit 2."""
+
+
+class TrialFailed(RuntimeError):
+    """A trial's run exited 1: FAIL, and the sweep goes on."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    metric: str  # an eval/... key of metrics.jsonl
+    direction: str  # minimize | maximize
+    sampler: dict  # {"name": tpe | random | cmaes | grid, "seed": ..., ...}
+    pruner: dict  # {"name": asha | hyperband | median | none, ...}
+    suggest: Callable[[optuna.Trial], dict[str, Any]]
+
+
+def load_space(path: str) -> Space:
+    """The space file at `path`: its `get_space()` ConfigDict (metric,
+    direction, sampler, pruner) and its `suggest`."""
+    import importlib.util
+
+    if not os.path.isfile(path):
+        raise SweepError(f"space file {path!r} not found")
+    sys.path.insert(
+        0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(path))))
+    )
+    spec = importlib.util.spec_from_file_location("_gen_jax_space", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    missing = [n for n in ("get_space", "suggest") if not hasattr(module, n)]
+    if missing:
+        raise SweepError(f"space file {path!r} defines no {' or '.join(missing)}")
+    c = module.get_space()
+    if c.direction not in ("minimize", "maximize"):
+        raise SweepError(f"{path}: direction must be minimize or maximize")
+    if not c.metric.startswith("eval/"):
+        raise SweepError(f"{path}: metric {c.metric!r} is not an eval/... key")
+    return Space(
+        c.metric, c.direction, c.sampler.to_dict(), c.pruner.to_dict(), module.suggest
+    )
+
+
+def flag_value(value) -> str:
+    """A value as `--config.key=` takes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, (float, tuple, list)) else str(value)
+
+
+def check_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
+    """Fails (SweepError, one line) on a key `config` lacks or a value of the
+    wrong type."""
+    trial_config = ml_collections.ConfigDict(config.to_dict())
+    for key, value in overrides.items():
+        *head, name = key.split(".")
+        parent = trial_config
+        for part in head:
+            parent = parent.get(part) if hasattr(parent, "get") else None
+        if not hasattr(parent, "keys") or name not in parent:
+            raise SweepError(f"space key {key!r} is not a config key (config.{key})")
+        try:
+            parent[name] = value
+        except (TypeError, ValueError) as e:
+            raise SweepError(f"space key {key!r}: {' '.join(str(e).split())}") from None
+
+
+def check_space(
+    space: Space, config: ml_collections.ConfigDict, draws: int = 32
+) -> None:
+    """Every key `suggest` gives in `draws` random trials (covering the
+    branches of a conditional space) is a config key of the right type."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(draws):
+        trial = study.ask()
+        check_overrides(config, space.suggest(trial))
+        study.tell(trial, 0.0)
+
+
+def make_sampler(spec: dict, seed_offset: int) -> optuna.samplers.BaseSampler:
+    """The space's sampler; its seed shifted per worker (the same seed on every
+    worker would draw identical first trials)."""
+    spec = dict(spec)
+    name = spec.pop("name", "tpe")
+    if "seed" in spec and spec["seed"] is not None:
+        spec["seed"] += seed_offset
+    samplers = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "grid": optuna.samplers.GridSampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+    }
+    if name not in samplers:
+        raise SweepError(f"unknown sampler {name!r}; valid: {', '.join(samplers)}")
+    return samplers[name](**spec)
+
+
+def make_pruner(spec: dict, eval_every: int) -> optuna.pruners.BasePruner:
+    """The space's pruner; `min_resource: "eval"` (the default) is the metric's
+    evaluator's `every_steps`, so rungs fall on evaluations."""
+    spec = dict(spec)
+    name = spec.pop("name", "none")
+    if spec.get("min_resource", "eval") == "eval" and name in ("asha", "hyperband"):
+        spec["min_resource"] = eval_every
+    if name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(**spec)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(**spec)
+    if name == "median":
+        return optuna.pruners.MedianPruner(**spec)
+    if name == "threshold":  # prune a run whose metric leaves [lower, upper]
+        return optuna.pruners.ThresholdPruner(**spec)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise SweepError(
+        f"unknown pruner {name!r}; valid: asha, hyperband, median, threshold, none"
+    )
+
+
+def make_storage(url: str, *, heartbeat_s: int, grace_s: int, max_retry: int):
+    """An RDB storage with heartbeats whose stale trials are retried."""
+    return optuna.storages.RDBStorage(
+        url,
+        heartbeat_interval=heartbeat_s,
+        grace_period=grace_s,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry),
+    )
+
+
+def root_number(trial: optuna.trial.FrozenTrial) -> int:
+    """The trial a retry repeats (itself if it is no retry)."""
+    number = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    return trial.number if number is None else number
+
+
+@contextlib.contextmanager
+def _file_lock(path: pathlib.Path):
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _pg_lock(url: str, name: str):
+    import sqlalchemy
+
+    key = int.from_bytes(hashlib.sha1(name.encode()).digest()[:7], "big")
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({key})"))
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text(f"SELECT pg_advisory_unlock({key})"))
+    engine.dispose()
+
+
+def sweep_lock(storage_url: str, sweep_dir: pathlib.Path, study_name: str):
+    """The lock workers take to count and create trials: PostgreSQL's advisory
+    lock for a postgresql:// storage (workers on several hosts), else a file
+    lock in the sweep directory, with a process-local lock for threads."""
+    if storage_url.startswith("postgresql"):
+        return _pg_lock(storage_url, study_name)
+    return _locked(_THREADS, _file_lock(sweep_dir / ".lock"))
+
+
+_THREADS = threading.Lock()
+
+
+@contextlib.contextmanager
+def _locked(lock: threading.Lock, inner):
+    with lock, inner:
+        yield

@@ -1,0 +1,254 @@
+"""The workers of `gen-jax sweep` (sweep.py holds the space, samplers,
+pruners, storage and locks): each takes the sweep's lock, counts the study's
+started trials against `max_trials`, and runs one trial through
+`study.optimize` (so Optuna's heartbeat guards it) as a `gen-jax train`
+process it watches, reports and prunes.
+"""
+
+import ctypes
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import ml_collections
+import optuna
+from optuna.trial import TrialState
+
+from gen_jax import sweep
+
+
+@dataclasses.dataclass
+class Sweep:
+    config_spec: str  # --config=, as gen-jax train takes it
+    config: ml_collections.ConfigDict  # that config with the user's overrides
+    base_overrides: list[str]  # the user's --config.a.b=v flags, verbatim
+    space: sweep.Space
+    sweep_dir: pathlib.Path
+    storage_url: str
+    study_name: str
+    max_trials: int = 0  # 0: no bound on the study
+    n_trials: int = 0  # per process; 0: until max_trials
+    workers: int = 1
+    heartbeat_s: int = 30
+    grace_s: int = 120
+    max_retry: int = 3
+    poll_s: float = 0.5
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    error: list = dataclasses.field(default_factory=list)  # a SweepError, if any
+
+    def study(self, worker: int) -> optuna.Study:
+        storage = sweep.make_storage(
+            self.storage_url,
+            heartbeat_s=self.heartbeat_s,
+            grace_s=self.grace_s,
+            max_retry=self.max_retry,
+        )
+        offset = (os.getpid() * 1000 + worker) % 2**31
+        return optuna.create_study(
+            storage=storage,
+            study_name=self.study_name,
+            load_if_exists=True,
+            direction=self.space.direction,
+            sampler=sweep.make_sampler(self.space.sampler, offset),
+            pruner=sweep.make_pruner(self.space.pruner, self._eval_every()),
+        )
+
+    def _eval_every(self) -> int:
+        name = self.space.metric.split("/")[1]
+        if name not in self.config.evals:
+            raise sweep.SweepError(
+                f"metric {self.space.metric!r} names no evaluator of the config "
+                f"(config.evals has {', '.join(self.config.evals)})"
+            )
+        return self.config.evals[name].every_steps
+
+    def run(self) -> None:
+        """`workers` threads, each running trials until the study or this
+        process has its count; re-raises a SweepError (exit 2)."""
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.study(0)  # created once before the threads race to create it
+        self._left = self.n_trials or None
+        self._count = threading.Lock()
+        threads = [
+            threading.Thread(target=self._worker, args=(i,), name=f"sweep-{i}")
+            for i in range(self.workers)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if self.error:
+            raise self.error[0]
+
+    def _take_one(self) -> bool:
+        with self._count:
+            if self._left is None:
+                return True
+            if self._left <= 0:
+                return False
+            self._left -= 1
+            return True
+
+    def _worker(self, index: int) -> None:
+        study = self.study(index)
+        while not self.stop.is_set() and self._take_one():
+            held = _Held(
+                sweep.sweep_lock(self.storage_url, self.sweep_dir, self.study_name)
+            )
+            try:
+                # Trials whose worker died: FAIL now, their retries WAITING
+                # (part of the study already: they run whatever the count).
+                optuna.storages.fail_stale_trials(study)
+                waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                if (
+                    self.max_trials
+                    and started(study) >= self.max_trials
+                    and not waiting
+                ):
+                    return
+                study.optimize(
+                    lambda trial, held=held: self._objective(trial, held.release),
+                    n_trials=1,
+                    catch=(sweep.TrialFailed,),
+                )
+            except sweep.SweepError as e:
+                self.error.append(e)
+                self.stop.set()
+            finally:
+                held.release()
+
+    def _objective(self, trial: optuna.Trial, release) -> float:
+        release()  # the trial exists: another worker may count it now
+        frozen = trial.study.trials[trial.number]
+        root = sweep.root_number(frozen)
+        overrides = self.space.suggest(trial)
+        sweep.check_overrides(self.config, overrides)
+        workdir = self.sweep_dir / f"trial_{root}"
+        command = [
+            sys.executable,
+            "-m",
+            "gen_jax.main",
+            "train",
+            f"--config={self.config_spec}",
+            f"--workdir={workdir}",
+            *self.base_overrides,
+            *(f"--config.{k}={sweep.flag_value(v)}" for k, v in overrides.items()),
+        ]
+        trial.set_user_attr("overrides", overrides)
+        trial.set_user_attr(
+            "command", " ".join(command[2:]).replace("gen_jax.main", "gen-jax", 1)
+        )
+        trial.set_user_attr("workdir", str(workdir))
+        trial.set_user_attr("commit", _commit())
+        return Watch(self, trial, workdir, command).result()
+
+
+def started(study: optuna.Study) -> int:
+    """The study's trials that are not retries and have started (enqueued
+    ones still waiting do not count)."""
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.state != TrialState.WAITING and sweep.root_number(t) == t.number
+    )
+
+
+class _Held:
+    """The sweep's lock, taken now and released once, from whichever of the
+    objective (once its trial exists) or the worker gets there first."""
+
+    def __init__(self, lock):
+        self.lock, self.held = lock, True
+        lock.__enter__()
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.lock.__exit__(None, None, None)
+
+
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # resolved before any fork
+
+
+def _die_with_parent() -> None:
+    """The trial gets SIGTERM (saves, exits 0) if its worker dies: one
+    prctl(PR_SET_PDEATHSIG) system call between fork and exec."""
+    _PRCTL(1, signal.SIGTERM)
+
+
+def _commit() -> str:
+    root = pathlib.Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout.strip() or "unknown"
+
+
+class Watch:
+    """One trial's run: started, its evaluations reported, pruned by SIGTERM."""
+
+    def __init__(self, owner: Sweep, trial: optuna.Trial, workdir, command):
+        self.owner, self.trial, self.workdir = owner, trial, pathlib.Path(workdir)
+        self.command = command
+        self.offset, self.last = 0, None
+
+    def _read(self) -> None:
+        path = self.workdir / "metrics.jsonl"
+        if not path.exists():
+            return
+        with open(path) as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        lines = chunk.split("\n")
+        self.offset += len(chunk) - len(lines[-1])  # a partial last line: later
+        for line in lines[:-1]:
+            row = json.loads(line)
+            value = row.get(self.owner.space.metric)
+            if value is not None:
+                self.last = (row["step"], float(value))
+                self.trial.report(float(value), row["step"])
+
+    def result(self) -> float:
+        """Runs the trial to its end; its last value of the metric."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.workdir / "train.log", "a") as log:
+            proc = subprocess.Popen(
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - one system call
+            )
+            while proc.poll() is None:
+                self._read()
+                if self.last and self.trial.should_prune():
+                    proc.send_signal(signal.SIGTERM)  # saves, exits 0
+                    self.trial.set_user_attr("exit_code", proc.wait())
+                    raise optuna.TrialPruned(f"pruned at step {self.last[0]}")
+                if self.owner.stop.is_set():
+                    proc.send_signal(signal.SIGTERM)
+                time.sleep(self.owner.poll_s)
+            self._read()
+        self.trial.set_user_attr("exit_code", proc.returncode)
+        return self._outcome(proc.returncode)
+
+    def _outcome(self, code: int) -> float:
+        tail = (self.workdir / "train.log").read_text().strip().splitlines()[-1:]
+        line = tail[0] if tail else f"exit {code}"
+        if code == 2:  # a config error: every trial would hit it
+            raise sweep.SweepError(f"trial {self.trial.number}: {line}")
+        if code != 0:
+            raise sweep.TrialFailed(f"trial {self.trial.number} exited {code}: {line}")
+        if self.last is None:
+            raise sweep.TrialFailed(
+                f"trial {self.trial.number} logged no {self.owner.space.metric}"
+            )
+        return self.last[1]

@@ -1,0 +1,92 @@
+"""`gen-jax sweep --config=configs/X.py --space=configs/sweeps/X.py
+--sweep_dir=DIR [flags]`: hyper-parameter search on Optuna.
+
+Each trial is `gen-jax train` in DIR/trial_N with the overrides the space's
+`suggest(trial)` draws (after the config's own --config.a.b=v); its
+evaluations are reported to Optuna as they are logged, and a pruned trial is
+stopped by SIGTERM (it saves and exits 0). Several `gen-jax sweep` processes
+on one --storage and --study share the study (a cluster's workers);
+--max_trials bounds the study as a whole. A worker that dies leaves its trial
+to be retried with the same parameters, resuming its workdir.
+
+  gen-jax sweep --config=configs/vae_digits.py \\
+    --space=configs/sweeps/vae_digits.py --sweep_dir=runs/sweeps/vae_lr --n_trials=24
+  gen-jax sweep --report --sweep_dir=runs/sweeps/vae_lr
+
+Storage: sqlite:///DIR/study.db unless --storage (postgresql://... across
+hosts); study: DIR's name unless --study.
+"""
+
+from absl import app, flags
+
+from gen_jax.tools import flags as tool_flags
+
+FLAGS = flags.FLAGS
+_ARGV: list[str] = []  # the command line, for the trials' --config flags
+
+
+def _define_flags() -> None:
+    tool_flags.define_config("The config every trial trains.")
+    flags.DEFINE_string("space", None, "The space file (configs/sweeps/*.py).")
+    flags.DEFINE_string("sweep_dir", None, "Trials' workdirs, the default storage.")
+    flags.DEFINE_integer("n_trials", 0, "Trials this process runs (0: max_trials).")
+    flags.DEFINE_integer("max_trials", 0, "Trials in the whole study (0: no bound).")
+    flags.DEFINE_string("storage", None, "Optuna storage URL (default: SQLite in DIR).")
+    flags.DEFINE_string("study", None, "Study name (default: DIR's name).")
+    flags.DEFINE_integer("workers", 1, "Trials run at once by this process.")
+    flags.DEFINE_integer("heartbeat_s", 30, "Seconds between a trial's heartbeats.")
+    flags.DEFINE_integer(
+        "grace_s", 120, "Seconds without a heartbeat before a trial is retried."
+    )
+    flags.DEFINE_integer("max_retry", 3, "Retries of a trial whose worker died.")
+    flags.DEFINE_bool(
+        "report", False, "Print the ranked trials, write plots; no trials."
+    )
+
+
+def _storage(sweep_dir) -> str:
+    return FLAGS.storage or f"sqlite:///{sweep_dir.resolve() / 'study.db'}"
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    tool_flags.require("sweep_dir")
+    import pathlib
+
+    sweep_dir = pathlib.Path(FLAGS.sweep_dir)
+    study_name = FLAGS.study or sweep_dir.resolve().name
+    if FLAGS.report:
+        from gen_jax import sweep_report
+
+        print(sweep_report.report(_storage(sweep_dir), study_name, sweep_dir))
+        return
+    tool_flags.require("config", "space")
+    if not (FLAGS.n_trials or FLAGS.max_trials):
+        raise app.UsageError("give --n_trials or --max_trials (or both)")
+    from gen_jax import sweep, sweep_driver
+
+    space = sweep.load_space(FLAGS.space)
+    sweep.check_space(space, FLAGS.config)  # a bad key: exit 2 before any trial
+    spec = next(a.split("=", 1)[1] for a in _ARGV if a.startswith("--config="))
+    sweep_driver.Sweep(
+        config_spec=spec,
+        config=FLAGS.config,
+        base_overrides=[a for a in _ARGV if a.startswith("--config.")],
+        space=space,
+        sweep_dir=sweep_dir,
+        storage_url=_storage(sweep_dir),
+        study_name=study_name,
+        max_trials=FLAGS.max_trials,
+        n_trials=FLAGS.n_trials,
+        workers=FLAGS.workers,
+        heartbeat_s=FLAGS.heartbeat_s,
+        grace_s=FLAGS.grace_s,
+        max_retry=FLAGS.max_retry,
+    ).run()
+
+
+def cli(argv: list[str]) -> None:
+    _ARGV[:] = argv
+    _define_flags()
+    tool_flags.run(main, __name__, argv)
