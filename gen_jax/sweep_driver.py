@@ -72,7 +72,10 @@ class Sweep:
         """`workers` threads, each running trials until the study or this
         process has its count; re-raises a SweepError (exit 2)."""
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        self.study(0)  # created once before the threads race to create it
+        # The storage's tables and the study, created once: under the lock, so
+        # workers starting together do not race to create them.
+        with sweep.sweep_lock(self.storage_url, self.sweep_dir, self.study_name):
+            self.study(0)
         self._left = self.n_trials or None
         self._count = threading.Lock()
         threads = [

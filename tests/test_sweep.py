@@ -1,0 +1,245 @@
+"""`gen-jax sweep` on Optuna, run as users run it: trials are `gen-jax train`
+processes (vae_digits:smoke, 8 steps, held-out loss every 2), on SQLite and on
+a real PostgreSQL server the tests start and stop; the study is read back with
+Optuna's own `load_study`."""
+
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import textwrap
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from gen_jax import sweep
+from tests import helpers
+
+CONFIG = "--config=configs/vae_digits.py:smoke"
+SHORT = ["--config.train.num_steps=8", "--config.evals.heldout.every_steps=2"]
+
+
+def _space(tmp_path, suggest: str, pruner: str = '{"name": "none"}') -> str:
+    """A space file: the held-out loss, minimised; `suggest`'s body."""
+    path = tmp_path / "space.py"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            import ml_collections
+
+            def get_space():
+                return ml_collections.ConfigDict({{
+                    "metric": "eval/heldout/model/loss",
+                    "direction": "minimize",
+                    "sampler": {{"name": "random", "seed": 0}},
+                    "pruner": {pruner},
+                }})
+
+            def suggest(trial):
+            """
+        )
+        + textwrap.indent(textwrap.dedent(suggest).strip(), "    ")
+        + "\n"
+    )
+    return str(path)
+
+
+def _sweep(*args: str, check: bool = True):
+    result = helpers.gen_jax("sweep", CONFIG, *SHORT, *args, devices=1)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _study(sweep_dir, storage=None) -> optuna.Study:
+    storage = storage or f"sqlite:///{pathlib.Path(sweep_dir).resolve()}/study.db"
+    return optuna.load_study(study_name=pathlib.Path(sweep_dir).name, storage=storage)
+
+
+def test_a_bad_space_key_exits_2_before_any_trial(tmp_path):
+    sweep_dir = tmp_path / "bad"
+    for body, message in (
+        ('return {"optim.model.lrr": trial.suggest_float("lr", 1e-4, 1e-2)}', "lrr"),
+        ('return {"train.num_steps": trial.suggest_float("n", 1, 2)}', "num_steps"),
+    ):
+        space = _space(tmp_path, body)
+        result = _sweep(
+            f"--space={space}",
+            f"--sweep_dir={sweep_dir}",
+            "--max_trials=1",
+            check=False,
+        )
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: space key") and message in lines[-1]
+        assert not sweep_dir.exists() or not list(sweep_dir.glob("trial_*"))
+
+
+def test_a_conditional_space_checks_every_branch():
+    """fm_digits' space sets t_mean only for flow, p_mean only for edm; both
+    branches are drawn and checked against the config."""
+    from configs import fm_digits
+
+    space = sweep.load_space(f"{helpers.ROOT}/configs/sweeps/fm_digits.py")
+    sweep.check_space(space, fm_digits.get_config())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    keys = set()
+    for _ in range(16):
+        keys |= set(space.suggest(study.ask()))
+    assert {"diffusion.t_mean", "diffusion.p_mean"} <= keys
+
+
+@pytest.mark.slow
+def test_failed_and_pruned_trials(tmp_path):
+    """A diverging trial (exit 1) is FAIL and the sweep goes on; a pruned trial
+    was stopped by SIGTERM, saved a checkpoint and exited 0."""
+    body = """
+    lr = 1e9 if trial.number == 0 else 1e-3
+    return {"optim.model.lr": trial.suggest_float("lr", lr, lr)}
+    """
+    sweep_dir = tmp_path / "fail"
+    _sweep(
+        f"--space={_space(tmp_path, body)}",
+        f"--sweep_dir={sweep_dir}",
+        "--max_trials=2",
+    )
+    states = [t.state for t in _study(sweep_dir).trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "non-finite" in (sweep_dir / "trial_0" / "train.log").read_text()
+
+    sweep_dir = tmp_path / "prune"
+    space = _space(
+        tmp_path,
+        'return {"optim.model.lr": trial.suggest_float("lr", 1e-3, 2e-3)}',
+        pruner='{"name": "threshold", "upper": 1.0}',  # the loss is ~44: pruned
+    )
+    long = "--config.train.num_steps=400"  # the SIGTERM lands well before its end
+    _sweep(f"--space={space}", f"--sweep_dir={sweep_dir}", "--max_trials=1", long)
+    (trial,) = _study(sweep_dir).trials
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["exit_code"] == 0
+    assert min(trial.intermediate_values) == 2 and max(trial.intermediate_values) < 400
+    saved = [
+        int(p.name)
+        for p in (sweep_dir / "trial_0" / "checkpoints").iterdir()
+        if p.name.isdigit()
+    ]
+    assert saved and max(saved) < 400  # the step it was stopped at
+
+
+def _two_workers(tmp_path, storage_args: list[str], sweep_dir) -> None:
+    space = _space(
+        tmp_path, 'return {"optim.model.lr": trial.suggest_float("lr", 1e-3, 3e-3)}'
+    )
+    args = [
+        CONFIG,
+        *SHORT,
+        f"--space={space}",
+        f"--sweep_dir={sweep_dir}",
+        "--max_trials=3",
+    ]
+    procs = [
+        helpers.start_cli("sweep", *args, *storage_args, devices=1) for _ in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+
+
+@pytest.mark.slow
+def test_two_workers_stop_at_exactly_max_trials_on_sqlite(tmp_path):
+    sweep_dir = tmp_path / "two"
+    _two_workers(tmp_path, [], sweep_dir)
+    trials = _study(sweep_dir).trials
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.params["lr"] for t in trials}) == 3  # per-worker sampler seeds
+
+
+@pytest.fixture
+def postgres():
+    """A PostgreSQL server on a free port, its data in a directory of its own
+    (run as the `postgres` user when we are root: the server refuses root,
+    and pytest's own temporary directories are closed to other users); its
+    URL."""
+    import tempfile
+
+    if not shutil.which("initdb"):
+        pytest.fail("PostgreSQL's server binaries (initdb, pg_ctl) are not on PATH")
+    root = pathlib.Path(tempfile.mkdtemp(prefix="gen_jax_pg_"))
+    data, port = root / "data", helpers.free_port()
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(root, "postgres")
+
+    def run(*cmd):
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True)
+
+    run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust")
+    options = f"-p {port} -k {root} -h 127.0.0.1"
+    run(
+        "pg_ctl", "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"
+    )
+    try:
+        run("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "sweeps")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/sweeps"
+    finally:
+        run("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_postgresql_study(tmp_path, postgres):
+    sweep_dir = tmp_path / "pg_two"
+    _two_workers(tmp_path, [f"--storage={postgres}"], sweep_dir)
+    trials = _study(sweep_dir, postgres).trials
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(t.user_attrs["command"].startswith("gen-jax train") for t in trials)
+
+
+@pytest.mark.slow
+def test_a_killed_workers_trial_is_retried_and_resumes(tmp_path):
+    """SIGKILL the worker mid-trial: its run gets SIGTERM (saves, exits); a new
+    worker finds the trial stale, retries it with the same parameters and
+    the run resumes its checkpoint instead of starting over."""
+    space = _space(
+        tmp_path, 'return {"optim.model.lr": trial.suggest_float("lr", 1e-3, 2e-3)}'
+    )
+    sweep_dir = tmp_path / "kill"
+    args = [
+        CONFIG,
+        "--config.train.num_steps=200",
+        "--config.train.ckpt_every_steps=4",
+        "--config.evals.heldout.every_steps=4",
+        f"--space={space}",
+        f"--sweep_dir={sweep_dir}",
+        "--max_trials=1",
+        "--heartbeat_s=1",
+        "--grace_s=3",
+    ]
+    worker = helpers.start_cli("sweep", *args, devices=1)
+    checkpoints = sweep_dir / "trial_0" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not (
+        checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())
+    ):
+        assert time.monotonic() < deadline and worker.poll() is None
+        time.sleep(0.5)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    time.sleep(4)  # past the grace period
+    _sweep(*args[1:], check=True)
+    trials = _study(sweep_dir).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].params == trials[0].params
+    assert sweep.root_number(trials[1]) == 0
+    steps = [
+        row["step"]
+        for row in helpers.read_metrics(str(sweep_dir / "trial_0"))
+        if "model/loss" in row
+    ]
+    assert steps == sorted(steps) and len(steps) == len(
+        set(steps)
+    )  # resumed, not redone
+    assert steps[-1] == 200
