@@ -19,6 +19,8 @@ NOT_RUN = {
     "python -m pytest": "the suite itself",
     'python -c "import tensorflow_datasets': "downloads a dataset",
     "tensorboard": "a server for the user's eyes",
+    "optuna-dashboard": "a server for the user's eyes (on the storage "
+    "tests/test_sweep.py reads back with optuna.load_study)",
     "sbatch": "needs a Slurm cluster (the script's dry run: tests/test_launch.py)",
     "python -m benchmarks.serve_load": "minutes of load on two servers; its pieces "
     "are tests/test_serve.py",
