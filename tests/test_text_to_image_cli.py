@@ -1,5 +1,5 @@
-"""The text-to-image chain as a user types it: `gen-jax train` an LM (the
-shared lm_pydoc smoke run) -> `gen-jax train --config=configs/t2i_digits.py:smoke
+"""The text-to-image chain as a user types it: `gen-jax train` an LM
+(lm_pydoc:smoke) -> `gen-jax train --config=configs/t2i_digits.py:smoke
 --config.text.encoder=LM_RUN` -> `gen-jax sample --prompt` -> `gen-jax export`
 (the artifact reruns bitwise where gen_jax, flax and optax cannot be imported,
 and draws `gen-jax sample`'s images from the same tokens) -> `gen-jax serve`
@@ -25,18 +25,24 @@ from tests.test_export import BLOCKER
 PROMPT = "a thick seven leaning right"
 
 
+# Its own xdist group (and LM run, not the shared one of the "trained" group),
+# so the chain runs beside the other groups' shared runs.
+pytestmark = pytest.mark.xdist_group("text_to_image_cli")
+
+
 @pytest.fixture(scope="module")
-def chain(trained, tmp_path_factory):
-    """(the text-to-image workdir, its artifact), both made by the CLI."""
+def chain(tmp_path_factory):
+    """(the text-to-image workdir, its artifact), made by the CLI from an LM
+    run it trains first."""
     root = tmp_path_factory.mktemp("t2i_cli")
-    workdir, out = str(root / "run"), str(root / "artifact")
-    result = helpers.gen_jax(
-        "train",
-        "--config=configs/t2i_digits.py:smoke",
-        f"--config.text.encoder={trained('lm_pydoc')}",
-        f"--workdir={workdir}",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    lm, workdir, out = str(root / "lm"), str(root / "run"), str(root / "artifact")
+    for args in (
+        ["--config=configs/lm_pydoc.py:smoke", f"--workdir={lm}"],
+        ["--config=configs/t2i_digits.py:smoke", f"--workdir={workdir}"]
+        + [f"--config.text.encoder={lm}"],
+    ):
+        result = helpers.gen_jax("train", *args)
+        assert result.returncode == 0, result.stderr[-3000:]
     result = helpers.gen_jax("export", f"--workdir={workdir}", f"--out={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, out
