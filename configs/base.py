@@ -166,9 +166,11 @@ def prompts_eval(**overrides) -> ml_collections.ConfigDict:
     defaults = {
         "type": "prompts",
         "every_steps": 1000,
-        # The held-out captions (captions.py): whole phrasings never trained
-        # on, and digit x attribute pairs never stated together.
-        "splits": ("heldout_phrasings", "heldout_combos"),
+        # Captions of held-out images (captions.py): in trained phrasings
+        # ("test": its Fréchet distance compares with a class-conditional
+        # run's), in whole phrasings never trained on, and stating digit x
+        # attribute pairs never stated together in training.
+        "splits": ("test", "heldout_phrasings", "heldout_combos"),
         # Per split; past a split's size its images come round in their
         # next phrasing.
         "num_samples": 1000,

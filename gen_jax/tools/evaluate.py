@@ -59,7 +59,7 @@ def _eval_config():
             {
                 "type": "prompts",
                 "every_steps": 1,
-                "splits": ("heldout_phrasings", "heldout_combos"),
+                "splits": ("test", "heldout_phrasings", "heldout_combos"),
                 "num_samples": FLAGS.num_samples,
                 "batch_size": FLAGS.batch_size,
                 "guidance": -1.0,
