@@ -26,6 +26,8 @@ EVAL_BUILDERS = {
     "heldout": base.heldout_eval,
     "samples": base.samples_eval,
     "quality": base.quality_eval,
+    "prompts": base.prompts_eval,
+    "clip": base.clip_eval,
 }
 
 
