@@ -30,32 +30,34 @@ sys.meta_path.insert(0, Blocked())
 """
 
 
+def check_standalone(directory: str, tmp_path) -> None:
+    """The artifact's load.py reruns its examples bitwise in a process where
+    gen_jax, flax, optax, orbax and TensorFlow cannot be imported."""
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "XLA_FLAGS": helpers.xla_flags(1)}
+
+    def run(*args, **kw):
+        return subprocess.run(
+            [sys.executable, *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+            **kw,
+        )
+
+    assert "blocked" in run("-c", "import gen_jax").stderr  # the blocker works
+    result = run(os.path.join(directory, "load.py"), directory, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "examples match" in result.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_artifact_reruns_bitwise_without_gen_jax(exported, tmp_path, name):
     directory = exported(name)
-    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "XLA_FLAGS": helpers.xla_flags(1)}
-    probe = subprocess.run(
-        [sys.executable, "-c", "import gen_jax"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert "blocked" in probe.stderr  # the blocker works
-    result = subprocess.run(
-        [sys.executable, os.path.join(directory, "load.py"), directory],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "examples match" in result.stdout
+    check_standalone(directory, tmp_path)
     with open(os.path.join(directory, "manifest.json")) as f:
         manifest = json.load(f)
     assert manifest["format"] == artifact.FORMAT

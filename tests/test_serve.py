@@ -142,12 +142,13 @@ def image_server(exported):
     proc.wait(timeout=60)
 
 
-def _images(client, **ask) -> list[np.ndarray]:
+def images(client, model: str = "digits", **ask) -> list[np.ndarray]:
+    """The images an images.generate call returns, decoded from their PNGs."""
     from PIL import Image
 
     response = client.images.generate(
-        model="digits",
-        prompt="",
+        model=model,
+        prompt=ask.pop("prompt", ""),
         response_format="b64_json",
         n=ask.pop("n", 1),
         extra_body=ask,
@@ -162,15 +163,15 @@ def _images(client, **ask) -> list[np.ndarray]:
 def test_images_are_the_same_alone_or_micro_batched(image_server):
     client = _client(image_server)
     asks = [{"seed": 1, "n": 2}, {"seed": 2, "label": 3, "guidance": 2.0}, {"seed": 3}]
-    solo = [_images(client, **dict(a)) for a in asks]
+    solo = [images(client, **dict(a)) for a in asks]
     assert solo[0][0].shape == (8, 8)  # the model's size, one channel
     with concurrent.futures.ThreadPoolExecutor(3) as pool:  # within one 300 ms window
-        together = list(pool.map(lambda a: _images(client, **dict(a)), asks))
+        together = list(pool.map(lambda a: images(client, **dict(a)), asks))
     for a, b in zip(solo, together):
         np.testing.assert_array_equal(np.stack(a), np.stack(b))
     assert not np.array_equal(solo[0][0], solo[0][1])
     with pytest.raises(openai.BadRequestError, match="steps"):
-        _images(client, steps=999)
+        images(client, steps=999)
 
 
 @pytest.mark.slow
@@ -184,15 +185,13 @@ def test_workdir_server_equals_artifact_server_and_drains_on_sigterm(
         "--model_name=digits",
     )
     client = _client(url)
-    want = _images(_client(image_server), seed=5, n=2)
-    np.testing.assert_array_equal(
-        np.stack(_images(client, seed=5, n=2)), np.stack(want)
-    )
+    want = images(_client(image_server), seed=5, n=2)
+    np.testing.assert_array_equal(np.stack(images(client, seed=5, n=2)), np.stack(want))
     # SIGTERM with a request in flight (waiting 1 s for its batch to fill): it
     # is answered, then the server exits 0.
     result = {}
     thread = threading.Thread(
-        target=lambda: result.update(images=_images(client, seed=5, n=2))
+        target=lambda: result.update(images=images(client, seed=5, n=2))
     )
     thread.start()
     threading.Event().wait(0.3)

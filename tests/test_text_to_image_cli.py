@@ -5,13 +5,9 @@
 and draws `gen-jax sample`'s images from the same tokens) -> `gen-jax serve`
 answering the openai client's images.generate(prompt=...)."""
 
-import base64
 import concurrent.futures
-import io
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import openai
@@ -20,7 +16,8 @@ import pytest
 from gen_jax import png, text
 from gen_jax.deploy import artifact
 from tests import helpers
-from tests.test_export import BLOCKER
+from tests.test_export import check_standalone
+from tests.test_serve import images
 
 PROMPT = "a thick seven leaning right"
 
@@ -86,37 +83,9 @@ def test_sample_export_and_the_artifact_without_gen_jax(chain, tmp_path):
     with open(os.path.join(out, "manifest.json")) as f:
         prompts = json.load(f)["images"]["prompts"]
     assert prompts == {"length": 64, "tokenizer": {"tokenizer": "byte"}}
-    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "XLA_FLAGS": helpers.xla_flags(1)}
-    result = subprocess.run(
-        [sys.executable, os.path.join(out, "load.py"), out],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "examples match" in result.stdout
+    check_standalone(out, tmp_path)
     bad = helpers.gen_jax("sample", f"--workdir={workdir}", "--prompt=" + "x" * 65)
     assert bad.returncode != 0 and "at most 64" in bad.stderr
-
-
-def _images(client, **ask) -> list[np.ndarray]:
-    from PIL import Image
-
-    response = client.images.generate(
-        model="t2i",
-        prompt=ask.pop("prompt"),
-        response_format="b64_json",
-        n=ask.pop("n", 1),
-        extra_body=ask,
-    )
-    return [
-        np.asarray(Image.open(io.BytesIO(base64.b64decode(d.b64_json))))
-        for d in response.data
-    ]
 
 
 @pytest.mark.slow
@@ -132,9 +101,9 @@ def test_served_prompts_are_the_same_alone_or_batched(chain):
             {"prompt": "number two, small", "seed": 1},
             {"prompt": "a thin one", "negative_prompt": "thick", "seed": 3},
         ]
-        solo = [_images(client, **dict(a)) for a in asks]
+        solo = [images(client, "t2i", **dict(a)) for a in asks]
         with concurrent.futures.ThreadPoolExecutor(3) as pool:  # one 300 ms window
-            together = list(pool.map(lambda a: _images(client, **dict(a)), asks))
+            together = list(pool.map(lambda a: images(client, "t2i", **dict(a)), asks))
         for a, b in zip(solo, together):
             np.testing.assert_array_equal(np.stack(a), np.stack(b))
         # The server's images are the artifact's for the same tokens,
@@ -147,8 +116,8 @@ def test_served_prompts_are_the_same_alone_or_batched(chain):
         np.testing.assert_array_equal(np.stack(solo[0]), png.to_uint8(mine)[..., 0])
         np.testing.assert_array_equal(solo[1][0], png.to_uint8(other)[0, ..., 0])
         with pytest.raises(openai.BadRequestError, match="at most 64"):
-            _images(client, prompt="x" * 65)
-        assert len(_images(client, prompt="")) == 1  # the null caption
+            images(client, "t2i", prompt="x" * 65)
+        assert len(images(client, "t2i", prompt="")) == 1  # the null caption
     finally:
         proc.terminate()
         proc.wait(timeout=60)
