@@ -30,7 +30,12 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 10 model calls: flow's best 10-call sampler on the DiT (README's objectives table).
 SAMPLER = ["--sampler=dpm_solver_pp_2m", "--sampler_steps=10"]
-SPLITS = ("heldout_phrasings", "heldout_combos")
+SPLITS = ("test", "heldout_phrasings", "heldout_combos")
+
+
+def _jax_version() -> str:
+    out = _run([sys.executable, "-c", "import jax; print(jax.__version__)"])
+    return out.strip().splitlines()[-1]
 
 
 def _run(cmd: list[str]) -> str:
@@ -82,6 +87,24 @@ def _baseline(workdir: str, guidance: float, num_samples: int) -> dict:
     return _last_eval(workdir, name)
 
 
+def _markdown(row: dict) -> str:
+    """The README's table row of one result."""
+    rate = f"{row['steps_per_sec']:.2f}"
+    if "class_accuracy" in row:  # the class-conditional baseline
+        cells = [f"{row['class_accuracy']:.3f} / -", "-", "-"]
+        cells += [f"{row['frechet_distance']:.2f}", "-"]
+    else:
+        cells = [
+            f"{row[s + '/digit_accuracy']:.3f} / {row[s + '/attribute_accuracy']:.3f}"
+            for s in SPLITS
+        ]
+        cells += [
+            f"{row['test/frechet_distance']:.2f}",
+            f"{row['heldout_phrasings/frechet_distance']:.2f}",
+        ]
+    return f"| {row['run']} | {row['guidance']:g} | {' | '.join(cells)} | {rate} |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="runs/t2i")
@@ -120,25 +143,13 @@ def main() -> None:
             | {"steps_per_sec": base_rate}
         )
     print(
-        "| run | guidance | phrasings digit / attribute acc | combos digit / "
-        "attribute acc | FD (phrasings) | steps/s |"
+        "| run | guidance | test: digit / attribute acc. | held-out phrasings: "
+        "digit / attribute | held-out combos: digit / attribute | FD (test "
+        "captions) | FD (phrasings) | training steps/s |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for row in table:
-        if "class_accuracy" in row:
-            cells = [f"{row['class_accuracy']:.3f} / -", "-", row["frechet_distance"]]
-        else:
-            p, c = (f"{s}/" for s in SPLITS)
-            cells = [
-                f"{row[p + 'digit_accuracy']:.3f} / {row[p + 'attribute_accuracy']:.3f}",
-                f"{row[c + 'digit_accuracy']:.3f} / {row[c + 'attribute_accuracy']:.3f}",
-                row[p + "frechet_distance"],
-            ]
-        rate = row["steps_per_sec"]
-        print(
-            f"| {row['run']} | {row['guidance']:g} | {cells[0]} | {cells[1]} | "
-            f"{cells[2]:.2f} | {rate:.2f} |"
-        )
+        print(_markdown(row))
     with open(os.path.join(ROOT, args.out), "a") as f:
         for row in table:
             f.write(
