@@ -25,6 +25,7 @@ def _served(images: np.ndarray) -> bytes:
     class Batcher:
         ready, metrics, max_batch, shape = True, prometheus.serving(), 1, (8, 8, 1)
         num_classes, steps, guidance, default_guidance = 0, None, None, 1.0
+        tokenizer = None  # no text conditioning
 
         def submit(self, job):
             job.done(images[: job.count])

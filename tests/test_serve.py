@@ -386,6 +386,7 @@ def _image_app(images: np.ndarray, *, guidance=None, num_classes=0, steps=None):
     class Batcher:
         ready, metrics, max_batch = True, prometheus.serving(), 4
         shape = images.shape[1:]
+        tokenizer = None  # no text conditioning
 
         def __init__(self):
             self.num_classes, self.steps, self.guidance = num_classes, steps, guidance
@@ -413,6 +414,7 @@ def _image_app(images: np.ndarray, *, guidance=None, num_classes=0, steps=None):
         ({"guidance": 2.0}, "guidance", "no guidance weight"),
         ({"steps": 50}, "steps", "--sampler_steps=50"),
         ({"seed": -1}, "seed", "greater than or equal to 0"),
+        ({"negative_prompt": "thin"}, "negative_prompt", "takes no text"),
     ],
 )
 def test_image_requests_the_model_cannot_answer_are_400s(ask, param, says):

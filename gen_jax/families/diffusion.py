@@ -222,9 +222,9 @@ def make(config: ml_collections.ConfigDict, *, pixels: bool = True) -> Family:
     def init(key: jax.Array, batch: Batch) -> Params:
         x = batch["image"][:1]
         label = jnp.zeros((1,), jnp.int32) if num_classes else None
-        key, text_key = jax.random.split(key)
         params = {}
         if text:  # the frozen encoder, filled from its run at step 0
+            key, text_key = jax.random.split(key)  # (no split without: same init)
             params[text_encoder.ENTRY] = text_encoder.init(config, text_key)
         t = jnp.zeros((1,), jnp.int32)
         captions = {k: batch[k][:1] for k in ("text_tokens", "text_mask") if text}
