@@ -346,6 +346,7 @@ def test_the_clip_evaluator_scores_samples_and_real_images(runs):
     assert out["clip_score"] != out["real_clip_score"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,objective", [("unet", "ddpm"), ("dit", "edm")])
 def test_text_steers_every_backbone_and_objective(backbone, objective):
     """Beside the flow DiT of the runs above: the UNet's cross-attention under

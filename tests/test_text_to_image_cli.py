@@ -68,6 +68,7 @@ def _artifact_images(directory: str, prompt: str, seed: int, n: int) -> np.ndarr
     )
 
 
+@pytest.mark.slow  # the first tier holds the chain's pieces (test_text_to_image.py)
 def test_sample_export_and_the_artifact_without_gen_jax(chain, tmp_path):
     workdir, out = chain
     result = helpers.gen_jax(
