@@ -30,9 +30,9 @@ def test_embeddings_match_transformers(model):
     module, params = model
     want = np.load(f"{FIXTURE}/expected.npz")
     pixels = want["pixel_values"].transpose(0, 2, 3, 1)  # NCHW -> NHWC
-    init = module.init(jax.random.key(0), want["input_ids"], pixels)["params"]
-    assert jax.tree.structure(init) == jax.tree.structure(params)
-    text, image = module.apply({"params": params}, want["input_ids"], pixels)
+    init = jax.eval_shape(module.init, jax.random.key(0), want["input_ids"], pixels)
+    assert jax.tree.structure(init["params"]) == jax.tree.structure(params)
+    text, image = jax.jit(module.apply)({"params": params}, want["input_ids"], pixels)
     np.testing.assert_allclose(text, want["text_embeds"], atol=1e-5)
     np.testing.assert_allclose(image, want["image_embeds"], atol=1e-5)
     scale = np.exp(load_file(f"{FIXTURE}/model.safetensors")["logit_scale"])
@@ -64,7 +64,7 @@ def test_the_scorer_reads_the_directory_and_scores_pairs(model):
     x = (x - np.reshape(features.CLIP_MEAN, (1, 1, 1, 3))) / np.reshape(
         features.CLIP_STD, (1, 1, 1, 3)
     )
-    text, image = module.apply({"params": params}, ids, x)
+    text, image = jax.jit(module.apply)({"params": params}, ids, x)
     want = 100 * np.maximum(np.sum(np.asarray(text) * np.asarray(image), -1), 0)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 

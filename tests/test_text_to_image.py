@@ -36,6 +36,10 @@ def runs(tmp_path_factory):
     train.run(lm_config, lm_dir)
     config = t2i_digits.get_config("smoke")
     config.text.encoder = lm_dir
+    # Its prompts evaluator on one split (each split is the same program); no
+    # null-caption grid (one sampler program fewer to compile).
+    config.evals.prompts.splits = ("heldout_combos",)
+    del config.evals["samples"]
     workdir = str(tmp_path_factory.mktemp("t2i") / "run")
     train.run(config, workdir)
     return lm_dir, workdir, config
@@ -101,7 +105,7 @@ def test_padding_never_changes_an_output(runs):
     np.testing.assert_allclose(_generate(run, longer), want, atol=1e-5)
     # And the training loss: padding is invisible there too.
     batch = {"image": jnp.zeros((2, 8, 8, 1)), "label": jnp.zeros((2,), jnp.int32)}
-    loss = run.family.losses["model"]
+    loss = jax.jit(run.family.losses["model"])
     key = jax.random.key(3)
     np.testing.assert_array_equal(
         loss(run.params, batch | noisy, key)[0], loss(run.params, batch | clean, key)[0]
@@ -162,7 +166,7 @@ def test_the_prompts_evaluator_scores_held_out_captions(runs):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     (scores,) = [r for r in rows if "eval/prompts/heldout_combos/digit_accuracy" in r]
-    for split in ("heldout_phrasings", "heldout_combos"):
+    for split in ("heldout_combos",):
         for name in ("digit_accuracy", "attribute_accuracy"):
             assert 0 <= scores[f"eval/prompts/{split}/{name}"] <= 1
         assert scores[f"eval/prompts/{split}/frechet_distance"] > 0
