@@ -174,3 +174,23 @@ def perturbed(params, scale: float = 0.1, seed: int = 9):
         ),
         params,
     )
+
+
+def assert_resumes_exactly(workdir: str, config, tmp_path, last_step: int = 6) -> None:
+    """A copy of the finished run `workdir` without its last checkpoint
+    (`last_step`), trained again from the one before, ends bitwise where
+    the run ended (its raw params)."""
+    import jax
+    import numpy as np
+
+    from gen_jax import checkpoint, train
+
+    resumed = str(tmp_path / "resumed")
+    shutil.copytree(workdir, resumed)
+    shutil.rmtree(os.path.join(resumed, "checkpoints", str(last_step)))
+    config = config.copy_and_resolve_references()
+    config.evals = {}
+    final = train.run(config, resumed)
+    want = checkpoint.open_run(workdir, ema=False).params
+    for x, y in zip(jax.tree.leaves(final.params), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

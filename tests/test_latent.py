@@ -5,9 +5,6 @@ the round trip is the VAE's own, and the run resumes exactly and exports.
 The module trains its own two runs in process, on one xdist worker (its own
 group, so it runs beside the shared CLI runs of the "trained" group)."""
 
-import os
-import shutil
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +13,7 @@ import pytest
 from configs import ldm_digits, vae_latents_digits
 from gen_jax import checkpoint, data, families, train
 from gen_jax.families import latent, vae
+from tests import helpers
 
 pytestmark = pytest.mark.xdist_group("latent")
 
@@ -77,15 +75,7 @@ def test_samples_are_decoded_pixels_and_the_round_trip_is_the_vaes(runs):
 
 def test_a_latent_run_resumes_exactly(runs, tmp_path):
     _, workdir, config = runs
-    resumed = str(tmp_path / "resumed")
-    shutil.copytree(workdir, resumed)
-    shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))
-    config = config.copy_and_resolve_references()
-    config.evals = {}
-    final = train.run(config, resumed)
-    want = checkpoint.open_run(workdir, ema=False).params
-    for x, y in zip(jax.tree.leaves(final.params), jax.tree.leaves(want)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    helpers.assert_resumes_exactly(workdir, config, tmp_path)
 
 
 def test_latent_needs_a_continuous_objective_and_a_latent_image(runs):

@@ -10,7 +10,6 @@ group, so it runs beside the shared CLI runs of the "trained" group)."""
 import dataclasses
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -150,15 +149,7 @@ def test_guidance_against_the_null_caption(runs):
 
 def test_a_text_to_image_run_resumes_exactly(runs, tmp_path):
     _, workdir, config = runs
-    resumed = str(tmp_path / "resumed")
-    shutil.copytree(workdir, resumed)
-    shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))
-    config = config.copy_and_resolve_references()
-    config.evals = {}
-    final = train.run(config, resumed)
-    want = checkpoint.open_run(workdir, ema=False).params
-    for x, y in zip(jax.tree.leaves(final.params), jax.tree.leaves(want)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    helpers.assert_resumes_exactly(workdir, config, tmp_path)
 
 
 def test_the_prompts_evaluator_scores_held_out_captions(runs):
