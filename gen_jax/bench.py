@@ -111,7 +111,8 @@ def bench_train(config, *, steps, warmup, data_batches=10, profile_dir="", peak=
     compile_s = time.perf_counter() - start
 
     def args_fn(out):  # the state is donated: each step consumes the last one's
-        return (state if out is None else out[0], batch, run_setup.step_key)
+        state_in = state if out is None else out[0]
+        return (state_in, batch, run_setup.step_key, run_setup.train_step.values)
 
     times, out = _time_calls(compiled, args_fn, steps, warmup)
     record = _base_record(config, run_setup, "train", steps, warmup, compile_s)

@@ -24,11 +24,26 @@ class Setup:
     abstract_state: TrainState  # ShapeDtypeStructs carrying their target shardings
     state_shardings: TrainState
     init: Callable[[jax.Array], TrainState]  # jitted: the state is born sharded
-    # jitted (state, batch, key) -> (state, metrics); donates the state.
-    train_step: Callable
+    # (state, batch, key) -> (state, metrics), jitted; donates the state.
+    train_step: "BoundStep"
     init_key: jax.Array
     step_key: jax.Array
     eval_key: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundStep:
+    """The jitted `step.train_step` with its `values` bound: called and lowered
+    as (state, batch, key)."""
+
+    jitted: Callable  # (state, batch, key, values) -> (state, metrics)
+    values: dict[str, jax.Array]
+
+    def __call__(self, state, batch, key):
+        return self.jitted(state, batch, key, self.values)
+
+    def lower(self, state, batch, key):
+        return self.jitted.lower(state, batch, key, self.values)
 
 
 def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
@@ -52,13 +67,14 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
     # Params may come boxed with logical axis names: shard by them, then unbox.
     abstract, state_sh = checkpoint.abstract_of(init_fn, config, mesh)
     dummy = data.dummy_batch(config.data)
-    train_step = jax.jit(
-        functools.partial(
-            step.train_step, family=family, ema_decay=config.train.ema_decay
+    train_step = BoundStep(
+        jax.jit(
+            functools.partial(step.train_step, family=family),
+            in_shardings=(state_sh, sharding.batch_sharding(mesh), repl, repl),
+            out_shardings=(state_sh, repl),
+            donate_argnums=0,
         ),
-        in_shardings=(state_sh, sharding.batch_sharding(mesh), repl),
-        out_shardings=(state_sh, repl),
-        donate_argnums=0,
+        jax.device_put(step.values(config), repl),
     )
     return Setup(
         family,

@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from gen_jax import data, families, sharding
+from gen_jax import data, families, optim, pytree, sharding
 from gen_jax.train_state import TrainState
 
 
@@ -99,57 +99,35 @@ def _quarantine(manager: ocp.CheckpointManager, step: int) -> None:
     manager.reload()
 
 
-def _flat_shapes(tree) -> dict[str, tuple]:
-    """{"params/model/w": (shape, dtype)} for a state or its saved metadata: the
-    same names whether a node is a dataclass, a dict, a tuple or a list."""
-
-    def name(key) -> str:
-        for attr in ("name", "key", "idx"):
-            if hasattr(key, attr):
-                return str(getattr(key, attr))
-        return str(key)
-
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {
-        "/".join(name(k) for k in path): (tuple(x.shape), str(x.dtype))
-        for path, x in leaves
-    }
-
-
-def _mismatch(saved: dict, want: dict) -> str | None:
-    """The first difference between the saved and the wanted arrays, in words."""
-    for key in sorted(want.keys() | saved.keys()):
-        if key not in saved:
-            return f"{key} is in this config but not in the checkpoint"
-        if key not in want:
-            return f"{key} is in the checkpoint but not in this config"
-        if saved[key] != want[key]:
-            return f"{key} is {saved[key]} there, {want[key]} here"
-    return None
-
-
 def restore_latest(
     manager: ocp.CheckpointManager, abstract_state: TrainState, iterator
 ) -> TrainState | None:
     """The newest restorable state (placed as `abstract_state`'s shardings say),
     with `iterator` (if given) set to the matching data position; None if there
     is none. Raises CheckpointError if the checkpoints belong to another config."""
-    want = _flat_shapes(abstract_state)
+    want = pytree.flat_shapes(abstract_state)
+    # As gen_jax saved states before the optimizer held its values.
+    legacy = abstract_state.replace(
+        opt_state=optim.before_values(abstract_state.opt_state)
+    )
     damaged = []
     for step in sorted(manager.all_steps(), reverse=True):
         try:
-            saved = _flat_shapes(manager.item_metadata(step)["state"].tree)
+            saved = pytree.flat_shapes(manager.item_metadata(step)["state"].tree)
         except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types)
             damaged.append(_damaged(step, e))
             continue
-        if problem := _mismatch(saved, want):
+        abstract, problem = abstract_state, pytree.flat_mismatch(saved, want)
+        if problem and not pytree.flat_mismatch(saved, pytree.flat_shapes(legacy)):
+            abstract, problem = legacy, None
+        if problem:
             raise CheckpointError(
                 f"the checkpoint at step {step} under {manager.directory} was "
                 f"written by another config ({problem}); use a new --workdir, or "
                 "the config it was trained with (its config.json)"
             )
         args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
         )
         try:
             restored = manager.restore(step, args=args)
@@ -161,6 +139,9 @@ def restore_latest(
         if iterator is not None:
             iterator.set_state(restored.data)
         logging.info("resumed from step %d", step)
+        if abstract is legacy:
+            held = optim.held(restored.state.opt_state, abstract_state.opt_state)
+            return restored.state.replace(opt_state=held)
         return restored.state
     if damaged:
         raise CheckpointError(
@@ -254,13 +235,13 @@ def load_params(
         if step not in steps:
             raise FileNotFoundError(f"no checkpoint step {step} under {directory}")
         meta = ocp.StandardCheckpointHandler().metadata(directory / str(step) / "state")
-        saved = _flat_shapes(meta.tree)
+        saved = pytree.flat_shapes(meta.tree)
         item = _params_item(saved, abstract, ema)
         # A params-only read casts to the wanted dtype (a bfloat16 import read
         # into float32), so only the shapes must agree.
-        want = {k: v[0] for k, v in _flat_shapes(item).items()}
+        want = {k: v[0] for k, v in pytree.flat_shapes(item).items()}
         have = {k: v[0] for k, v in saved.items() if k in want}
-        if problem := _mismatch(have, want):
+        if problem := pytree.flat_mismatch(have, want):
             raise CheckpointError(
                 f"the checkpoint at {directory}/{step} does not fit this config "
                 f"({problem})"

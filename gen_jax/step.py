@@ -4,6 +4,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from gen_jax.families.family import (
@@ -18,10 +19,17 @@ from gen_jax.train_state import TrainState
 
 
 def train_step(
-    state: TrainState, batch: Batch, key: jax.Array, *, family: Family, ema_decay: float
+    state: TrainState,
+    batch: Batch,
+    key: jax.Array,
+    values: dict[str, jax.Array],
+    *,
+    family: Family,
 ) -> tuple[TrainState, Metrics]:
     """Runs each phase of `family.losses` in order (those due this step), then
-    the EMA of all params."""
+    the EMA of all params. `values` holds the scalars the step reads as inputs
+    rather than constants (`values(config)`), as the optimizer's live in its
+    state: runs that differ only in them share one compiled program."""
     # Keys never enter the state: a resumed run repeats the same randomness.
     key = jax.random.fold_in(key, state.step)
     metrics = {}
@@ -43,12 +51,17 @@ def train_step(
         metrics |= phase_metrics
     # EMA warmup: with a fixed 0.999 the init would still weigh e^-1 after 1000
     # steps; (1 + n) / (10 + n) lets early EMAs follow the params closely.
-    decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    decay = jnp.minimum(values["ema_decay"], (1.0 + state.step) / (10.0 + state.step))
     ema = {  # the entries the EMA tracks (frozen ones it does not copy)
         k: jax.tree.map(functools.partial(_ema, decay=decay), e, state.params[k])
         for k, e in state.ema_params.items()
     }
     return state.replace(step=state.step + 1, ema_params=ema), metrics
+
+
+def values(config) -> dict[str, np.float32]:
+    """The train step's `values` argument for `config`."""
+    return {"ema_decay": np.float32(config.train.ema_decay)}
 
 
 def _update(state, *, phase, loss_fn, batch, key) -> tuple[TrainState, Metrics]:

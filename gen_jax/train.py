@@ -24,7 +24,7 @@ from absl import logging
 from clu import parameter_overview
 from etils import epath
 
-from gen_jax import build, checkpoint, data, families, metrics, pytree
+from gen_jax import build, checkpoint, data, families, metrics, optim, pytree
 from gen_jax.train_state import TrainState
 
 
@@ -112,7 +112,11 @@ def _run(config, workdir, preemption) -> TrainState:
         state = checkpoint.restore_latest(
             manager, run_setup.abstract_state, train_iter.iterator
         )
-        if state is None:
+        if state is not None:  # the optimizer's values as config.json says
+            state = state.replace(
+                opt_state=optim.with_config_values(state.opt_state, config)
+            )
+        else:
             state = run_setup.init(run_setup.init_key)
             if config.train.init_from:
                 state = _init_from(config.train.init_from, state, run_setup)

@@ -69,7 +69,6 @@ def overfit_losses(config, family, params, batch, steps: int) -> list[float]:
 def overfit_state(config, family, params, batch, steps: int, losses=None):
     """The train state after `steps` shared train steps on one fixed batch
     (each step's loss appended to `losses` when given)."""
-    import functools
 
     import flax.linen as nn
     import jax
@@ -78,7 +77,9 @@ def overfit_state(config, family, params, batch, steps: int, losses=None):
     from gen_jax.train_state import TrainState
 
     state = TrainState.create(nn.unbox(params), optim.make(config, ["model"]))
-    fn = jax.jit(functools.partial(step.train_step, family=family, ema_decay=0.9))
+    fn = jax.jit(
+        lambda s, b, k: step.train_step(s, b, k, {"ema_decay": 0.9}, family=family)
+    )
     for _ in range(steps):
         state, metrics = fn(state, batch, jax.random.key(3))
         if losses is not None:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gen_jax import build, checkpoint, data, families, metrics, sharding, train
+from gen_jax import build, checkpoint, data, families, metrics, optim, sharding, train
 from gen_jax.families import Family
 from tests import helpers
 
@@ -45,6 +45,25 @@ def test_round_trip_is_bitwise(smoke_config, tmp_path):
     restored, it_state = _restore(smoke_config, str(tmp_path))
     _assert_trees_equal(restored, state)
     assert it_state == it.iterator.get_state()
+
+
+def test_a_checkpoint_from_before_the_held_optimizer_values_resumes(
+    smoke_config, tmp_path
+):
+    """States saved before the optimizer held its values (each role's clip +
+    AdamW state alone) restore: the count from the inner state, the values
+    from the config, equal to the state as it is now saved."""
+    s = build.setup(smoke_config)
+    it = data.make_train(smoke_config.data, batch_size=16, mesh=s.mesh)
+    state, _ = s.train_step(s.init(s.init_key), next(it), s.step_key)
+    old = state.replace(opt_state=optim.before_values(state.opt_state))
+    manager = checkpoint.make_manager(str(tmp_path), keep=2)
+    checkpoint.save(manager, old, it.iterator)
+    manager.wait_until_finished()
+    manager.close()
+    restored, _ = _restore(smoke_config, str(tmp_path))
+    held = optim.with_config_values(restored.opt_state, smoke_config)
+    _assert_trees_equal(restored.replace(opt_state=held), state)
 
 
 @pytest.mark.parametrize(

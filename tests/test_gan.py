@@ -1,4 +1,3 @@
-import functools
 import math
 
 import jax
@@ -37,7 +36,9 @@ def _batch(n=8):
 
 
 def _run(family, state, steps=1):
-    fn = jax.jit(functools.partial(step.train_step, family=family, ema_decay=0.9))
+    fn = jax.jit(
+        lambda s, b, k: step.train_step(s, b, k, {"ema_decay": 0.9}, family=family)
+    )
     for _ in range(steps):
         state, metrics = fn(state, _batch(), jax.random.key(1))
     return state, metrics

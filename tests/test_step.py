@@ -4,7 +4,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding
 
-from gen_jax import build, data, sharding, step
+from gen_jax import build, data, optim, sharding, step
 from gen_jax.families import Family
 from gen_jax.train_state import TrainState
 
@@ -49,7 +49,7 @@ def test_two_roles_update_in_order_and_only_their_own_params():
     batch = {"x": jnp.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])}
     state = _sgd_state(family, batch)
     new, metrics = jax.jit(
-        lambda s, b, k: step.train_step(s, b, k, family=family, ema_decay=0.5)
+        lambda s, b, k: step.train_step(s, b, k, {"ema_decay": 0.5}, family=family)
     )(state, batch, jax.random.key(0))
     # disc: w - lr * 2 (w - mean) = 0 - 0.1 * 2 * (0 - 2) = 0.4
     np.testing.assert_allclose(new.params["disc"]["w"], [0.4] * 3, rtol=1e-6)
@@ -68,7 +68,7 @@ def test_disc_update_leaves_gen_unchanged():
     batch = {"x": jnp.ones((2, 3))}
     state = _sgd_state(disc_only, batch)
     new, _ = step.train_step(
-        state, batch, jax.random.key(0), family=disc_only, ema_decay=0.0
+        state, batch, jax.random.key(0), {"ema_decay": 0.0}, family=disc_only
     )
     np.testing.assert_array_equal(new.params["gen"]["w"], state.params["gen"]["w"])
     assert not np.array_equal(new.params["disc"]["w"], state.params["disc"]["w"])
@@ -78,7 +78,9 @@ def test_two_role_family_trains_to_its_fixed_point():
     family = _two_role_family()
     batch = {"x": jnp.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])}
     state = _sgd_state(family, batch, lr=0.2)
-    fn = jax.jit(lambda s, b, k: step.train_step(s, b, k, family=family, ema_decay=0.9))
+    fn = jax.jit(
+        lambda s, b, k: step.train_step(s, b, k, {"ema_decay": 0.9}, family=family)
+    )
     for _ in range(60):
         state, metrics = fn(state, batch, jax.random.key(0))
     np.testing.assert_allclose(state.params["gen"]["w"], [2.0] * 3, atol=1e-3)
@@ -121,3 +123,50 @@ def test_sharded_and_single_device_steps_agree(smoke_config):
     for a, b in zip(jax.tree.leaves(got4), jax.tree.leaves(got1)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(m4["model/loss"], m1["model/loss"], rtol=1e-5)
+
+
+def _step_program(config) -> str:
+    """The train step's StableHLO for `config` (lowered, not compiled)."""
+    s = build.setup(config)
+    batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(
+            (config.train.batch_size, *x.shape[1:]), x.dtype
+        ),
+        data.dummy_batch(config.data),
+    )
+    return s.train_step.lower(s.abstract_state, batch, s.step_key).as_text()
+
+
+def test_optimizer_scalars_and_ema_decay_are_inputs_not_constants(smoke_config):
+    """Runs that differ only in the learning rate, betas, weight decay, final
+    ratio, clipping norm and EMA decay lower to one program (so a sweep's
+    trials share the persistent compilation cache); the step count does not."""
+    base = _step_program(smoke_config)
+    smoke_config.optim.model.update(
+        lr=3e-2, b1=0.8, b2=0.95, weight_decay=0.1, final_lr_ratio=0.5, clip_norm=3.0
+    )
+    smoke_config.train.ema_decay = 0.5
+    assert _step_program(smoke_config) == base
+    smoke_config.train.num_steps += 1  # the schedule's shape is static
+    assert _step_program(smoke_config) != base
+
+
+def test_the_held_values_follow_the_config_and_drive_the_update(smoke_config):
+    """A restored state takes its optimizer values from the config (a resumed
+    run with a changed rate trains at it), and the held rate scales the step."""
+    tx = optim.make(smoke_config, ["model"])["model"]
+    params, grads = {"w": jnp.ones(3)}, {"w": jnp.full(3, 1e-3)}
+    initial = {"model": tx.init(params)}
+    held = initial["model"].hyperparams["lr"]
+    assert float(held) == np.float32(smoke_config.optim.model.lr)
+
+    def second_update(lr):
+        smoke_config.optim.model.lr = lr
+        state = optim.with_config_values(initial, smoke_config)["model"]
+        assert float(state.hyperparams["lr"]) == np.float32(lr)
+        _, state = tx.update(grads, state, params)  # count 0: warmup's 0
+        return tx.update(grads, state, params)[0]["w"]
+
+    fast, slow = second_update(0.5), second_update(0.25)
+    assert np.all(np.asarray(fast) < 0)
+    np.testing.assert_allclose(fast, 2 * slow, rtol=1e-6)

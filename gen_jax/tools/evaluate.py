@@ -32,6 +32,13 @@ def _define_flags() -> None:
         "adherence on held-out captions (digit and attribute accuracy, "
         "Fréchet distance).",
     )
+    flags.DEFINE_list(
+        "splits",
+        ["test", "heldout_phrasings", "heldout_combos"],
+        "--type=prompts: the caption splits to sample from ('train' too: its "
+        "captions follow the train split's attributes, as a class-conditional "
+        "run's cycled labels follow its classes).",
+    )
     flags.DEFINE_string("name", None, "Metric prefix: eval/<name>/ (default: --type).")
     flags.DEFINE_integer("batch_size", 100, "Sampling and feature batch.")
     flags.DEFINE_enum(
@@ -59,7 +66,7 @@ def _eval_config():
             {
                 "type": "prompts",
                 "every_steps": 1,
-                "splits": ("test", "heldout_phrasings", "heldout_combos"),
+                "splits": tuple(FLAGS.splits),
                 "num_samples": FLAGS.num_samples,
                 "batch_size": FLAGS.batch_size,
                 "guidance": -1.0,
