@@ -166,10 +166,12 @@ def prompts_eval(**overrides) -> ml_collections.ConfigDict:
     defaults = {
         "type": "prompts",
         "every_steps": 1000,
-        # Captions of held-out images (captions.py): in trained phrasings
-        # ("test": its Fréchet distance compares with a class-conditional
-        # run's), in whole phrasings never trained on, and stating digit x
-        # attribute pairs never stated together in training.
+        # Captions of held-out images (captions.py): in trained phrasings,
+        # in whole phrasings never trained on, and stating digit x attribute
+        # pairs never stated together in training. Add "train" for a Fréchet
+        # distance that compares with a class-conditional run's: its
+        # captions follow the reference split as cycled labels do ("test"'s
+        # follow its 300 images, themselves ~7 from the train split).
         "splits": ("test", "heldout_phrasings", "heldout_combos"),
         # Per split; past a split's size its images come round in their
         # next phrasing.

@@ -49,11 +49,22 @@ class TrialFailed(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Space:
-    metric: str  # an eval/... key of metrics.jsonl
-    direction: str  # minimize | maximize
-    sampler: dict  # {"name": tpe | random | cmaes | grid, "seed": ..., ...}
-    pruner: dict  # {"name": asha | hyperband | median | none, ...}
+    # What to optimise: eval/... keys of metrics.jsonl (their last value) or
+    # config.<key> (the trial's config value: a cost such as sampler steps);
+    # more than one makes a multi-objective study (its Pareto front).
+    metrics: tuple[str, ...]
+    directions: tuple[str, ...]  # minimize | maximize, one per metric
+    sampler: dict  # {"name": tpe | random | cmaes | grid | nsga2, "seed": ...}
+    pruner: dict  # {"name": asha | hyperband | median | threshold | none, ...}
     suggest: Callable[[optuna.Trial], dict[str, Any]]
+
+    @property
+    def multi(self) -> bool:
+        return len(self.metrics) > 1
+
+    @property
+    def eval_metrics(self) -> tuple[str, ...]:
+        return tuple(m for m in self.metrics if m.startswith("eval/"))
 
 
 def load_space(path: str) -> Space:
@@ -73,13 +84,31 @@ def load_space(path: str) -> Space:
     if missing:
         raise SweepError(f"space file {path!r} defines no {' or '.join(missing)}")
     c = module.get_space()
-    if c.direction not in ("minimize", "maximize"):
+    metrics, directions = _tuple(c.metric), _tuple(c.direction)
+    if len(metrics) != len(directions):
+        raise SweepError(
+            f"{path}: {len(metrics)} metrics but {len(directions)} directions"
+        )
+    if any(d not in ("minimize", "maximize") for d in directions):
         raise SweepError(f"{path}: direction must be minimize or maximize")
-    if not c.metric.startswith("eval/"):
-        raise SweepError(f"{path}: metric {c.metric!r} is not an eval/... key")
-    return Space(
-        c.metric, c.direction, c.sampler.to_dict(), c.pruner.to_dict(), module.suggest
-    )
+    for m in metrics:
+        if not m.startswith(("eval/", "config.")):
+            raise SweepError(
+                f"{path}: metric {m!r} is neither eval/... nor config.<key>"
+            )
+    if not any(m.startswith("eval/") for m in metrics):
+        raise SweepError(f"{path}: no eval/... metric: nothing a trial measures")
+    pruner = c.pruner.to_dict()
+    if len(metrics) > 1 and pruner.get("name", "none") != "none":
+        raise SweepError(
+            f"{path}: Optuna prunes single-objective studies only; a study of "
+            f"{len(metrics)} metrics needs pruner none"
+        )
+    return Space(metrics, directions, c.sampler.to_dict(), pruner, module.suggest)
+
+
+def _tuple(value) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def flag_value(value) -> str:
@@ -111,11 +140,30 @@ def check_space(
 ) -> None:
     """Every key `suggest` gives in `draws` random trials (covering the
     branches of a conditional space) is a config key of the right type."""
+    for m in space.metrics:
+        if m.startswith("config.") and not isinstance(
+            config_value(config, m), (int, float)
+        ):
+            raise SweepError(f"metric {m!r} is not a number in the config")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(draws):
         trial = study.ask()
         check_overrides(config, space.suggest(trial))
         study.tell(trial, 0.0)
+
+
+def config_value(config: ml_collections.ConfigDict, metric: str, overrides=None):
+    """A config.<key> metric's value in a trial: its override, else the
+    config's (a SweepError naming the key when the config lacks it)."""
+    key = metric[len("config.") :]
+    if overrides and key in overrides:
+        return overrides[key]
+    node = config
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            raise SweepError(f"metric {metric!r} is not a config key")
+        node = node[part]
+    return node
 
 
 def make_sampler(spec: dict, seed_offset: int) -> optuna.samplers.BaseSampler:

@@ -54,19 +54,22 @@ class Sweep:
             storage=storage,
             study_name=self.study_name,
             load_if_exists=True,
-            direction=self.space.direction,
+            directions=list(self.space.directions),
             sampler=sweep.make_sampler(self.space.sampler, offset),
             pruner=sweep.make_pruner(self.space.pruner, self._eval_every()),
         )
 
     def _eval_every(self) -> int:
-        name = self.space.metric.split("/")[1]
-        if name not in self.config.evals:
-            raise sweep.SweepError(
-                f"metric {self.space.metric!r} names no evaluator of the config "
-                f"(config.evals has {', '.join(self.config.evals)})"
-            )
-        return self.config.evals[name].every_steps
+        every = []
+        for metric in self.space.eval_metrics:
+            name = metric.split("/")[1]
+            if name not in self.config.evals:
+                raise sweep.SweepError(
+                    f"metric {metric!r} names no evaluator of the config "
+                    f"(config.evals has {', '.join(self.config.evals)})"
+                )
+            every.append(self.config.evals[name].every_steps)
+        return every[0]
 
     def run(self) -> None:
         """`workers` threads, each running trials until the study or this
@@ -75,7 +78,7 @@ class Sweep:
         # The storage's tables and the study, created once: under the lock, so
         # workers starting together do not race to create them.
         with sweep.sweep_lock(self.storage_url, self.sweep_dir, self.study_name):
-            self.study(0)
+            self.study(0).set_metric_names(list(self.space.metrics))
         self._left = self.n_trials or None
         self._count = threading.Lock()
         threads = [
@@ -149,7 +152,14 @@ class Sweep:
         )
         trial.set_user_attr("workdir", str(workdir))
         trial.set_user_attr("commit", _commit())
-        return Watch(self, trial, workdir, command).result()
+        values = Watch(self, trial, workdir, command).result()
+        out = [
+            float(sweep.config_value(self.config, m, overrides))
+            if m.startswith("config.")
+            else values[m]
+            for m in self.space.metrics
+        ]
+        return out if self.space.multi else out[0]
 
 
 def started(study: optuna.Study) -> int:
@@ -202,7 +212,7 @@ class Watch:
     def __init__(self, owner: Sweep, trial: optuna.Trial, workdir, command):
         self.owner, self.trial, self.workdir = owner, trial, pathlib.Path(workdir)
         self.command = command
-        self.offset, self.last = 0, None
+        self.offset, self.last = 0, {}  # metric -> (step, its last value)
 
     def _read(self) -> None:
         path = self.workdir / "metrics.jsonl"
@@ -213,15 +223,17 @@ class Watch:
             chunk = f.read()
         lines = chunk.split("\n")
         self.offset += len(chunk) - len(lines[-1])  # a partial last line: later
+        space = self.owner.space
         for line in lines[:-1]:
             row = json.loads(line)
-            value = row.get(self.owner.space.metric)
-            if value is not None:
-                self.last = (row["step"], float(value))
-                self.trial.report(float(value), row["step"])
+            for metric in space.eval_metrics:
+                if row.get(metric) is not None:
+                    self.last[metric] = (row["step"], float(row[metric]))
+                    if not space.multi:  # Optuna reports single objectives only
+                        self.trial.report(float(row[metric]), row["step"])
 
-    def result(self) -> float:
-        """Runs the trial to its end; its last value of the metric."""
+    def result(self) -> dict[str, float]:
+        """Runs the trial to its end; the last value of each eval metric."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.workdir / "train.log", "a") as log:
             proc = subprocess.Popen(
@@ -232,10 +244,15 @@ class Watch:
             )
             while proc.poll() is None:
                 self._read()
-                if self.last and self.trial.should_prune():
+                if (
+                    self.last
+                    and not self.owner.space.multi
+                    and self.trial.should_prune()
+                ):
                     proc.send_signal(signal.SIGTERM)  # saves, exits 0
                     self.trial.set_user_attr("exit_code", proc.wait())
-                    raise optuna.TrialPruned(f"pruned at step {self.last[0]}")
+                    step = max(s for s, _ in self.last.values())
+                    raise optuna.TrialPruned(f"pruned at step {step}")
                 if self.owner.stop.is_set():
                     proc.send_signal(signal.SIGTERM)
                 time.sleep(self.owner.poll_s)
@@ -243,15 +260,16 @@ class Watch:
         self.trial.set_user_attr("exit_code", proc.returncode)
         return self._outcome(proc.returncode)
 
-    def _outcome(self, code: int) -> float:
+    def _outcome(self, code: int) -> dict[str, float]:
         tail = (self.workdir / "train.log").read_text().strip().splitlines()[-1:]
         line = tail[0] if tail else f"exit {code}"
         if code == 2:  # a config error: every trial would hit it
             raise sweep.SweepError(f"trial {self.trial.number}: {line}")
         if code != 0:
             raise sweep.TrialFailed(f"trial {self.trial.number} exited {code}: {line}")
-        if self.last is None:
+        missing = [m for m in self.owner.space.eval_metrics if m not in self.last]
+        if missing:
             raise sweep.TrialFailed(
-                f"trial {self.trial.number} logged no {self.owner.space.metric}"
+                f"trial {self.trial.number} logged no {', '.join(missing)}"
             )
-        return self.last[1]
+        return {m: value for m, (_, value) in self.last.items()}

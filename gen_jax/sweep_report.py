@@ -2,7 +2,8 @@
 parameters, metric, steps, wall time), its best trial as a ready command line
 (SWEEP_DIR/best_command.txt), and Optuna's matplotlib plots (optimisation
 history, parallel coordinates, parameter importances) as PNGs in the sweep
-directory."""
+directory. A multi-objective study lists its Pareto front first, writes each
+front trial's command (pareto_commands.txt) and plots the front."""
 
 import pathlib
 
@@ -15,7 +16,7 @@ def _row(t: optuna.trial.FrozenTrial) -> list[str]:
     wall = "-"
     if t.datetime_start and t.datetime_complete:
         wall = f"{(t.datetime_complete - t.datetime_start).total_seconds():.0f} s"
-    value = "-" if t.value is None else f"{t.value:.5g}"
+    value = "-" if t.values is None else " / ".join(f"{v:.5g}" for v in t.values)
     params = " ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
         for k, v in t.params.items()
@@ -26,6 +27,8 @@ def _row(t: optuna.trial.FrozenTrial) -> list[str]:
 def report(storage: str, study_name: str, sweep_dir: pathlib.Path) -> str:
     """The report's text; writes best_command.txt and the plots."""
     study = optuna.load_study(study_name=study_name, storage=storage)
+    if len(study.directions) > 1:
+        return _pareto_report(study, sweep_dir)
     trials = study.get_trials(deepcopy=False)
     sign = 1 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1
 
@@ -40,10 +43,7 @@ def report(storage: str, study_name: str, sweep_dir: pathlib.Path) -> str:
         value = t.value if done else last
         return (not done, value is None, sign * (value or 0.0), t.number)
 
-    header = ["trial", "state", "parameters", "metric", "steps", "wall"]
-    rows = [header] + [_row(t) for t in sorted(trials, key=rank)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines = _table(study, sorted(trials, key=rank))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         best = study.best_trial
@@ -54,7 +54,43 @@ def report(storage: str, study_name: str, sweep_dir: pathlib.Path) -> str:
     return "\n".join(lines)
 
 
-def _plots(study: optuna.Study, sweep_dir: pathlib.Path) -> list[str]:
+def _table(study: optuna.Study, trials: list) -> list[str]:
+    names = " / ".join(study.metric_names or ["metric"] * len(study.directions))
+    header = ["trial", "state", "parameters", names, "steps", "wall"]
+    rows = [header] + [_row(t) for t in trials]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+
+
+def _pareto_report(study: optuna.Study, sweep_dir: pathlib.Path) -> str:
+    """The Pareto front (by its first objective), then the other trials; the
+    front's commands in pareto_commands.txt; the front's plot."""
+    front = sorted(study.best_trials, key=lambda t: (t.values, t.number))
+    on_front = {t.number for t in front}
+    rest = [t for t in study.get_trials(deepcopy=False) if t.number not in on_front]
+    lines = _table(study, front + rest)
+    lines += ["", f"Pareto front: trials {', '.join(str(t.number) for t in front)}"]
+    commands = [
+        f"# trial {t.number}: {' / '.join(f'{v:.5g}' for v in t.values)}\n"
+        + t.user_attrs.get("command", "")
+        for t in front
+    ]
+    if commands:
+        (sweep_dir / "pareto_commands.txt").write_text("\n".join(commands) + "\n")
+    kwargs = {"target_names": study.metric_names} if study.metric_names else {}
+    plots = (("pareto_front", lambda s, p: p.plot_pareto_front(s, **kwargs)),)
+    return "\n".join(lines + [""] + _plots(study, sweep_dir, plots))
+
+
+# (file name, (study, optuna.visualization.matplotlib) -> axes)
+SINGLE_PLOTS = (
+    ("optimization_history", lambda s, p: p.plot_optimization_history(s)),
+    ("parallel_coordinate", lambda s, p: p.plot_parallel_coordinate(s)),
+    ("param_importances", lambda s, p: p.plot_param_importances(s)),
+)
+
+
+def _plots(study: optuna.Study, sweep_dir: pathlib.Path, which=None) -> list[str]:
     """Optuna's matplotlib plots as PNGs; a line per plot written or skipped."""
     try:
         import matplotlib
@@ -64,13 +100,9 @@ def _plots(study: optuna.Study, sweep_dir: pathlib.Path) -> list[str]:
     except ImportError:
         return ["plots: matplotlib is not installed (pip install -e '.[sweep]')"]
     out = []
-    for name, fn in (
-        ("optimization_history", plots.plot_optimization_history),
-        ("parallel_coordinate", plots.plot_parallel_coordinate),
-        ("param_importances", plots.plot_param_importances),
-    ):
+    for name, fn in which or SINGLE_PLOTS:
         try:
-            axes = fn(study)
+            axes = fn(study, plots)
             figure = getattr(axes, "figure", None) or axes.flat[0].figure
             path = sweep_dir / f"{name}.png"
             figure.savefig(path, dpi=100, bbox_inches="tight")

@@ -34,9 +34,23 @@ run_bg() {  # LOG CMD...: runs CMD in the background with its output in LOG
   PIDS+=($!)
 }
 
+forward_stop() {  # SIGTERM / SIGINT to the launcher: passed on to its processes
+  echo "stopping: SIGTERM to ${#PIDS[@]} process(es); they save and exit" >&2
+  kill -TERM "${PIDS[@]}" 2>/dev/null || true
+}
+
 wait_all() {  # waits for every run_bg process; fails if any did
   local pid status=0
-  for pid in "${PIDS[@]}"; do wait "$pid" || status=1; done
+  # A sweep prunes a trial, and a scheduler preempts a job, by SIGTERM to the
+  # launcher: every process gets it (each saves a checkpoint) and is waited for.
+  trap forward_stop TERM INT
+  for pid in "${PIDS[@]}"; do
+    # `wait` returns early when a trapped signal arrives: wait again until
+    # the process is gone, then read its own exit status.
+    while kill -0 "$pid" 2>/dev/null; do wait "$pid" || true; done
+    wait "$pid" || status=1
+  done
+  trap - TERM INT
   if ((status)); then echo "a process failed; see $1" >&2; fi
   return $status
 }

@@ -22,8 +22,15 @@ CONFIG = "--config=configs/vae_digits.py:smoke"
 SHORT = ["--config.train.num_steps=8", "--config.evals.heldout.every_steps=2"]
 
 
-def _space(tmp_path, suggest: str, pruner: str = '{"name": "none"}') -> str:
-    """A space file: the held-out loss, minimised; `suggest`'s body."""
+def _space(
+    tmp_path,
+    suggest: str,
+    pruner: str = '{"name": "none"}',
+    metric: str = '"eval/heldout/model/loss"',
+    direction: str = '"minimize"',
+    sampler: str = '{"name": "random", "seed": 0}',
+) -> str:
+    """A space file: the held-out loss, minimised, unless told; `suggest`'s body."""
     path = tmp_path / "space.py"
     path.write_text(
         textwrap.dedent(
@@ -32,9 +39,9 @@ def _space(tmp_path, suggest: str, pruner: str = '{"name": "none"}') -> str:
 
             def get_space():
                 return ml_collections.ConfigDict({{
-                    "metric": "eval/heldout/model/loss",
-                    "direction": "minimize",
-                    "sampler": {{"name": "random", "seed": 0}},
+                    "metric": {metric},
+                    "direction": {direction},
+                    "sampler": {sampler},
                     "pruner": {pruner},
                 }})
 
@@ -90,6 +97,34 @@ def test_a_conditional_space_checks_every_branch():
     for _ in range(16):
         keys |= set(space.suggest(study.ask()))
     assert {"diffusion.t_mean", "diffusion.p_mean"} <= keys
+
+
+def test_multi_objective_spaces_are_checked(tmp_path):
+    """A config.<key> objective must name a number of the config; a study of
+    several metrics takes no pruner (Optuna prunes single objectives only)."""
+    from configs import vae_digits
+
+    body = 'return {"optim.model.lr": trial.suggest_float("lr", 1e-3, 2e-3)}'
+    two = '("eval/heldout/model/loss", "config.train.num_steps")'
+    both = '("minimize", "minimize")'
+    space = sweep.load_space(_space(tmp_path, body, metric=two, direction=both))
+    assert space.multi and space.eval_metrics == ("eval/heldout/model/loss",)
+    sweep.check_space(space, vae_digits.get_config("smoke"))
+    for kwargs, message in (
+        (
+            {"metric": two, "direction": both, "pruner": '{"name": "median"}'},
+            "pruner none",
+        ),
+        ({"metric": two}, "2 metrics but 1 directions"),
+        ({"metric": '"heldout/loss"'}, "neither eval/... nor config.<key>"),
+    ):
+        with pytest.raises(sweep.SweepError, match=message):
+            sweep.load_space(_space(tmp_path, body, **kwargs))
+    bad = _space(
+        tmp_path, body, metric='("eval/a/b", "config.train.nope")', direction=both
+    )
+    with pytest.raises(sweep.SweepError, match="config.train.nope"):
+        sweep.check_space(sweep.load_space(bad), vae_digits.get_config("smoke"))
 
 
 @pytest.mark.slow
@@ -243,3 +278,30 @@ def test_a_killed_workers_trial_is_retried_and_resumes(tmp_path):
         set(steps)
     )  # resumed, not redone
     assert steps[-1] == 200
+
+
+@pytest.mark.slow
+def test_a_multi_objective_study_reports_its_pareto_front(tmp_path):
+    """Held-out loss against training steps, NSGA-II: every trial completes
+    with both values (the steps its config trained), and the report lists the
+    Pareto front, writes the front's commands and plots it."""
+    space = _space(
+        tmp_path,
+        'return {"train.num_steps": trial.suggest_int("steps", 2, 8, step=2)}',
+        metric='("eval/heldout/model/loss", "config.train.num_steps")',
+        direction='("minimize", "minimize")',
+        sampler='{"name": "nsga2", "seed": 0, "population_size": 2}',
+    )
+    sweep_dir = tmp_path / "pareto"
+    _sweep(f"--space={space}", f"--sweep_dir={sweep_dir}", "--max_trials=3")
+    study = _study(sweep_dir)
+    assert study.metric_names == ["eval/heldout/model/loss", "config.train.num_steps"]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    for t in study.trials:
+        assert t.values[1] == t.params["steps"] and t.values[0] > 0
+    report = _sweep("--report", f"--sweep_dir={sweep_dir}").stdout
+    front = [t.number for t in sorted(study.best_trials, key=lambda t: t.values)]
+    assert f"Pareto front: trials {', '.join(map(str, front))}" in report
+    commands = (sweep_dir / "pareto_commands.txt").read_text()
+    assert commands.count("gen-jax train") == len(front)
+    assert (sweep_dir / "pareto_front.png").stat().st_size > 0
