@@ -1,0 +1,167 @@
+"""ASHA against the same grid run in full: does pruning find the grid's best
+for a fraction of its training steps?
+
+The grid (every combination of --grid's values) is enqueued into two studies,
+then `gen-jax sweep` runs each to --max_trials = the grid's size: once with
+the space's pruner (ASHA in the shipped spaces), once with pruner none (the
+grid in full; the same space otherwise). For each: total training steps (the
+last step each trial's metrics.jsonl logged, pruned ones included), wall time
+and the best completed value. The run-to-run noise of the metric is the spread
+of the grid's best setting retrained under --noise_seeds other seeds.
+
+  python -m benchmarks.sweep_asha --config=configs/vae_digits.py \
+    --space=configs/sweeps/vae_digits.py \
+    --grid='{"lr": [3e-4, 1e-3, 3e-3, 1e-2], "ema_decay": [0.99, 0.999]}'
+
+Prints a markdown table and appends one JSON line per sweep to --out.
+"""
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+
+import optuna
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPACE_TEMPLATE = """
+import importlib.util
+spec = importlib.util.spec_from_file_location("_base_space", {path!r})
+base = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(base)
+suggest = base.suggest
+
+def get_space():
+    c = base.get_space()
+    c.pruner = {{"name": "none"}}
+    return c
+"""
+
+
+def _sweep(config: str, space: str, sweep_dir: str, n: int, extra: list) -> float:
+    cmd = [sys.executable, "-m", "gen_jax.main", "sweep", f"--config={config}"]
+    cmd += [f"--space={space}", f"--sweep_dir={sweep_dir}", f"--max_trials={n}"]
+    start = time.perf_counter()
+    subprocess.run(cmd + extra, cwd=ROOT, check=True)
+    return time.perf_counter() - start
+
+
+def _last_step(workdir: str) -> int:
+    path = os.path.join(workdir, "metrics.jsonl")
+    with open(path) as f:
+        return max(json.loads(line)["step"] for line in f if line.strip())
+
+
+def _train(config: str, workdir: str, overrides: list[str]) -> None:
+    cmd = [sys.executable, "-m", "gen_jax.main", "train", f"--config={config}"]
+    subprocess.run(cmd + [f"--workdir={workdir}", *overrides], cwd=ROOT, check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--space", required=True)
+    parser.add_argument("--grid", required=True, help="JSON {param: [values]}")
+    parser.add_argument("--work", default="runs/sweep_asha")
+    parser.add_argument("--noise_seeds", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/sweep_asha.jsonl")
+    args, extra = parser.parse_known_args()  # extra: --config.a.b=v for every run
+    grid = json.loads(args.grid)
+    points = [dict(zip(grid, v)) for v in itertools.product(*grid.values())]
+    name = os.path.splitext(os.path.basename(args.config))[0]
+    work = os.path.abspath(os.path.join(args.work, name))
+    os.makedirs(work, exist_ok=True)
+    full_space = os.path.join(work, "grid_space.py")
+    with open(full_space, "w") as f:
+        f.write(SPACE_TEMPLATE.format(path=os.path.abspath(args.space)))
+    rows = []
+    for label, space in (("ASHA", args.space), ("grid in full", full_space)):
+        sweep_dir = os.path.join(work, "asha" if label == "ASHA" else "grid")
+        os.makedirs(sweep_dir, exist_ok=True)
+        storage = f"sqlite:///{sweep_dir}/study.db"
+        study = optuna.create_study(
+            storage=storage, study_name=os.path.basename(sweep_dir), load_if_exists=True
+        )
+        if not study.trials:
+            for p in points:
+                study.enqueue_trial(p)
+        wall = _sweep(args.config, space, sweep_dir, len(points), extra)
+        study = optuna.load_study(study_name=study.study_name, storage=storage)
+        steps = sum(_last_step(t.user_attrs["workdir"]) for t in study.trials)
+        best = study.best_trial
+        rows.append(
+            {
+                "sweep": label,
+                "config": args.config,
+                "trials": len(study.trials),
+                "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
+                "total_steps": steps,
+                "wall_s": wall,
+                "best_value": best.value,
+                "best_params": best.params,
+            }
+        )
+    space = _load(args.space)
+    keys = space.suggest(optuna.trial.FixedTrial(rows[1]["best_params"]))
+    noise = [rows[1]["best_value"]]
+    for seed in range(1, args.noise_seeds + 1):
+        workdir = os.path.join(work, f"noise_seed{seed}")
+        flags = [f"--config.{k}={v}" for k, v in keys.items()] + extra
+        _train(args.config, workdir, [*flags, f"--config.seed={seed}"])
+        noise.append(_final(workdir, space.get_space().metric))
+    spread = max(noise) - min(noise)
+    print(
+        "| sweep | trials (pruned) | total steps | wall s | best value | best params |"
+    )
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['sweep']} | {r['trials']} ({r['pruned']}) | {r['total_steps']} | "
+            f"{r['wall_s']:.0f} | {r['best_value']:.5g} | {r['best_params']} |"
+        )
+    ratio = rows[0]["total_steps"] / rows[1]["total_steps"]
+    print(
+        f"\nASHA / grid steps: {ratio:.2f}; grid best over seeds "
+        f"{[round(v, 5) for v in noise]} (spread {spread:.4g}); "
+        f"ASHA best - grid best: {rows[0]['best_value'] - rows[1]['best_value']:.4g}"
+    )
+    import jax
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    meta = {
+        "noise": noise,
+        "steps_ratio": ratio,
+        "jax": jax.__version__,
+        "commit": commit,
+    }
+    with open(os.path.join(ROOT, args.out), "a") as f:
+        for r in rows:
+            f.write(json.dumps(r | meta) + "\n")
+
+
+def _load(path: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_space", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _final(workdir: str, metric: str) -> float:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        values = [json.loads(line).get(metric) for line in f if line.strip()]
+    return [v for v in values if v is not None][-1]
+
+
+if __name__ == "__main__":
+    main()
