@@ -145,7 +145,12 @@ def check_space(
             config_value(config, m), (int, float)
         ):
             raise SweepError(f"metric {m!r} is not a number in the config")
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no in-memory study notice
+    try:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     for _ in range(draws):
         trial = study.ask()
         check_overrides(config, space.suggest(trial))

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shlex
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import time
 
 import ml_collections
 import optuna
+from etils import epath
 from optuna.trial import TrialState
 
 from gen_jax import sweep
@@ -35,6 +37,10 @@ class Sweep:
     max_trials: int = 0  # 0: no bound on the study
     n_trials: int = 0  # per process; 0: until max_trials
     workers: int = 1
+    # Trials' workdirs: SWEEP_DIR/trial_N unless a root every trial's hosts
+    # share (a gs:// URL for TPU VM trials); their logs stay in SWEEP_DIR.
+    trial_root: str = ""
+    launcher: list[str] = dataclasses.field(default_factory=list)
     heartbeat_s: int = 30
     grace_s: int = 120
     max_retry: int = 3
@@ -49,7 +55,10 @@ class Sweep:
             grace_s=self.grace_s,
             max_retry=self.max_retry,
         )
-        offset = (os.getpid() * 1000 + worker) % 2**31
+        # Per process and thread; GEN_JAX_SWEEP_WORKER (a Slurm array task's
+        # index, launch/slurm_sweep.sbatch) apart hosts whose pids collide.
+        host = int(os.environ.get("GEN_JAX_SWEEP_WORKER", "0"))
+        offset = (host * 1_000_003 + os.getpid() * 1000 + worker) % 2**31
         return optuna.create_study(
             storage=storage,
             study_name=self.study_name,
@@ -135,24 +144,25 @@ class Sweep:
         root = sweep.root_number(frozen)
         overrides = self.space.suggest(trial)
         sweep.check_overrides(self.config, overrides)
-        workdir = self.sweep_dir / f"trial_{root}"
-        command = [
-            sys.executable,
-            "-m",
-            "gen_jax.main",
+        workdir = f"{self.trial_root or self.sweep_dir}/trial_{root}"
+        train = [
             "train",
             f"--config={self.config_spec}",
             f"--workdir={workdir}",
             *self.base_overrides,
             *(f"--config.{k}={sweep.flag_value(v)}" for k, v in overrides.items()),
         ]
+        # A launcher (launch/local.sh, launch/tpu_vm.sh run) takes gen_jax.main's
+        # arguments and forwards the SIGTERM that prunes.
+        command = (self.launcher or [sys.executable, "-m", "gen_jax.main"]) + train
         trial.set_user_attr("overrides", overrides)
-        trial.set_user_attr(
-            "command", " ".join(command[2:]).replace("gen_jax.main", "gen-jax", 1)
-        )
-        trial.set_user_attr("workdir", str(workdir))
+        trial.set_user_attr("command", shlex.join(["gen-jax", *train]))
+        if self.launcher:
+            trial.set_user_attr("launcher", shlex.join(self.launcher))
+        trial.set_user_attr("workdir", workdir)
         trial.set_user_attr("commit", _commit())
-        values = Watch(self, trial, workdir, command).result()
+        log_dir = self.sweep_dir / f"trial_{root}"  # local, beside the study
+        values = Watch(self, trial, workdir, log_dir, command).result()
         out = [
             float(sweep.config_value(self.config, m, overrides))
             if m.startswith("config.")
@@ -209,8 +219,9 @@ def _commit() -> str:
 class Watch:
     """One trial's run: started, its evaluations reported, pruned by SIGTERM."""
 
-    def __init__(self, owner: Sweep, trial: optuna.Trial, workdir, command):
-        self.owner, self.trial, self.workdir = owner, trial, pathlib.Path(workdir)
+    def __init__(self, owner: Sweep, trial: optuna.Trial, workdir, log_dir, command):
+        self.owner, self.trial, self.workdir = owner, trial, epath.Path(workdir)
+        self.log = pathlib.Path(log_dir) / "train.log"
         self.command = command
         self.offset, self.last = 0, {}  # metric -> (step, its last value)
 
@@ -218,7 +229,7 @@ class Watch:
         path = self.workdir / "metrics.jsonl"
         if not path.exists():
             return
-        with open(path) as f:
+        with path.open() as f:
             f.seek(self.offset)
             chunk = f.read()
         lines = chunk.split("\n")
@@ -234,12 +245,15 @@ class Watch:
 
     def result(self) -> dict[str, float]:
         """Runs the trial to its end; the last value of each eval metric."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.workdir / "train.log", "a") as log:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        # A launcher runs `$PYTHON -m gen_jax.main` and logs per process in $LOG_DIR.
+        env = dict(os.environ, PYTHON=sys.executable, LOG_DIR=str(self.log.parent))
+        with open(self.log, "a") as log:
             proc = subprocess.Popen(
                 self.command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=env,
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - one system call
             )
             while proc.poll() is None:
@@ -261,7 +275,7 @@ class Watch:
         return self._outcome(proc.returncode)
 
     def _outcome(self, code: int) -> dict[str, float]:
-        tail = (self.workdir / "train.log").read_text().strip().splitlines()[-1:]
+        tail = self.log.read_text().strip().splitlines()[-1:]
         line = tail[0] if tail else f"exit {code}"
         if code == 2:  # a config error: every trial would hit it
             raise sweep.SweepError(f"trial {self.trial.number}: {line}")

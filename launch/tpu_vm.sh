@@ -13,7 +13,12 @@
 #   train   start training on every worker (--worker=all), in the background;
 #           output in ~/gen_jax_train.log on each worker
 #   up      create, setup, train
-#   stop    stop training on every worker
+#   run     train on every worker in the foreground, the flags after -- (their
+#           own gs:// --workdir) as they are; SIGTERM or SIGINT runs `stop`
+#           (every worker saves and exits 0) and waits: a sweep's trial
+#           launcher (gen-jax sweep --launcher='launch/tpu_vm.sh run
+#           --name=NAME --zone=ZONE --' --trial_root=gs://BUCKET/sweeps/x)
+#   stop    stop training on every worker (SIGTERM: each saves a checkpoint)
 #   ssh     a shell on --worker (default 0), or run the command after --
 #   logs    follow the training log of --worker (default 0)
 #   delete  delete the VM (with --queued: the queued resource and its VM)
@@ -139,12 +144,34 @@ train() {
   on_workers all "cd ~/gen_jax && setsid nohup $(quote "${cmd[@]}") > $log 2>&1 < /dev/null &"
 }
 
+stop_workers() {
+  on_workers all "pkill -TERM -f \"[g]en_jax.main\" || true"
+}
+
+run_foreground() {
+  [[ " $* " == *" --workdir=gs://"* ]] || die "run: the flags after -- need a gs:// --workdir that every worker shares, got: $*"
+  local env=()
+  [[ -n "$tfds_data_dir" ]] && env+=("TFDS_DATA_DIR=$tfds_data_dir")
+  local cmd=(env "${env[@]}" python3 -m gen_jax.main "$@" --distributed)
+  if ((DRY_RUN)); then
+    echo "# on SIGTERM or SIGINT:"; stop_workers
+    on_workers all "cd ~/gen_jax && $(quote "${cmd[@]}")"; return
+  fi
+  trap stop_workers TERM INT
+  on_workers all "cd ~/gen_jax && $(quote "${cmd[@]}")" &
+  local pid=$!
+  # `wait` returns early on a trapped signal: wait until ssh ends, then read it.
+  while kill -0 "$pid" 2>/dev/null; do wait "$pid" || true; done
+  wait "$pid"
+}
+
 case $command in
   create) create ;;
   setup) setup ;;
   train) train "$@" ;;
   up) create; setup; train "$@" ;;
-  stop) on_workers all "pkill -f \"[g]en_jax.main\" || true" ;;
+  run) run_foreground "$@" ;;
+  stop) stop_workers ;;
   ssh)
     if [[ $# -gt 0 ]]; then on_workers "${worker:-0}" "$(quote "$@")"
     else run "${gcloud_tpu[@]}" tpu-vm ssh "$name" "${scope[@]}" "--worker=${worker:-0}"; fi ;;
@@ -155,5 +182,5 @@ case $command in
     else
       run "${gcloud_tpu[@]}" tpu-vm delete "$name" "${scope[@]}" --quiet
     fi ;;
-  *) die "unknown command '$command': create, setup, train, up, stop, ssh, logs or delete" ;;
+  *) die "unknown command '$command': create, setup, train, up, run, stop, ssh, logs or delete" ;;
 esac

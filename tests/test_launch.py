@@ -4,7 +4,9 @@ command the launcher would run (shell-quoted), so these tests parse it."""
 
 import os
 import shlex
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -237,9 +239,99 @@ def test_tpu_vm_plain_create_ssh_logs_delete():
         (["create", "--zone=z"], "--name (or TPU_NAME) is required"),
         (["create", *TPU, "--type=v9-8"], "pass --version="),
         (["reboot", *TPU], "unknown command 'reboot'"),
+        (["run", *TPU, "--", "train", "--workdir=runs/x"], "need a gs:// --workdir"),
         (["create", *TPU, "--name", "x"], "unknown option --name"),
     ],
 )
 def test_tpu_vm_bad_input_names_the_fix(args, message):
     result = _launch("tpu_vm.sh", "--dry-run", *args, check=False)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_tpu_vm_run_trains_in_the_foreground_and_stops_on_sigterm():
+    """A sweep's TPU trial: the flags after -- as they are (its own gs://
+    workdir), every worker, in the foreground; SIGTERM runs `stop`."""
+    trial = ["train", "--config=configs/vae_digits.py", "--workdir=gs://bkt/s/trial_3"]
+    result = _launch("tpu_vm.sh", "--dry-run", "run", *TPU, "--", *trial)
+    assert "# on SIGTERM or SIGINT:" in result.stdout
+    stop, train = _commands(result.stdout)
+    assert _flags(stop)["worker"] == "all"
+    assert "pkill -TERM" in _flags(stop)["command"]
+    remote = shlex.split(_flags(train)["command"])
+    assert _flags(train)["worker"] == "all" and "nohup" not in remote
+    main = remote.index("gen_jax.main")
+    assert remote[main + 1 :] == [*trial, "--distributed"]
+
+
+SWEEP = [
+    "--config=configs/fm_digits.py",
+    "--space=configs/sweeps/fm_digits.py",
+    "--sweep_dir=runs/sweeps/fm",
+    "--storage=postgresql+psycopg://u@db/sweeps",
+    "--max_trials=32",
+]
+
+
+def test_slurm_sweep_array_task_runs_one_sweep_worker():
+    result = _launch(
+        "slurm_sweep.sbatch",
+        "--dry-run",
+        "--",
+        *SWEEP,
+        env={"SLURM_ARRAY_TASK_ID": "5"},
+    )
+    assert "# array task 5:" in result.stdout
+    (worker,) = _commands(result.stdout)
+    assert _env(worker) == {"GEN_JAX_SWEEP_WORKER": "5"}
+    main = worker.index("gen_jax.main")
+    assert worker[main + 1 :] == ["sweep", *SWEEP]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([a for a in SWEEP if "storage" not in a], "give --storage=postgresql"),
+        ([a for a in SWEEP if "max_trials" not in a], "give --max_trials"),
+    ],
+)
+def test_slurm_sweep_bad_input_names_the_fix(args, message):
+    env = {"SLURM_ARRAY_TASK_ID": "0"}
+    result = _launch(
+        "slurm_sweep.sbatch", "--dry-run", "--", *args, env=env, check=False
+    )
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_local_sh_passes_sigterm_to_every_process_and_waits(tmp_path):
+    """A sweep prunes a 2-process trial by SIGTERM to local.sh: both processes
+    get it (each would save and exit 0) and local.sh exits 0 once they have."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        'trap \'echo "stopped $*" >> "$FAKE_LOG"; exit 0\' TERM\n'
+        'echo "started" >> "$FAKE_LOG"\n'
+        "while true; do sleep 0.05; done\n"
+    )
+    fake.chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {**os.environ, "PYTHON": str(fake), "FAKE_LOG": str(log),
+           "LOG_DIR": str(tmp_path / "logs")}  # fmt: skip
+    proc = subprocess.Popen(
+        ["bash", os.path.join(helpers.ROOT, "launch", "local.sh"), "2", "1", "--",
+         "train", "--workdir=w"],
+        env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while (not log.exists() or log.read_text().count("started") < 2) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    stopped = [
+        line for line in log.read_text().splitlines() if line.startswith("stopped")
+    ]
+    assert sorted(line.split()[-1] for line in stopped) == [
+        "--process_id=0",
+        "--process_id=1",
+    ]

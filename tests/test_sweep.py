@@ -305,3 +305,27 @@ def test_a_multi_objective_study_reports_its_pareto_front(tmp_path):
     commands = (sweep_dir / "pareto_commands.txt").read_text()
     assert commands.count("gen-jax train") == len(front)
     assert (sweep_dir / "pareto_front.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_two_process_trial_runs_through_local_sh(tmp_path):
+    """--launcher='launch/local.sh 2 1 --': the trial is two gen_jax processes
+    (one CPU device each), its logs in the trial's directory."""
+    space = _space(
+        tmp_path, 'return {"optim.model.lr": trial.suggest_float("lr", 1e-3, 2e-3)}'
+    )
+    sweep_dir = tmp_path / "two_proc"
+    launcher = f"{helpers.ROOT}/launch/local.sh 2 1 --"
+    _sweep(
+        f"--space={space}",
+        f"--sweep_dir={sweep_dir}",
+        "--max_trials=1",
+        f"--launcher={launcher}",
+    )
+    (trial,) = _study(sweep_dir).trials
+    assert trial.state == TrialState.COMPLETE
+    assert trial.user_attrs["launcher"].endswith("local.sh 2 1 --")
+    assert trial.user_attrs["command"].startswith("gen-jax train --config=")
+    for i in range(2):  # each process of the trial trained to its end
+        log = (sweep_dir / "trial_0" / f"local_{i}.log").read_text()
+        assert f"process {i} of 2" in log and "step 8/8" in log, log[-2000:]

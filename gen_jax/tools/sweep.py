@@ -34,6 +34,20 @@ def _define_flags() -> None:
     flags.DEFINE_string("storage", None, "Optuna storage URL (default: SQLite in DIR).")
     flags.DEFINE_string("study", None, "Study name (default: DIR's name).")
     flags.DEFINE_integer("workers", 1, "Trials run at once by this process.")
+    flags.DEFINE_string(
+        "launcher",
+        "",
+        "A command each trial's `gen_jax.main train ...` arguments are appended "
+        "to, which forwards SIGTERM: 'launch/local.sh 2 1 --' (a 2-process "
+        "trial), 'launch/tpu_vm.sh run --name=NAME --zone=ZONE --' (a TPU VM "
+        "slice; with --trial_root=gs://...). Default: one local process.",
+    )
+    flags.DEFINE_string(
+        "trial_root",
+        None,
+        "Where trials' workdirs go (default: --sweep_dir); a gs:// URL every "
+        "TPU VM worker shares. Logs and the SQLite study stay in --sweep_dir.",
+    )
     flags.DEFINE_integer("heartbeat_s", 30, "Seconds between a trial's heartbeats.")
     flags.DEFINE_integer(
         "grace_s", 120, "Seconds without a heartbeat before a trial is retried."
@@ -53,6 +67,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     tool_flags.require("sweep_dir")
     import pathlib
+    import shlex
 
     sweep_dir = pathlib.Path(FLAGS.sweep_dir)
     study_name = FLAGS.study or sweep_dir.resolve().name
@@ -80,6 +95,8 @@ def main(argv: list[str]) -> None:
         max_trials=FLAGS.max_trials,
         n_trials=FLAGS.n_trials,
         workers=FLAGS.workers,
+        trial_root=FLAGS.trial_root or "",
+        launcher=shlex.split(FLAGS.launcher),
         heartbeat_s=FLAGS.heartbeat_s,
         grace_s=FLAGS.grace_s,
         max_retry=FLAGS.max_retry,
