@@ -224,6 +224,7 @@ class Watch:
         self.log = pathlib.Path(log_dir) / "train.log"
         self.command = command
         self.offset, self.last = 0, {}  # metric -> (step, its last value)
+        self.step = 0  # the last step the run logged
 
     def _read(self) -> None:
         path = self.workdir / "metrics.jsonl"
@@ -237,6 +238,7 @@ class Watch:
         space = self.owner.space
         for line in lines[:-1]:
             row = json.loads(line)
+            self.step = max(self.step, row.get("step", 0))
             for metric in space.eval_metrics:
                 if row.get(metric) is not None:
                     self.last[metric] = (row["step"], float(row[metric]))
@@ -263,15 +265,18 @@ class Watch:
                     and not self.owner.space.multi
                     and self.trial.should_prune()
                 ):
+                    step = max(s for s, _ in self.last.values())
                     proc.send_signal(signal.SIGTERM)  # saves, exits 0
                     self.trial.set_user_attr("exit_code", proc.wait())
-                    step = max(s for s, _ in self.last.values())
+                    self._read()  # what it logged until it stopped
+                    self.trial.set_user_attr("steps", self.step)
                     raise optuna.TrialPruned(f"pruned at step {step}")
                 if self.owner.stop.is_set():
                     proc.send_signal(signal.SIGTERM)
                 time.sleep(self.owner.poll_s)
             self._read()
         self.trial.set_user_attr("exit_code", proc.returncode)
+        self.trial.set_user_attr("steps", self.step)
         return self._outcome(proc.returncode)
 
     def _outcome(self, code: int) -> dict[str, float]:

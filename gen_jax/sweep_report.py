@@ -6,13 +6,17 @@ directory. A multi-objective study lists its Pareto front first, writes each
 front trial's command (pareto_commands.txt) and plots the front."""
 
 import pathlib
+import warnings
 
 import optuna
+
+# Optuna calls its Pareto-front plot "experimental" (since 2.8); used knowingly.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 from optuna.trial import TrialState
 
 
 def _row(t: optuna.trial.FrozenTrial) -> list[str]:
-    steps = max(t.intermediate_values, default="-")
+    steps = t.user_attrs.get("steps", max(t.intermediate_values, default="-"))
     wall = "-"
     if t.datetime_start and t.datetime_complete:
         wall = f"{(t.datetime_complete - t.datetime_start).total_seconds():.0f} s"

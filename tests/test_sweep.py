@@ -298,7 +298,8 @@ def test_a_multi_objective_study_reports_its_pareto_front(tmp_path):
     assert study.metric_names == ["eval/heldout/model/loss", "config.train.num_steps"]
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     for t in study.trials:
-        assert t.values[1] == t.params["steps"] and t.values[0] > 0
+        assert t.values[1] == t.params["steps"] == t.user_attrs["steps"]
+        assert t.values[0] > 0
     report = _sweep("--report", f"--sweep_dir={sweep_dir}").stdout
     front = [t.number for t in sorted(study.best_trials, key=lambda t: t.values)]
     assert f"Pareto front: trials {', '.join(map(str, front))}" in report
