@@ -1,7 +1,9 @@
 """Small shared pieces for tests: run subprocesses of the CLI, read metrics."""
 
+import contextlib
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -195,3 +197,33 @@ def assert_resumes_exactly(workdir: str, config, tmp_path, last_step: int = 6) -
     want = checkpoint.open_run(workdir, ema=False).params
     for x, y in zip(jax.tree.leaves(final.params), jax.tree.leaves(want)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@contextlib.contextmanager
+def postgres_server(database: str = "sweeps"):
+    """A PostgreSQL server on a free port, its data in a directory of its own
+    (run as the `postgres` user when we are root: the server refuses root,
+    and pytest's own temporary directories are closed to other users); yields
+    the database's SQLAlchemy URL, stops the server and removes its files."""
+    import tempfile
+
+    root = pathlib.Path(tempfile.mkdtemp(prefix="gen_jax_pg_"))
+    data, port = root / "data", free_port()
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(root, "postgres")
+
+    def run(*cmd):
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True)
+
+    run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust")
+    options = f"-p {port} -k {root} -h 127.0.0.1"
+    run(
+        "pg_ctl", "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"
+    )
+    try:
+        run("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/{database}"
+    finally:
+        run("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)

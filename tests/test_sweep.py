@@ -3,11 +3,9 @@ processes (vae_digits:smoke, 8 steps, held-out loss every 2), on SQLite and on
 a real PostgreSQL server the tests start and stop; the study is read back with
 Optuna's own `load_study`."""
 
-import os
 import pathlib
 import shutil
 import signal
-import subprocess
 import textwrap
 import time
 
@@ -194,34 +192,11 @@ def test_two_workers_stop_at_exactly_max_trials_on_sqlite(tmp_path):
 
 @pytest.fixture
 def postgres():
-    """A PostgreSQL server on a free port, its data in a directory of its own
-    (run as the `postgres` user when we are root: the server refuses root,
-    and pytest's own temporary directories are closed to other users); its
-    URL."""
-    import tempfile
-
+    """A PostgreSQL server the test starts and stops (helpers.postgres_server)."""
     if not shutil.which("initdb"):
         pytest.fail("PostgreSQL's server binaries (initdb, pg_ctl) are not on PATH")
-    root = pathlib.Path(tempfile.mkdtemp(prefix="gen_jax_pg_"))
-    data, port = root / "data", helpers.free_port()
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_user:
-        shutil.chown(root, "postgres")
-
-    def run(*cmd):
-        subprocess.run([*as_user, *cmd], check=True, capture_output=True)
-
-    run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust")
-    options = f"-p {port} -k {root} -h 127.0.0.1"
-    run(
-        "pg_ctl", "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"
-    )
-    try:
-        run("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "sweeps")
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/sweeps"
-    finally:
-        run("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+    with helpers.postgres_server() as url:
+        yield url
 
 
 @pytest.mark.slow
