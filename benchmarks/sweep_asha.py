@@ -1,7 +1,8 @@
 """ASHA against the same grid run in full: does pruning find the grid's best
 for a fraction of its training steps?
 
-The grid (every combination of --grid's values) is enqueued into two studies,
+The grid (every combination of --grid's values, in one shuffled order) is
+enqueued into two studies,
 then `gen-jax sweep` runs each to --max_trials = the grid's size: once with
 the space's pruner (ASHA in the shipped spaces), once with pruner none (the
 grid in full; the same space otherwise). For each: total training steps (the
@@ -20,6 +21,7 @@ import argparse
 import itertools
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -64,13 +66,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--space", required=True)
-    parser.add_argument("--grid", required=True, help="JSON {param: [values]}")
+    parser.add_argument(
+        "--grid",
+        required=True,
+        help="JSON {param: [values]} (their product) or [{param: value}, ...]",
+    )
     parser.add_argument("--work", default="runs/sweep_asha")
     parser.add_argument("--noise_seeds", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="the grid's order")
     parser.add_argument("--out", default="benchmarks/sweep_asha.jsonl")
     args, extra = parser.parse_known_args()  # extra: --config.a.b=v for every run
     grid = json.loads(args.grid)
-    points = [dict(zip(grid, v)) for v in itertools.product(*grid.values())]
+    if isinstance(grid, dict):
+        points = [dict(zip(grid, v)) for v in itertools.product(*grid.values())]
+    else:  # a conditional space's points, each complete
+        points = grid
+    # One shuffled order, the same in both studies: a grid in sorted order
+    # (each trial better than the last) would make ASHA promote every one.
+    random.Random(args.seed).shuffle(points)
     name = os.path.splitext(os.path.basename(args.config))[0]
     work = os.path.abspath(os.path.join(args.work, name))
     os.makedirs(work, exist_ok=True)
