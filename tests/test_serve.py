@@ -241,7 +241,9 @@ def test_chat_completions_with_the_models_own_template(chat_server):
         client.chat.completions.create(model="qwen", messages=[])
 
 
-def _lm_app(ready: bool = True, chat_template: str | None = None):
+def _lm_app(
+    ready: bool = True, chat_template: str | None = None, api_key: str | None = None
+):
     """The LM routes over a stand-in engine whose queue is always full, and its
     TestClient: the HTTP side alone, nothing compiled."""
     import dataclasses
@@ -262,7 +264,8 @@ def _lm_app(ready: bool = True, chat_template: str | None = None):
 
     engine = Engine()
     engine.ready = ready
-    return engine, TestClient(app.make_app(engine, lm_routes.add, model_name="m"))
+    api = app.make_app(engine, lm_routes.add, model_name="m", api_key=api_key)
+    return engine, TestClient(api)
 
 
 def test_warming_up_and_a_full_queue_answer_503_in_openais_shape():
@@ -282,6 +285,27 @@ def test_warming_up_and_a_full_queue_answer_503_in_openais_shape():
     assert 'gen_jax_requests_total{endpoint="/v1/completions",status="503"} 2' in (
         client.get("/metrics").text
     )
+
+
+def test_an_api_key_guards_every_v1_route_and_leaves_health_open():
+    _, client = _lm_app(api_key="sk-local")
+    ask = {"model": "m", "prompt": "hi", "max_tokens": 4}
+    wrong = ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": "sk-local"})
+    for headers in wrong:
+        for response in (
+            client.post("/v1/completions", json=ask, headers=headers),
+            client.get("/v1/models", headers=headers),
+        ):
+            assert response.status_code == 401, headers
+            error = response.json()["error"]
+            assert error["code"] == "invalid_api_key"
+            assert "Authorization: Bearer" in error["message"]
+    good = {"Authorization": "Bearer sk-local"}
+    assert client.get("/v1/models", headers=good).status_code == 200
+    # Past the key, the request reaches the engine (whose queue is full here).
+    assert client.post("/v1/completions", json=ask, headers=good).status_code == 503
+    assert client.get("/health").status_code == 200
+    assert 'status="401"} 6' in client.get("/metrics").text
 
 
 def test_a_failed_sampler_call_fails_its_requests_and_the_batcher_goes_on():

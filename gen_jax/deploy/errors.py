@@ -15,6 +15,7 @@ from gen_jax.deploy.programs import QueueFull
 
 KINDS = {
     400: "invalid_request_error",
+    401: "invalid_request_error",  # OpenAI's, with code invalid_api_key
     404: "invalid_request_error",
     503: "server_overloaded",
 }

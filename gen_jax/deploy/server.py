@@ -29,10 +29,12 @@ def build(
     max_batch: int,
     max_wait_s: float,
     max_waiting: int,
+    api_key: str | None = None,
 ):
     """(the engine, not started, and its app) for the artifact in `directory`:
     an LM over `slots` decode slots, or images in batches of `max_batch`
-    filled for at most `max_wait_s`; `max_waiting` queued before a 503."""
+    filled for at most `max_wait_s`; `max_waiting` queued before a 503;
+    /v1/* behind `api_key` when given."""
     progs = programs.Programs(artifact.Artifact(directory))
     metrics = prometheus.serving()
     if "lm" in progs.artifact.manifest:  # what the artifact makes: text, else images
@@ -49,7 +51,8 @@ def build(
             metrics=metrics,
         )
         routes = image_routes.add
-    return engine, app_lib.make_app(engine, routes, model_name=model_name)
+    app = app_lib.make_app(engine, routes, model_name=model_name, api_key=api_key)
+    return engine, app
 
 
 def run_server(

@@ -13,6 +13,8 @@ programs:
     -d '{"model": "lm_pydoc", "prompt": "The with statement", "max_tokens": 64}'
 """
 
+import os
+
 from absl import app, flags, logging
 
 from gen_jax.tools import flags as tool_flags
@@ -24,6 +26,12 @@ def _define_flags() -> None:
     flags.DEFINE_string("workdir", None, "A training run to serve (exported first).")
     flags.DEFINE_string("artifact", None, "A `gen-jax export` directory to serve.")
     flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
+    flags.DEFINE_string(
+        "api_key",
+        None,
+        "Require 'Authorization: Bearer KEY' on every /v1/* route (default: "
+        "$GEN_JAX_API_KEY; unset: no key). /health and /metrics stay open.",
+    )
     flags.DEFINE_integer("port", 8000, "Port to listen on.")
     flags.DEFINE_string(
         "model_name", None, "The model id clients send (default: the directory's name)."
@@ -76,6 +84,7 @@ def main(argv: list[str]) -> None:
             max_batch=FLAGS.max_batch,
             max_wait_s=FLAGS.max_wait_ms / 1000,
             max_waiting=FLAGS.max_waiting,
+            api_key=FLAGS.api_key or os.environ.get("GEN_JAX_API_KEY") or None,
         )
         family = engine.programs.artifact.family
         logging.info(
