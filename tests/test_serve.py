@@ -308,6 +308,37 @@ def test_an_api_key_guards_every_v1_route_and_leaves_health_open():
     assert 'status="401"} 6' in client.get("/metrics").text
 
 
+def test_tokenize_and_detokenize_round_trip_in_vllms_shapes():
+    from gen_jax import text
+
+    byte = text.tokenizer_from_spec({"tokenizer": "byte"}, ".")
+    _, client = _lm_app(chat_template="<{{ messages[0].content }}>")
+    said = "héllo, world"
+    answer = client.post("/tokenize", json={"model": "m", "prompt": said}).json()
+    assert answer["tokens"] == byte.prompt(said).tolist()
+    assert answer["count"] == len(answer["tokens"]) and answer["max_model_len"] == 32
+    plain = client.post("/tokenize", json={"prompt": said, "add_special_tokens": False})
+    tokens = plain.json()["tokens"]
+    assert tokens == byte.encode(said).tolist()
+    assert client.post("/detokenize", json={"tokens": tokens}).json() == {
+        "prompt": said
+    }
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    assert client.post("/tokenize", json=chat).json()["tokens"] == list(b"<hi>")
+    for path, body, field in (
+        ("/detokenize", {"tokens": [1, 256]}, "tokens"),
+        ("/tokenize", {"prompt": "a", **chat}, None),
+        ("/tokenize", {}, None),
+        ("/tokenize", {"model": "other", "prompt": "a"}, "model"),
+    ):
+        response = client.post(path, json=body)
+        assert response.status_code in (400, 404), (path, body)
+        assert response.json()["error"]["param"] == field, response.json()
+    _, plain_client = _lm_app()  # no chat template: messages are refused
+    response = plain_client.post("/tokenize", json=chat)
+    assert response.status_code == 400 and "chat template" in response.text
+
+
 def test_a_failed_sampler_call_fails_its_requests_and_the_batcher_goes_on():
     import types
 

@@ -1,6 +1,7 @@
 """OpenAI's completions, and chat completions when the tokenizer has a chat
 template, over the LM engine: `n` choices (choice i samples with seed + i),
-stop sequences and usage, answered whole or streamed as server-sent events."""
+stop sequences and usage, answered whole or streamed as server-sent events;
+and vLLM's /tokenize and /detokenize, so clients need no tokenizer files."""
 
 import asyncio
 import json
@@ -29,6 +30,37 @@ def add(app: FastAPI, engine: LMEngine, model_name: str) -> None:
         errors.check_model(body.model, model_name)
         prompt_ids = tokenizer.prompt(body.prompt)
         return await _respond(engine, model_name, body, prompt_ids, chat=False)
+
+    @app.post("/tokenize")
+    async def tokenize(body: schemas.TokenizeRequest):
+        if body.model is not None:
+            errors.check_model(body.model, model_name)
+        if body.messages is not None:
+            if not tokenizer.chat_template:
+                raise errors.BadRequest("this model has no chat template", "messages")
+            messages = [m.model_dump() for m in body.messages]
+            prompt = text.render_chat(
+                tokenizer, messages, add_generation_prompt=body.add_generation_prompt
+            )
+            ids = tokenizer.encode(prompt)  # the template holds its own framing
+        else:
+            encode = tokenizer.prompt if body.add_special_tokens else tokenizer.encode
+            ids = encode(body.prompt)
+        tokens = [int(t) for t in ids]
+        return {"count": len(tokens), "max_model_len": engine.context, "tokens": tokens}
+
+    @app.post("/detokenize")
+    async def detokenize(body: schemas.DetokenizeRequest):
+        if body.model is not None:
+            errors.check_model(body.model, model_name)
+        bad = [t for t in body.tokens if not 0 <= t < tokenizer.vocab_size]
+        if bad:
+            raise errors.BadRequest(
+                f"token id {bad[0]} is outside this model's vocabulary "
+                f"[0, {tokenizer.vocab_size})",
+                "tokens",
+            )
+        return {"prompt": tokenizer.decode(np.asarray(body.tokens, np.int32))}
 
     if not tokenizer.chat_template:
         return

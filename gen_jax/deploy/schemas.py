@@ -115,6 +115,32 @@ class ChatCompletionRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
 
 
+class TokenizeRequest(Body):
+    """vLLM's /tokenize: a prompt, or chat messages rendered by the model's
+    template (with the assistant's turn opened unless told)."""
+
+    model: StrictStr | None = None
+    prompt: StrictStr | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: StrictBool = Field(
+        True, description="the tokenizer's prompt framing (e.g. a BOS token)"
+    )
+    add_generation_prompt: StrictBool = True
+
+    @pydantic.model_validator(mode="after")
+    def _one_of(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise PydanticCustomError(
+                "tokenize", "give exactly one of prompt and messages"
+            )
+        return self
+
+
+class DetokenizeRequest(Body):
+    model: StrictStr | None = None
+    tokens: list[StrictInt] = Field(description="token ids, in [0, vocabulary size)")
+
+
 class ImageRequest(Body):
     """OpenAI's image generation, with the labels, seed, guidance, steps and
     negative prompt of `gen-jax sample`; a model without text conditioning
