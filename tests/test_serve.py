@@ -85,6 +85,27 @@ def test_completions_stream_n_and_stop(lm_server):
 
 
 @pytest.mark.slow
+def test_a_prompt_list_answers_each_prompt_as_alone(lm_server):
+    """Prompts as a list (text or token ids, as /tokenize gives them): prompt
+    p's choice i is choice p * n + i, sampled with seed + p * n + i."""
+    client = _client(lm_server)
+    ask = {"model": "lm", "max_tokens": 6, "temperature": 0.8, "n": 2}
+    prompts = ["The ", "def f(x):"]
+    solo = [
+        client.completions.create(prompt=p, seed=5 + 2 * k, **ask)
+        for k, p in enumerate(prompts)
+    ]
+    both = client.completions.create(prompt=prompts, seed=5, **ask)
+    assert [c.index for c in both.choices] == [0, 1, 2, 3]
+    want = [c.text for answer in solo for c in answer.choices]
+    assert [c.text for c in both.choices] == want
+    assert both.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in solo)
+    _, ids = _post(lm_server, "/tokenize", json.dumps({"prompt": "The "}).encode())
+    by_ids = client.completions.create(prompt=ids["tokens"], seed=5, **ask)
+    assert [c.text for c in by_ids.choices] == want[:2]
+
+
+@pytest.mark.slow
 def test_sixteen_concurrent_requests_each_equal_their_solo_output(lm_server):
     """Continuous batching over 4 slots: the outputs do not depend on what else
     runs, and nothing compiles after warm-up."""
@@ -387,7 +408,9 @@ def test_a_failed_sampler_call_fails_its_requests_and_the_batcher_goes_on():
         ("completions", b"[1, 2]", None, "must be a JSON object"),
         ("completions", b'{"prompt": "hi"}', "model", "Field required"),
         ("completions", b'{"model": "m", "prompt": 3}', "prompt", "a string"),
-        ("completions", b'{"model": "m", "prompt": ["a", "b"]}', "prompt", "one"),
+        ("completions", b'{"model": "m", "prompt": ["a", 1]}', "prompt", "list of strings"),
+        ("completions", b'{"model": "m", "prompt": [[1], []]}', "prompt", "none empty"),
+        ("completions", b'{"model": "m", "prompt": [1, 256]}', "prompt", "vocabulary"),
         ("completions", b'{"model": "m", "prompt": "hi", "n": 17}', "n", "17"),
         ("completions", b'{"model": "m", "prompt": "h", "max_tokens": true}', "max_tokens", "integer"),
         ("completions", b'{"model": "m", "prompt": "h", "max_tokens": 33}', "max_tokens", "[1, 32]"),

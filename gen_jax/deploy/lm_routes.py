@@ -28,8 +28,8 @@ def add(app: FastAPI, engine: LMEngine, model_name: str) -> None:
     @app.post("/v1/completions")
     async def completions(body: schemas.CompletionRequest):
         errors.check_model(body.model, model_name)
-        prompt_ids = tokenizer.prompt(body.prompt)
-        return await _respond(engine, model_name, body, prompt_ids, chat=False)
+        prompts = [_prompt_ids(tokenizer, p) for p in body.prompt]
+        return await _respond(engine, model_name, body, prompts, chat=False)
 
     @app.post("/tokenize")
     async def tokenize(body: schemas.TokenizeRequest):
@@ -56,8 +56,8 @@ def add(app: FastAPI, engine: LMEngine, model_name: str) -> None:
         bad = [t for t in body.tokens if not 0 <= t < tokenizer.vocab_size]
         if bad:
             raise errors.BadRequest(
-                f"token id {bad[0]} is outside this model's vocabulary "
-                f"[0, {tokenizer.vocab_size})",
+                f"'tokens' holds token id {bad[0]}, outside this model's "
+                f"vocabulary [0, {tokenizer.vocab_size})",
                 "tokens",
             )
         return {"prompt": tokenizer.decode(np.asarray(body.tokens, np.int32))}
@@ -71,22 +71,38 @@ def add(app: FastAPI, engine: LMEngine, model_name: str) -> None:
         messages = [m.model_dump() for m in body.messages]
         rendered = text.render_chat(tokenizer, messages, add_generation_prompt=True)
         prompt_ids = tokenizer.encode(rendered)
-        return await _respond(engine, model_name, body, prompt_ids, chat=True)
+        return await _respond(engine, model_name, body, [prompt_ids], chat=True)
+
+
+def _prompt_ids(tokenizer: text.Tokenizer, prompt: str | tuple) -> np.ndarray:
+    """A prompt's token ids: text framed as the tokenizer frames prompts, or
+    ids as given (checked against the vocabulary)."""
+    if isinstance(prompt, str):
+        return tokenizer.prompt(prompt)
+    ids = np.asarray(prompt, np.int64)
+    bad = ids[(ids < 0) | (ids >= tokenizer.vocab_size)]
+    if bad.size:
+        raise errors.BadRequest(
+            f"'prompt' holds token id {int(bad[0])}, outside this model's "
+            f"vocabulary [0, {tokenizer.vocab_size})",
+            "prompt",
+        )
+    return ids.astype(np.int32)
 
 
 async def _respond(
     engine: LMEngine,
     model_name: str,
     body: schemas.Sampling,
-    prompt_ids: np.ndarray,
+    prompts: list[np.ndarray],
     *,
     chat: bool,
 ):
     errors.check_ready(engine)
     sequences, arrivals = _start(
-        engine, lambda emit_for: _sequences(body, engine, prompt_ids, emit_for)
+        engine, lambda emit_for: _sequences(body, engine, prompts, emit_for)
     )
-    reply = _Reply(model_name, chat, len(prompt_ids), sequences)
+    reply = _Reply(model_name, chat, sum(len(p) for p in prompts), sequences)
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
         chunks = reply.chunks(arrivals, usage)
@@ -95,47 +111,55 @@ async def _respond(
 
 
 def _sequences(
-    body: schemas.Sampling, engine: LMEngine, prompt_ids: np.ndarray, emit_for
+    body: schemas.Sampling, engine: LMEngine, prompts: list[np.ndarray], emit_for
 ) -> list[Sequence]:
-    """The request's sequences (`n` choices of the prompt), checked against
+    """The request's sequences (`n` choices of each prompt; prompt p's choice i
+    is sequence p * n + i and samples with seed + p * n + i), checked against
     what only the server knows: its context."""
-    n, max_tokens = body.n, body.max_tokens
+    total, max_tokens = body.n * len(prompts), body.max_tokens
     if max_tokens > engine.context:
         raise errors.BadRequest(
             f"'max_tokens' must be in [1, {engine.context}], got {max_tokens}",
             "max_tokens",
         )
     seed = body.seed
-    if seed is not None and seed > schemas.SEEDS - n:
+    if seed is not None and seed > schemas.SEEDS - total:
+        many = f" and {len(prompts)} prompts" if len(prompts) > 1 else ""
         raise errors.BadRequest(
-            f"'seed' must be in [0, {schemas.SEEDS - n}] with n={n}, got {seed}",
+            f"'seed' must be in [0, {schemas.SEEDS - total}] with n={body.n}{many}, "
+            f"got {seed}",
             "seed",
         )
     if seed is None:  # still one stream per choice
-        seed = int.from_bytes(os.urandom(4), "little") % (schemas.SEEDS - n)
+        seed = int.from_bytes(os.urandom(4), "little") % (schemas.SEEDS - total)
+    for ids in prompts:
+        _check_fits(ids, max_tokens, engine.context)
+    return [
+        Sequence(
+            ids,
+            max_tokens,
+            seed + index,
+            float(body.temperature),
+            body.top_k,
+            float(body.top_p),
+            body.stop,
+            emit_for(index),
+        )
+        for index, ids in enumerate(p for p in prompts for _ in range(body.n))
+    ]
+
+
+def _check_fits(prompt_ids: np.ndarray, max_tokens: int, context: int) -> None:
     if len(prompt_ids) == 0:
         raise errors.BadRequest("the prompt is empty", "prompt")
-    if len(prompt_ids) + max_tokens > engine.context:
+    if len(prompt_ids) + max_tokens > context:
         raise errors.BadRequest(
-            f"this model's context is {engine.context} tokens; the prompt has "
+            f"this model's context is {context} tokens; a prompt has "
             f"{len(prompt_ids)} and max_tokens is {max_tokens}: shorten the prompt "
             "or lower max_tokens",
             "max_tokens",
             code="context_length_exceeded",
         )
-    return [
-        Sequence(
-            prompt_ids,
-            max_tokens,
-            seed + i,
-            float(body.temperature),
-            body.top_k,
-            float(body.top_p),
-            body.stop,
-            emit_for(i),
-        )
-        for i in range(n)
-    ]
 
 
 def _start(engine: LMEngine, make_sequences: Callable) -> tuple[list, Arrivals]:
@@ -172,8 +196,9 @@ async def _sse(chunks: AsyncIterator[dict]) -> AsyncIterator[str]:
 class _Reply:
     """One request's answer in OpenAI's objects: whole, or as chunks."""
 
-    def __init__(self, model_name: str, chat: bool, prompt_length: int, sequences):
-        self.chat, self.prompt_length, self.sequences = chat, prompt_length, sequences
+    def __init__(self, model_name: str, chat: bool, prompt_tokens: int, sequences):
+        # Usage counts each prompt once, whatever `n` (as OpenAI and vLLM do).
+        self.chat, self.prompt_tokens, self.sequences = chat, prompt_tokens, sequences
         self.kind = "chat.completion" if chat else "text_completion"
         self.chunk_kind = self.kind + ".chunk" if chat else self.kind
         self.head = {
@@ -184,7 +209,7 @@ class _Reply:
         }
 
     def usage(self) -> dict:
-        prompt = self.prompt_length * len(self.sequences)
+        prompt = self.prompt_tokens
         completion = sum(len(s.tokens) for s in self.sequences)
         return {
             "prompt_tokens": prompt,

@@ -10,7 +10,8 @@ import pydantic
 from pydantic import Field, StrictBool, StrictInt, StrictStr
 from pydantic_core import PydanticCustomError
 
-MAX_N = 16  # choices per request
+MAX_N = 16  # choices per prompt
+MAX_PROMPTS = 64  # prompts per completions request
 MAX_STOPS = 4  # as OpenAI
 INT32 = 2**31  # seeds and top_k reach the programs as int32
 SEEDS = INT32  # choice i samples with seed + i
@@ -19,12 +20,36 @@ SEEDS = INT32  # choice i samples with seed + i
 Number = Annotated[float, Field(strict=True)]
 
 
-def _one_prompt(value: Any) -> str:
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    if not isinstance(value, str):
-        raise PydanticCustomError("prompt", "must be a string (or a list of one)")
-    return value
+def _ids(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    )
+
+
+def _prompts(value: Any) -> tuple[str | tuple[int, ...], ...]:
+    """OpenAI's prompt forms as a tuple of prompts, each text or token ids."""
+    if isinstance(value, str):
+        return (value,)
+    if _ids(value):
+        return (tuple(value),)
+    if isinstance(value, list) and value:
+        if all(isinstance(v, str) for v in value):
+            out = tuple(value)
+        elif all(_ids(v) for v in value):
+            out = tuple(tuple(v) for v in value)
+        else:
+            out = ()
+        if len(out) > MAX_PROMPTS:
+            raise PydanticCustomError("prompt", f"takes at most {MAX_PROMPTS} prompts")
+        if out:
+            return out
+    raise PydanticCustomError(
+        "prompt",
+        "must be a string, a list of strings, a list of token ids or a list of "
+        "such lists (none empty)",
+    )
 
 
 def _stops(value: Any) -> tuple[str, ...]:
@@ -38,16 +63,21 @@ def _stops(value: Any) -> tuple[str, ...]:
     return tuple(stops)
 
 
-Prompt = Annotated[
-    str,
-    pydantic.BeforeValidator(_one_prompt),
+_TOKEN_IDS = {"type": "array", "items": {"type": "integer"}, "minItems": 1}
+_SOME_PROMPTS = {"minItems": 1, "maxItems": MAX_PROMPTS}
+Prompts = Annotated[
+    tuple[str | tuple[int, ...], ...],
+    pydantic.BeforeValidator(_prompts),
     pydantic.WithJsonSchema(
         {
             "anyOf": [
                 {"type": "string"},
-                {"type": "array", "items": {"type": "string"}, "maxItems": 1},
+                {"type": "array", "items": {"type": "string"}, **_SOME_PROMPTS},
+                _TOKEN_IDS,
+                {"type": "array", "items": _TOKEN_IDS, **_SOME_PROMPTS},
             ],
-            "description": "the text to complete (a list holds one)",
+            "description": "the text(s) to complete, or their token ids; `n` "
+            "choices each, prompt p's choice i at index p * n + i",
         }
     ),
 ]
@@ -103,7 +133,7 @@ class Sampling(Body):
 
 
 class CompletionRequest(Sampling):
-    prompt: Prompt
+    prompt: Prompts
 
 
 class ChatMessage(pydantic.BaseModel):
