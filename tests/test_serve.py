@@ -11,6 +11,7 @@ import io
 import json
 import signal
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -526,3 +527,96 @@ def test_the_openapi_spec_publishes_the_request_schemas():
     assert ref.endswith("/CompletionRequest")
     _, client = _image_app(np.zeros((1, 8, 8, 1), np.float32))
     assert "ImageRequest" in client.get("/openapi.json").json()["components"]["schemas"]
+
+
+class _Hanging:
+    """A stand-in LM engine whose sequences never finish: each gets one delta
+    at once, then nothing (a long generation), until the server drops them."""
+
+    context, ready = 32, True
+
+    def __init__(self):
+        from gen_jax import text
+        from gen_jax.deploy import prometheus
+
+        self.metrics = prometheus.serving()
+        self.tokenizer = text.tokenizer_from_spec({"tokenizer": "byte"}, ".")
+        self.sequences = []
+
+    def submit(self, sequences):
+        self.sequences += sequences
+        for seq in sequences:
+            seq.emit("x", None)
+
+
+def _until(condition, what: str, deadline_s: float = 30.0) -> None:
+    """Polls `condition` (a liveness deadline, not a speed bound)."""
+    end = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < end, f"never happened: {what}"
+        time.sleep(0.02)
+
+
+def test_a_request_whose_client_leaves_is_dropped():
+    """Streaming or not, a client that hangs up marks its sequences abandoned
+    (the engine frees their slots before its next decode step)."""
+    import socket
+
+    import uvicorn
+
+    from gen_jax.deploy import app, lm_routes
+
+    engine = _Hanging()
+    api = app.make_app(engine, lm_routes.add, model_name="m")
+    port = helpers.free_port()
+    server = uvicorn.Server(uvicorn.Config(api, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    _until(lambda: server.started, "the server started")
+    try:
+        for stream in (True, False):
+            body = json.dumps(
+                {
+                    "model": "m",
+                    "prompt": "hi",
+                    "max_tokens": 30,
+                    "stream": stream,
+                    "n": 2,
+                }
+            ).encode()
+            request = (
+                f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                f"application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            before = len(engine.sequences)
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(request)
+                _until(lambda n=before: len(engine.sequences) == n + 2, "submitted")
+                if stream:  # the first event has come
+                    assert b"data: " in s.recv(4096)
+            mine = engine.sequences[before:]
+            _until(lambda m=mine: all(q.abandoned for q in m), f"dropped ({stream=})")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_the_engine_frees_abandoned_slots_and_queue_places():
+    import collections
+
+    from gen_jax.deploy import lm_engine, prometheus
+
+    def seq(abandoned):
+        s = lm_engine.Sequence(np.zeros(1, np.int32), 4, 0, 1.0, 0, 1.0, (), None)
+        s.abandoned = abandoned
+        return s
+
+    engine = object.__new__(lm_engine.LMEngine)  # its bookkeeping alone
+    engine.metrics = prometheus.serving()
+    kept_running, kept_waiting = seq(False), seq(False)
+    engine.active = [seq(True), kept_running, None, seq(True)]
+    engine.waiting = collections.deque([seq(True), kept_waiting])
+    engine._drop_abandoned()
+    assert engine.active == [None, kept_running, None, None]
+    assert list(engine.waiting) == [kept_waiting]
+    assert "gen_jax_abandoned_sequences_total 3" in engine.metrics.render()

@@ -7,7 +7,7 @@ import hmac
 import time
 from collections.abc import Callable
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from gen_jax.deploy import errors
@@ -27,31 +27,10 @@ def make_app(
     metrics = engine.metrics
     created = int(time.time())
     errors.install(app)
-    expected = f"Bearer {api_key}".encode() if api_key else None
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        try:
-            if _refused(request, expected):
-                response = errors.response(
-                    401,
-                    "missing or incorrect API key: send the header "
-                    "'Authorization: Bearer <key>' (the key of gen-jax serve "
-                    "--api_key or $GEN_JAX_API_KEY)",
-                    code="invalid_api_key",
-                )
-            else:
-                response = await call_next(request)
-        except Exception as e:  # noqa: BLE001 - a bug answers 500, the server goes on
-            response = errors.response(500, f"internal error: {type(e).__name__}: {e}")
-        # Routes only: a label per unknown path would grow without bound.
-        route = request.scope.get("route")
-        metrics.inc(
-            "gen_jax_requests_total",
-            endpoint=getattr(route, "path", "unmatched"),
-            status=response.status_code,
-        )
-        return response
+    # Pure ASGI, not @app.middleware: Starlette's BaseHTTPMiddleware hides a
+    # client's disconnect from the routes (request.is_disconnected()).
+    app.add_middleware(_Gate, metrics=metrics, api_key=api_key)
 
     @app.get("/health")
     async def health():
@@ -81,9 +60,54 @@ def make_app(
     return app
 
 
-def _refused(request: Request, expected: bytes | None) -> bool:
-    """Whether a /v1/* request lacks the key (compared in constant time)."""
-    if expected is None or not request.url.path.startswith("/v1/"):
-        return False
-    given = request.headers.get("authorization", "").encode()
-    return not hmac.compare_digest(given, expected)
+class _Gate:
+    """ASGI middleware: the API key on /v1/* (401 in OpenAI's shape, compared
+    in constant time), a 500 in OpenAI's shape for a bug (the server goes on),
+    and the request count by route and status."""
+
+    def __init__(self, app, *, metrics, api_key: str | None):
+        self.app, self.metrics = app, metrics
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = []
+
+        async def send_noting_status(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        if self._refused(scope):
+            response = errors.response(
+                401,
+                "missing or incorrect API key: send the header 'Authorization: "
+                "Bearer <key>' (the key of gen-jax serve --api_key or "
+                "$GEN_JAX_API_KEY)",
+                code="invalid_api_key",
+            )
+            await response(scope, receive, send_noting_status)
+        else:
+            try:
+                await self.app(scope, receive, send_noting_status)
+            except Exception as e:  # a bug answers 500, and the server goes on
+                if status:  # the response had begun: nothing more to send
+                    raise
+                message = f"internal error: {type(e).__name__}: {e}"
+                await errors.response(500, message)(scope, receive, send_noting_status)
+        # Routes only: a label per unknown path would grow without bound.
+        self.metrics.inc(
+            "gen_jax_requests_total",
+            endpoint=getattr(scope.get("route"), "path", "unmatched"),
+            status=status[0] if status else 500,
+        )
+
+    def _refused(self, scope) -> bool:
+        """Whether a /v1/* request lacks the key (compared in constant time)."""
+        if self.expected is None or not scope["path"].startswith("/v1/"):
+            return False
+        headers = dict(scope["headers"])
+        return not hmac.compare_digest(
+            headers.get(b"authorization", b""), self.expected
+        )

@@ -34,6 +34,9 @@ class Sequence:
     position: int = 0  # the newest token's position
     sent: int = 0  # characters of text already emitted
     last_token_at: float = 0.0
+    # Set (by the server, when the client has left) to drop the sequence: its
+    # slot frees before the next decode step, a waiting one never starts.
+    abandoned: bool = False
 
 
 class LMEngine(programs_lib.Worker):
@@ -142,6 +145,7 @@ class LMEngine(programs_lib.Worker):
                     self._cond.wait()
                 if self._stop:
                     return
+                self._drop_abandoned()
                 admit = []
                 for slot, seq in enumerate(self.active):
                     if seq is None and self.waiting:
@@ -155,6 +159,18 @@ class LMEngine(programs_lib.Worker):
                     if seq is not None:
                         self.active[slot] = None
                         seq.emit("", "error")
+
+    def _drop_abandoned(self) -> None:
+        """Frees the slots (and queue places) of sequences whose client left."""
+        dropped = [s for s in self.waiting if s.abandoned]
+        if dropped:
+            self.waiting = collections.deque(s for s in self.waiting if not s.abandoned)
+        for slot, seq in enumerate(self.active):
+            if seq is not None and seq.abandoned:
+                self.active[slot] = None
+                dropped.append(seq)
+        if dropped:
+            self.metrics.inc("gen_jax_abandoned_sequences_total", len(dropped))
 
     def _step(self, admit: list[tuple[int, Sequence]]) -> None:
         """Prefills the admitted sequences, then one decode step over all slots."""

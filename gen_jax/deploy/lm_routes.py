@@ -6,19 +6,18 @@ and vLLM's /tokenize and /detokenize, so clients need no tokenizer files."""
 import asyncio
 import json
 import os
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 import numpy as np
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from gen_jax import text
-from gen_jax.deploy import errors, schemas
+from gen_jax.deploy import errors, replies, schemas
 from gen_jax.deploy.lm_engine import LMEngine, Sequence
 
-Arrivals = AsyncIterator[tuple[int, str, str | None]]  # (choice, delta, finish)
+Arrivals = replies.Arrivals
+DISCONNECT_POLL_S = 0.1  # how often a whole answer checks its client is there
 
 
 def add(app: FastAPI, engine: LMEngine, model_name: str) -> None:
@@ -26,10 +25,10 @@ def add(app: FastAPI, engine: LMEngine, model_name: str) -> None:
     tokenizer = engine.tokenizer
 
     @app.post("/v1/completions")
-    async def completions(body: schemas.CompletionRequest):
+    async def completions(body: schemas.CompletionRequest, request: Request):
         errors.check_model(body.model, model_name)
         prompts = [_prompt_ids(tokenizer, p) for p in body.prompt]
-        return await _respond(engine, model_name, body, prompts, chat=False)
+        return await _respond(request, engine, model_name, body, prompts, chat=False)
 
     @app.post("/tokenize")
     async def tokenize(body: schemas.TokenizeRequest):
@@ -66,12 +65,14 @@ def add(app: FastAPI, engine: LMEngine, model_name: str) -> None:
         return
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: schemas.ChatCompletionRequest):
+    async def chat_completions(body: schemas.ChatCompletionRequest, request: Request):
         errors.check_model(body.model, model_name)
         messages = [m.model_dump() for m in body.messages]
         rendered = text.render_chat(tokenizer, messages, add_generation_prompt=True)
         prompt_ids = tokenizer.encode(rendered)
-        return await _respond(engine, model_name, body, [prompt_ids], chat=True)
+        return await _respond(
+            request, engine, model_name, body, [prompt_ids], chat=True
+        )
 
 
 def _prompt_ids(tokenizer: text.Tokenizer, prompt: str | tuple) -> np.ndarray:
@@ -91,6 +92,7 @@ def _prompt_ids(tokenizer: text.Tokenizer, prompt: str | tuple) -> np.ndarray:
 
 
 async def _respond(
+    request: Request,
     engine: LMEngine,
     model_name: str,
     body: schemas.Sampling,
@@ -102,12 +104,37 @@ async def _respond(
     sequences, arrivals = _start(
         engine, lambda emit_for: _sequences(body, engine, prompts, emit_for)
     )
-    reply = _Reply(model_name, chat, sum(len(p) for p in prompts), sequences)
+    reply = replies.Reply(model_name, chat, sum(len(p) for p in prompts), sequences)
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
         chunks = reply.chunks(arrivals, usage)
-        return StreamingResponse(_sse(chunks), media_type="text/event-stream")
-    return await reply.whole(arrivals)
+        return StreamingResponse(
+            _sse(chunks, sequences), media_type="text/event-stream"
+        )
+    return await _unless_abandoned(request, reply.whole(arrivals), sequences)
+
+
+def _abandon(sequences: list[Sequence]) -> None:
+    """The client left: the engine drops whatever of them still runs or waits."""
+    for seq in sequences:
+        seq.abandoned = True
+
+
+async def _unless_abandoned(request: Request, whole, sequences) -> dict:
+    """Awaits a whole answer, checking every `DISCONNECT_POLL_S` whether the
+    client is still there; if it left, the sequences are dropped (their slots
+    free at the next decode step) and the answer (never sent) is a 499."""
+    task = asyncio.ensure_future(whole)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                _abandon(sequences)
+                return errors.response(499, "the client closed the request")
+    finally:
+        task.cancel()
 
 
 def _sequences(
@@ -187,83 +214,12 @@ def _start(engine: LMEngine, make_sequences: Callable) -> tuple[list, Arrivals]:
     return sequences, arrivals()
 
 
-async def _sse(chunks: AsyncIterator[dict]) -> AsyncIterator[str]:
-    async for chunk in chunks:
-        yield f"data: {json.dumps(chunk)}\n\n"
-    yield "data: [DONE]\n\n"
-
-
-class _Reply:
-    """One request's answer in OpenAI's objects: whole, or as chunks."""
-
-    def __init__(self, model_name: str, chat: bool, prompt_tokens: int, sequences):
-        # Usage counts each prompt once, whatever `n` (as OpenAI and vLLM do).
-        self.chat, self.prompt_tokens, self.sequences = chat, prompt_tokens, sequences
-        self.kind = "chat.completion" if chat else "text_completion"
-        self.chunk_kind = self.kind + ".chunk" if chat else self.kind
-        self.head = {
-            "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
-            "object": self.kind,
-            "created": int(time.time()),
-            "model": model_name,
-        }
-
-    def usage(self) -> dict:
-        prompt = self.prompt_tokens
-        completion = sum(len(s.tokens) for s in self.sequences)
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-
-    async def whole(self, arrivals: Arrivals) -> dict:
-        texts, finishes = {}, {}
-        async for i, delta, finish in arrivals:
-            if finish == "error":
-                raise RuntimeError("generation failed; the server log has the cause")
-            texts[i] = texts.get(i, "") + delta
-            if finish:
-                finishes[i] = finish
-        choices = [
-            self._choice(i, texts.get(i, ""), finishes[i]) for i in sorted(finishes)
-        ]
-        return {**self.head, "choices": choices, "usage": self.usage()}
-
-    async def chunks(self, arrivals: Arrivals, usage: bool) -> AsyncIterator[dict]:
-        head, started = {**self.head, "object": self.chunk_kind}, set()
-        async for i, delta, finish in arrivals:
-            first = i not in started
-            started.add(i)
-            yield {**head, "choices": [self._delta(i, delta, finish, first)]}
-        if usage:
-            yield {**head, "choices": [], "usage": self.usage()}
-
-    def _choice(self, i: int, text_: str, finish: str) -> dict:
-        if not self.chat:
-            return {
-                "index": i,
-                "text": text_,
-                "logprobs": None,
-                "finish_reason": finish,
-            }
-        message = {"role": "assistant", "content": text_}
-        return {
-            "index": i,
-            "logprobs": None,
-            "finish_reason": finish,
-            "message": message,
-        }
-
-    def _delta(self, i: int, delta: str, finish: str | None, first: bool) -> dict:
-        if not self.chat:
-            return {
-                "index": i,
-                "text": delta,
-                "logprobs": None,
-                "finish_reason": finish,
-            }
-        content = (
-            {"role": "assistant", "content": delta} if first else {"content": delta}
-        )
-        return {"index": i, "delta": content, "logprobs": None, "finish_reason": finish}
+async def _sse(chunks: AsyncIterator[dict], sequences) -> AsyncIterator[str]:
+    """Server-sent events; a stream that ends early (its client left: the
+    server cancels or closes it) drops its sequences."""
+    try:
+        async for chunk in chunks:
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        _abandon(sequences)  # finished ones are past caring

@@ -77,6 +77,11 @@ def serving() -> Metrics:
         ("gen_jax_generated_tokens_total", "counter", "Tokens sampled."),
         ("gen_jax_running_sequences", "gauge", "Sequences in decode slots."),
         ("gen_jax_waiting_sequences", "gauge", "Sequences waiting for a slot."),
+        (
+            "gen_jax_abandoned_sequences_total",
+            "counter",
+            "Sequences dropped because their client left.",
+        ),
         ("gen_jax_images_generated_total", "counter", "Images sampled."),
         (
             "gen_jax_compiled_programs",
