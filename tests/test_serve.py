@@ -330,6 +330,22 @@ def test_an_api_key_guards_every_v1_route_and_leaves_health_open():
     assert 'status="401"} 6' in client.get("/metrics").text
 
 
+def test_a_bug_answers_500_in_openais_shape_and_is_counted():
+    engine, client = _lm_app()
+
+    def broken(sequences):
+        raise RuntimeError("the engine broke")
+
+    engine.submit = broken
+    response = client.post("/v1/completions", json={"model": "m", "prompt": "hi"})
+    assert response.status_code == 500
+    assert response.json()["error"]["message"] == (
+        "internal error: RuntimeError: the engine broke"
+    )
+    assert client.get("/health").status_code == 200  # it goes on
+    assert 'endpoint="/v1/completions",status="500"} 1' in client.get("/metrics").text
+
+
 def test_tokenize_and_detokenize_round_trip_in_vllms_shapes():
     from gen_jax import text
 
