@@ -10,6 +10,7 @@ JSON line appended to --out.
 """
 
 import datetime
+import json
 import math
 import time
 
@@ -17,10 +18,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from gen_jax import build, data, metrics, sharding
+from gen_jax import build, data, metrics, provenance, sharding
 
-# Every JSON line has these keys (None where a field does not apply); a word
-# list, not 36 lines of quoted strings.
+# Every JSON line has these keys (None where a field does not apply).
 FIELDS = tuple(
     """
     time mode config family model backend device_kind num_devices mesh batch_size
@@ -29,6 +29,7 @@ FIELDS = tuple(
     flops_per_step_xla flops_per_step_analytic peak_flops peak_flops_source mfu
     mfu_analytic memory_peak_bytes memory_temp_bytes memory_argument_bytes
     data_batches_per_s data_examples_per_s data_warning profile_dir
+    jax_version jaxlib_version dtype xla_flags commit
     """.split()  # noqa: SIM905
 )
 
@@ -110,9 +111,10 @@ def bench_train(config, *, steps, warmup, data_batches=10, profile_dir="", peak=
     compiled = run_setup.train_step.lower(state, batch, run_setup.step_key).compile()
     compile_s = time.perf_counter() - start
 
+    step_args = (batch, run_setup.step_key, run_setup.train_step.values)
+
     def args_fn(out):  # the state is donated: each step consumes the last one's
-        state_in = state if out is None else out[0]
-        return (state_in, batch, run_setup.step_key, run_setup.train_step.values)
+        return (state if out is None else out[0], *step_args)
 
     times, out = _time_calls(compiled, args_fn, steps, warmup)
     record = _base_record(config, run_setup, "train", steps, warmup, compile_s)
@@ -210,6 +212,9 @@ def _base_record(config, run_setup, mode, steps, warmup, compile_s) -> dict:
         "steps": steps,
         "warmup": warmup,
         "compile_s": compile_s,
+        # What the row ran on: a stray flag (the tests' -O0) shows here.
+        **provenance.software(),
+        "dtype": config.model.get("dtype", "float32"),
     }
 
 
@@ -249,8 +254,6 @@ def format_table(records: list[dict]) -> str:
 
 
 def append_json(path: str, record: dict) -> None:
-    import json
-
     with open(path, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
@@ -278,12 +281,8 @@ def run(
         cfg = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
         cfg.train.batch_size = int(batch_size)
         if mode == "sample":
-            record = bench_sampler(
-                cfg,
-                steps=steps,
-                warmup=warmup,
-                num_samples=num_samples or cfg.train.batch_size,
-            )
+            samples = num_samples or cfg.train.batch_size
+            record = bench_sampler(cfg, steps=steps, warmup=warmup, num_samples=samples)
         else:
             record = bench_train(
                 cfg,

@@ -22,7 +22,7 @@ import optuna
 from etils import epath
 from optuna.trial import TrialState
 
-from gen_jax import sweep
+from gen_jax import provenance, sweep
 
 
 @dataclasses.dataclass
@@ -160,7 +160,7 @@ class Sweep:
         if self.launcher:
             trial.set_user_attr("launcher", shlex.join(self.launcher))
         trial.set_user_attr("workdir", workdir)
-        trial.set_user_attr("commit", _commit())
+        trial.set_user_attr("commit", provenance.commit(short=False) or "unknown")
         log_dir = self.sweep_dir / f"trial_{root}"  # local, beside the study
         values = Watch(self, trial, workdir, log_dir, command).result()
         out = [
@@ -203,17 +203,6 @@ def _die_with_parent() -> None:
     """The trial gets SIGTERM (saves, exits 0) if its worker dies: one
     prctl(PR_SET_PDEATHSIG) system call between fork and exec."""
     _PRCTL(1, signal.SIGTERM)
-
-
-def _commit() -> str:
-    root = pathlib.Path(__file__).resolve().parent.parent
-    result = subprocess.run(
-        ["git", "-C", str(root), "rev-parse", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return result.stdout.strip() or "unknown"
 
 
 class Watch:

@@ -2,6 +2,7 @@
 against the straightforward versions they replace."""
 
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -42,6 +43,9 @@ def test_bench_runs_the_real_step_and_writes_every_field(tmp_path):
         assert r["flops_per_step_xla"] > 0 and 0 < r["mfu"]
         assert r["memory_peak_bytes"] > 0 and r["data_batches_per_s"] > 0
         assert r["num_params"] > 0 and r["compile_s"] > 0
+        assert r["jax_version"] == jax.__version__ and r["dtype"] == "float32"
+        assert r["xla_flags"] == os.environ.get("XLA_FLAGS", "")
+        assert r["commit"] is None or len(r["commit"]) >= 7
     # Twice the batch, about twice the FLOPs (the optimizer's are per param).
     assert 1.5 < lines[1]["flops_per_step_xla"] / lines[0]["flops_per_step_xla"] < 2.1
     assert records[0]["profile_dir"] and records[1]["profile_dir"] is None
