@@ -52,9 +52,17 @@ def _sweep(config: str, space: str, sweep_dir: str, n: int, extra: list) -> floa
 
 
 def _last_step(workdir: str) -> int:
-    path = os.path.join(workdir, "metrics.jsonl")
-    with open(path) as f:
-        return max(json.loads(line)["step"] for line in f if line.strip())
+    """The last step a trial trained: its newest checkpoint (a pruned run saves
+    where SIGTERM found it, past its last log row) or its last logged step."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        logged = max(json.loads(line)["step"] for line in f if line.strip())
+    ckpts = os.path.join(workdir, "checkpoints")
+    saved = (
+        [int(d) for d in os.listdir(ckpts) if d.isdigit()]
+        if os.path.isdir(ckpts)
+        else []
+    )
+    return max([logged, *saved])
 
 
 def _train(config: str, workdir: str, overrides: list[str]) -> None:
