@@ -24,7 +24,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 
 import optuna
 
@@ -43,12 +42,10 @@ def get_space():
 """
 
 
-def _sweep(config: str, space: str, sweep_dir: str, n: int, extra: list) -> float:
+def _sweep(config: str, space: str, sweep_dir: str, n: int, extra: list) -> None:
     cmd = [sys.executable, "-m", "gen_jax.main", "sweep", f"--config={config}"]
     cmd += [f"--space={space}", f"--sweep_dir={sweep_dir}", f"--max_trials={n}"]
-    start = time.perf_counter()
     subprocess.run(cmd + extra, cwd=ROOT, check=True)
-    return time.perf_counter() - start
 
 
 def _last_step(workdir: str) -> int:
@@ -109,8 +106,13 @@ def main() -> None:
         if not study.trials:
             for p in points:
                 study.enqueue_trial(p)
-        wall = _sweep(args.config, space, sweep_dir, len(points), extra)
+        _sweep(args.config, space, sweep_dir, len(points), extra)
         study = optuna.load_study(study_name=study.study_name, storage=storage)
+        # From the trials' own times: a rerun over a finished study reports it.
+        wall = (
+            max(t.datetime_complete for t in study.trials)
+            - min(t.datetime_start for t in study.trials)
+        ).total_seconds()
         steps = sum(_last_step(t.user_attrs["workdir"]) for t in study.trials)
         best = study.best_trial
         rows.append(
