@@ -105,6 +105,7 @@ def _setup(config):
     return family, batch, params
 
 
+@pytest.mark.slow  # the first tier keeps flow's one-image learning test
 def test_loss_falls_when_overfitting_one_batch():
     # DDPM's eps loss on the smoke UNet (without attention): the one-layer DiT
     # of the other tests falls only to 0.82 of its start in these 200 steps.
@@ -117,7 +118,10 @@ def test_loss_falls_when_overfitting_one_batch():
     assert np.mean(losses[-20:]) < 0.7 * np.mean(losses[:20]), (losses[:3], losses[-3:])
 
 
-@pytest.mark.parametrize("objective, most", [("edm", 0.92), ("flow", 0.7)])
+@pytest.mark.parametrize(
+    "objective, most",
+    [pytest.param("edm", 0.92, marks=pytest.mark.slow), ("flow", 0.7)],
+)
 def test_continuous_objectives_learn_a_one_image_dataset(config, objective, most):
     """The loss at fixed noise draws (64 of them) falls as the model learns
     one image. EDM's falls least: its preconditioning already gives the easy,

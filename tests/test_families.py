@@ -103,7 +103,14 @@ def test_every_family_inits_applies_and_scores_a_batch(name):
 
 # The three kinds of network: the UNet, the transformer, the GAN's conv nets
 # (the VAE's bfloat16 forward: tests/test_models.py).
-@pytest.mark.parametrize("name", ["ddpm_digits", "lm_pydoc", "gan_digits"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("ddpm_digits", marks=pytest.mark.slow),
+        "lm_pydoc",
+        pytest.param("gan_digits", marks=pytest.mark.slow),
+    ],
+)
 def test_a_bfloat16_step_is_finite_and_close_to_float32(name):
     """model.dtype=bfloat16 computes in bfloat16 (the program has bf16 ops)
     while params, losses and gradients stay float32; each phase's loss is

@@ -136,8 +136,11 @@ def test_generator_updates_every_disc_steps_and_metrics_average_per_update():
     "overrides",
     [
         {"loss": "non_saturating", "r1_gamma": 1.0, "r1_every": 1},
-        {"loss": "non_saturating", "r1_gamma": 1.0, "r1_every": 2},
-        {"loss": "wgan_gp"},
+        pytest.param(
+            {"loss": "non_saturating", "r1_gamma": 1.0, "r1_every": 2},
+            marks=pytest.mark.slow,
+        ),
+        pytest.param({"loss": "wgan_gp"}, marks=pytest.mark.slow),
     ],
 )
 def test_loss_variants_train_and_report_their_penalties(overrides):

@@ -66,21 +66,25 @@ def _study(sweep_dir, storage=None) -> optuna.Study:
 
 def test_a_bad_space_key_exits_2_before_any_trial(tmp_path):
     sweep_dir = tmp_path / "bad"
-    for body, message in (
-        ('return {"optim.model.lrr": trial.suggest_float("lr", 1e-4, 1e-2)}', "lrr"),
-        ('return {"train.num_steps": trial.suggest_float("n", 1, 2)}', "num_steps"),
-    ):
-        space = _space(tmp_path, body)
-        result = _sweep(
-            f"--space={space}",
-            f"--sweep_dir={sweep_dir}",
-            "--max_trials=1",
-            check=False,
+    body = 'return {"optim.model.lrr": trial.suggest_float("lr", 1e-4, 1e-2)}'
+    result = _sweep(
+        f"--space={_space(tmp_path, body)}",
+        f"--sweep_dir={sweep_dir}",
+        "--max_trials=1",
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: space key") and "lrr" in lines[-1]
+    assert not sweep_dir.exists() or not list(sweep_dir.glob("trial_*"))
+    # A value of the wrong type: the same check, in process.
+    from configs import vae_digits
+
+    body = 'return {"train.num_steps": trial.suggest_float("n", 1, 2)}'
+    with pytest.raises(sweep.SweepError, match="space key 'train.num_steps'"):
+        sweep.check_space(
+            sweep.load_space(_space(tmp_path, body)), vae_digits.get_config("smoke")
         )
-        assert result.returncode == 2
-        lines = result.stderr.strip().splitlines()
-        assert lines[-1].startswith("error: space key") and message in lines[-1]
-        assert not sweep_dir.exists() or not list(sweep_dir.glob("trial_*"))
 
 
 def test_a_conditional_space_checks_every_branch():

@@ -116,6 +116,7 @@ def test_sample_cli_completes_lm_prompts(trained, tmp_path):
     assert path == "completions_step6_seed0.txt"
 
 
+@pytest.mark.slow  # 1000 samples and the real floor: the README's evaluate commands
 def test_evaluate_cli_scores_samples_and_real_data_better(trained, tmp_path):
     workdir, _ = _readme_run(trained, tmp_path, README_RUN["gan_evaluate"])
     _readme_run(trained, tmp_path, README_RUN["gan_floor"])  # on the same copy
