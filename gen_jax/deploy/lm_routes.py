@@ -52,14 +52,8 @@ def add(app: FastAPI, engine: LMEngine, model_name: str) -> None:
     async def detokenize(body: schemas.DetokenizeRequest):
         if body.model is not None:
             errors.check_model(body.model, model_name)
-        bad = [t for t in body.tokens if not 0 <= t < tokenizer.vocab_size]
-        if bad:
-            raise errors.BadRequest(
-                f"'tokens' holds token id {bad[0]}, outside this model's "
-                f"vocabulary [0, {tokenizer.vocab_size})",
-                "tokens",
-            )
-        return {"prompt": tokenizer.decode(np.asarray(body.tokens, np.int32))}
+        ids = _checked_ids(tokenizer, body.tokens, "tokens")
+        return {"prompt": tokenizer.decode(ids)}
 
     if not tokenizer.chat_template:
         return
@@ -80,13 +74,19 @@ def _prompt_ids(tokenizer: text.Tokenizer, prompt: str | tuple) -> np.ndarray:
     ids as given (checked against the vocabulary)."""
     if isinstance(prompt, str):
         return tokenizer.prompt(prompt)
-    ids = np.asarray(prompt, np.int64)
+    return _checked_ids(tokenizer, prompt, "prompt")
+
+
+def _checked_ids(tokenizer: text.Tokenizer, ids, field: str) -> np.ndarray:
+    """Token ids a client sent, as int32, each in the vocabulary (else a 400
+    naming `field`)."""
+    ids = np.asarray(ids, np.int64)
     bad = ids[(ids < 0) | (ids >= tokenizer.vocab_size)]
     if bad.size:
         raise errors.BadRequest(
-            f"'prompt' holds token id {int(bad[0])}, outside this model's "
+            f"'{field}' holds token id {int(bad[0])}, outside this model's "
             f"vocabulary [0, {tokenizer.vocab_size})",
-            "prompt",
+            field,
         )
     return ids.astype(np.int32)
 
