@@ -80,6 +80,13 @@ def main() -> None:
     parser.add_argument("--noise_seeds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="the grid's order")
     parser.add_argument("--out", default="benchmarks/sweep_asha.jsonl")
+    parser.add_argument(
+        "--full_extra",
+        default="",
+        help="space-separated overrides for the grid-in-full sweep alone, e.g. "
+        "evaluating once at the last step: without a pruner only the final "
+        "value counts, and the evaluator's key is its own (training is the same)",
+    )
     args, extra = parser.parse_known_args()  # extra: --config.a.b=v for every run
     grid = json.loads(args.grid)
     if isinstance(grid, dict):
@@ -106,7 +113,8 @@ def main() -> None:
         if not study.trials:
             for p in points:
                 study.enqueue_trial(p)
-        _sweep(args.config, space, sweep_dir, len(points), extra)
+        more = args.full_extra.split() if label == "grid in full" else []
+        _sweep(args.config, space, sweep_dir, len(points), extra + more)
         study = optuna.load_study(study_name=study.study_name, storage=storage)
         # From the trials' own times: a rerun over a finished study reports it.
         wall = (

@@ -102,9 +102,14 @@ def test_exported_sampler_gives_gen_jax_samples_images(trained, exported, name):
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
 
 
-def test_prefill_and_decode_give_make_generate_tokens(trained, exported):
+def test_prefill_and_decode_give_make_generate_tokens_and_their_logprobs(
+    trained, exported
+):
     """Sampled at temperature 0.8, top-k 20: a slot driven one token at a time by
-    the artifact equals `gen-jax sample`'s KV-cache loop for the same seed."""
+    the artifact equals `gen-jax sample`'s KV-cache loop for the same seed; the
+    log-probabilities the programs return (the prompt's, scored by prefill, and
+    each sampled token's) are a full forward pass's log-softmax, and each
+    token's likeliest alternatives are sorted, the first the argmax."""
     from gen_jax import checkpoint
     from gen_jax.families import lm
     from gen_jax.models import transformer
@@ -119,12 +124,12 @@ def test_prefill_and_decode_give_make_generate_tokens(trained, exported):
     )
 
     art = artifact.Artifact(exported("lm_pydoc"))
-    context = art.manifest["lm"]["context"]
+    context, k = art.manifest["lm"]["context"], art.manifest["lm"]["top_logprobs"]
     cache = jax.device_get(transformer.init_cache(model, 3, context))
     i32, f32 = lambda *x: np.asarray(x, np.int32), lambda *x: np.asarray(x, np.float32)
     padded = np.zeros((1, 16), np.int32)
     padded[0, : len(prompt)] = prompt
-    token, cache = art.call(
+    out, cache = art.call(
         "prefill",
         cache,
         i32(2),
@@ -134,22 +139,41 @@ def test_prefill_and_decode_give_make_generate_tokens(trained, exported):
         f32(0.8),
         i32(20),
         f32(1.0),
+        i32(1),
     )
-    tokens = [int(token[0])]
+    prompt_scores = [np.asarray(out["prompt_logprob"])[0, 1 : len(prompt)]]
+    outs = [out]
     for position in range(len(prompt), total - 1):  # slot 2 is ours; 0 and 1 idle
         row = lambda mine, idle: [idle, idle, mine]
-        next_S, cache = art.call(
+        out, cache = art.call(
             f"decode_{art.manifest['lm']['decode_windows'][0]}",
             cache,
-            i32(*row(tokens[-1], 0)),
+            i32(*row(int(outs[-1]["token"][-1]), 0)),
             i32(*row(position, 0)),
             i32(*row(7, 0)),
             f32(*row(0.8, 0.0)),
             i32(*row(20, 0)),
             f32(*row(1.0, 1.0)),
         )
-        tokens.append(int(next_S[2]))
-    np.testing.assert_array_equal(np.asarray(tokens), want[0, len(prompt) :])
+        outs.append(out)
+    last = lambda key: np.asarray([np.asarray(o[key])[-1] for o in outs])
+    tokens = last("token")
+    np.testing.assert_array_equal(tokens, want[0, len(prompt) :])
+
+    logits = model.apply({"params": run.params["model"]}, want)[0][0]
+    logp = np.asarray(jax.nn.log_softmax(logits.astype(np.float32), -1))
+    ids = want[0]
+    full = logp[np.arange(len(ids) - 1), ids[1:]]  # position j by the logits at j - 1
+    got = np.concatenate([prompt_scores[0], last("logprob")])
+    np.testing.assert_allclose(got, full, atol=1e-4)
+    top_ids, top_logprobs = last("top_ids"), last("top_logprobs")
+    assert top_ids.shape == (len(tokens), k) == (10, 20)
+    steps = logp[len(prompt) - 1 : -1]
+    np.testing.assert_array_equal(top_ids[:, 0], steps.argmax(-1))
+    np.testing.assert_allclose(
+        top_logprobs, np.take_along_axis(steps, top_ids, -1), atol=1e-4
+    )
+    assert (np.diff(top_logprobs, axis=-1) <= 0).all()
 
 
 def test_unknown_platform_is_one_line_naming_the_choices(trained, tmp_path):

@@ -278,7 +278,7 @@ def _lm_app(
     byte = text.tokenizer_from_spec({"tokenizer": "byte"}, ".")
 
     class Engine:
-        context, metrics = 32, prometheus.serving()
+        context, top_logprobs, metrics = 32, 20, prometheus.serving()
         tokenizer = dataclasses.replace(byte, chat_template=chat_template)
 
         def submit(self, sequences):
@@ -365,8 +365,8 @@ def test_tokenize_and_detokenize_round_trip_in_vllms_shapes():
     assert client.post("/tokenize", json=chat).json()["tokens"] == list(b"<hi>")
     for path, body, field in (
         ("/detokenize", {"tokens": [1, 256]}, "tokens"),
-        ("/tokenize", {"prompt": "a", **chat}, None),
-        ("/tokenize", {}, None),
+        ("/tokenize", {"prompt": "a", **chat}, "prompt"),
+        ("/tokenize", {}, "prompt"),
         ("/tokenize", {"model": "other", "prompt": "a"}, "model"),
     ):
         response = client.post(path, json=body)
@@ -549,7 +549,7 @@ class _Hanging:
     """A stand-in LM engine whose sequences never finish: each gets one delta
     at once, then nothing (a long generation), until the server drops them."""
 
-    context, ready = 32, True
+    context, top_logprobs, ready = 32, 20, True
 
     def __init__(self):
         from gen_jax import text
@@ -562,7 +562,7 @@ class _Hanging:
     def submit(self, sequences):
         self.sequences += sequences
         for seq in sequences:
-            seq.emit("x", None)
+            seq.emit("x", None, [])
 
 
 def _until(condition, what: str, deadline_s: float = 30.0) -> None:

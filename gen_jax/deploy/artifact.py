@@ -17,7 +17,7 @@ from jax import export
 from safetensors.numpy import load_file
 
 FORMAT = "gen_jax.export"
-VERSION = 1
+VERSION = 2  # 2: the LM's programs return log-probabilities
 
 
 def length_buckets(limit: int, smallest: int) -> list[int]:

@@ -58,6 +58,9 @@ def describe(errors: list[dict]) -> tuple[str, str | None]:
         at = f" at position {loc[0]}" if loc else ""
         why = error.get("ctx", {}).get("error", "")
         return f"the request body is not valid JSON ({why}{at})", None
+    if not loc and error["type"] not in ("model_type", "model_attributes_type"):
+        # A check across fields (schemas.py): its type names the field at fault.
+        return error["msg"], error["type"]
     if not loc or not isinstance(loc[0], str):
         why = "the request body must be a JSON object (Content-Type: application/json)"
         return why, None

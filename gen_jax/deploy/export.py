@@ -17,7 +17,7 @@ from jax import export as jax_export
 from gen_jax import checkpoint
 from gen_jax import text as text_lib
 from gen_jax.deploy import artifact, lowering
-from gen_jax.families import lm
+from gen_jax.families import lm_serving
 from gen_jax.families.family import Params, seeded_keys
 from gen_jax.models import transformer
 
@@ -102,10 +102,10 @@ def _prompt_args(prompts, n) -> list[lowering.Arg]:
 
 
 def lm_functions(run: checkpoint.Run, context: int) -> dict[str, lowering.Function]:
-    """The LM's `prefill` and `decode` (`lm.make_serving`) over a KV cache of
+    """The LM's `prefill` and `decode` (`lm_serving.make_serving`) over a KV cache of
     `context` positions per slot."""
     model, tokenizer = run.family.text.model, run.family.text.tokenizer
-    prefill, decode = lm.make_serving(model, context)
+    prefill, decode = lm_serving.make_serving(model, context)
     # One symbolic scope per function: a dim must appear in its arguments.
     b, p, prefill_slots = jax_export.symbolic_shape(
         "b, p, slots", constraints=(f"p <= {context}",)
@@ -127,6 +127,12 @@ def lm_functions(run: checkpoint.Run, context: int) -> dict[str, lowering.Functi
         _int32("lengths", (b,), "each prompt's length", [len(prompt)]),
         _int32("seeds", (b,), "each sequence's sampling seed", [3]),
         *controls(b, ([0.7], [40], [0.9])),
+        _int32(
+            "score_prompt",
+            (b,),
+            "1: also score the prompt's tokens (echo with logprobs)",
+            [1],
+        ),
     ]
     decode_args = [
         cache(s),
@@ -135,16 +141,22 @@ def lm_functions(run: checkpoint.Run, context: int) -> dict[str, lowering.Functi
         _int32("seeds", (s,), "each slot's sampling seed", [0, 3]),
         *controls(s, ([0.0, 1.0], [0, 20], [1.0, 0.8])),
     ]
-    functions = {
-        "prefill": lowering.Function(
-            prefill, prefill_args, ["first sampled token [b] int32", "cache"]
-        )
-    }
+    scored = "log-probability and the K likeliest (ids, log-probabilities)"
+    first = (
+        "{token [b], logprob [b], top_ids [b, K], top_logprobs [b, K], "
+        "prompt_logprob [b, p], prompt_top_ids [b, p, K], prompt_top_logprobs "
+        f"[b, p, K]}}: the first sampled token, its {scored}; the prompt's "
+        "tokens scored (position j by the logits at j - 1; zeros unless "
+        "score_prompt)"
+    )
+    functions = {"prefill": lowering.Function(prefill, prefill_args, [first, "cache"])}
     for window in decode_windows(context):
+        after = (
+            "{token [slots], logprob [slots], top_ids [slots, K], top_logprobs "
+            f"[slots, K]}}: the next token (every position < {window}), its {scored}"
+        )
         functions[f"decode_{window}"] = lowering.Function(
-            decode(window),
-            decode_args,
-            [f"next token [slots] int32 (every position < {window})", "cache"],
+            decode(window), decode_args, [after, "cache"]
         )
     return functions
 
@@ -236,6 +248,8 @@ def _lm_section(run: checkpoint.Run, context: int, out_path: pathlib.Path) -> di
         "context": context,
         "vocab_size": text.model.vocab_size,
         "eos_id": text.tokenizer.eos_id,
+        # K: how many likeliest tokens each program returns with a token.
+        "top_logprobs": min(lm_serving.TOP_LOGPROBS, text.model.vocab_size),
         "num_layers": text.model.num_layers,
         "decode_windows": decode_windows(context),
         "tokenizer": text_lib.describe_tokenizer(

@@ -16,27 +16,62 @@ from gen_jax.deploy import artifact, prometheus
 from gen_jax.deploy import programs as programs_lib
 
 
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """A token with its log-probability under the model (None: a prompt's
+    first token) and the likeliest tokens there, as (id, log-probability)."""
+
+    token: int
+    logprob: float | None
+    top: tuple[tuple[int, float], ...] = ()
+
+
 @dataclasses.dataclass
 class Sequence:
     """One completion being generated (a request's choice)."""
 
     prompt: np.ndarray  # int32 ids
-    max_tokens: int
+    max_tokens: int  # 0: the prompt alone is scored (echo)
     seed: int
     temperature: float
     top_k: int
     top_p: float
     stop: tuple[str, ...]
-    # (delta text, finish reason or None), called from the engine thread.
-    emit: Callable[[str, str | None], None]
+    # (delta text, finish reason or None, the Scored tokens since the last
+    # call), called from the engine thread.
+    emit: Callable[[str, str | None, list], None]
+    logprobs: int | None = None  # None: none; k: each token and its k likeliest
+    score_prompt: bool = False  # the prompt's tokens scored too (echo)
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
     tokens: list = dataclasses.field(default_factory=list)
     position: int = 0  # the newest token's position
     sent: int = 0  # characters of text already emitted
+    scored: list = dataclasses.field(default_factory=list)  # not yet emitted
     last_token_at: float = 0.0
     # Set (by the server, when the client has left) to drop the sequence: its
     # slot frees before the next decode step, a waiting one never starts.
     abandoned: bool = False
+
+    def score(self, out: dict, row: int, token: int) -> None:
+        """Keeps `token`'s log-probability from program output `out` (row
+        `row`), if the sequence asked for them."""
+        if self.logprobs is not None:
+            self.scored.append(_scored(out, row, token, self.logprobs))
+
+
+def _scored(out: dict, row, token: int, k: int, prefix: str = "") -> Scored:
+    ids, values = out[prefix + "top_ids"][row], out[prefix + "top_logprobs"][row]
+    top = tuple((int(i), float(v)) for i, v in zip(ids[:k], values[:k]))
+    return Scored(int(token), float(out[prefix + "logprob"][row]), top)
+
+
+def _prompt_scored(out: dict, prompt: np.ndarray, k: int) -> list[Scored]:
+    """The prompt's tokens scored by prefill's output (row 0): the first has
+    no log-probability."""
+    rest = [
+        _scored(out, (0, j), prompt[j], k, "prompt_") for j in range(1, len(prompt))
+    ]
+    return [Scored(int(prompt[0]), None), *rest]
 
 
 class LMEngine(programs_lib.Worker):
@@ -60,6 +95,7 @@ class LMEngine(programs_lib.Worker):
             lm["tokenizer"], str(art.directory / "tokenizer")
         )
         self.context, self.eos_id = lm["context"], lm["eos_id"]
+        self.top_logprobs = lm["top_logprobs"]  # the most a request may ask
         self.slots, self.max_waiting = slots, max_waiting
         self.buckets = artifact.length_buckets(self.context, 16)
         self.windows = lm["decode_windows"]
@@ -90,19 +126,20 @@ class LMEngine(programs_lib.Worker):
     def warm_up(self) -> None:
         """Compiles prefill at every bucket and decode at every window (this
         writes slot 0, which is free)."""
-        for size in self.buckets:
-            self._run_prefill(0, np.zeros(size, np.int32), 1, 0, 1.0, 0, 1.0)
+        for size in self.buckets:  # (scoring the prompt is a branch inside)
+            self._run_prefill(0, np.zeros(size, np.int32), 1, 0, 1.0, 0, 1.0, 0)
         for window in self.windows:
             self._run_decode(window)
         self.metrics.set("gen_jax_compiled_programs", self.programs.compiled())
         self.ready = True
 
-    def _run_prefill(self, slot, padded, length, seed, temperature, top_k, top_p):
+    def _run_prefill(self, slot, padded, length, seed, *controls) -> dict:
+        temperature, top_k, top_p, score_prompt = controls
         i32, f32 = (
             lambda x: np.asarray([x], np.int32),
             lambda x: np.asarray([x], np.float32),
         )
-        token, self.cache = self.programs(
+        out, self.cache = self.programs(
             "prefill",
             self.cache,
             i32(slot),
@@ -112,10 +149,11 @@ class LMEngine(programs_lib.Worker):
             f32(temperature),
             i32(top_k),
             f32(top_p),
+            i32(score_prompt),
         )
-        return int(token[0])
+        return jax.device_get(out)
 
-    def _run_decode(self, window: int | None = None) -> np.ndarray:
+    def _run_decode(self, window: int | None = None) -> dict:
         """One decode step over every slot (free ones too), attending over the
         smallest exported window that holds every active position."""
         rows = [
@@ -126,7 +164,7 @@ class LMEngine(programs_lib.Worker):
         if window is None:
             last = max(s.position for s in rows)
             window = next(w for w in self.windows if w > last)
-        next_S, self.cache = self.programs(
+        out, self.cache = self.programs(
             f"decode_{window}",
             self.cache,
             column(lambda s: s.tokens[-1] if s.tokens else 0, np.int32),
@@ -136,7 +174,7 @@ class LMEngine(programs_lib.Worker):
             column(lambda s: s.top_k, np.int32),
             column(lambda s: s.top_p, np.float32),
         )
-        return np.asarray(next_S)
+        return jax.device_get(out)
 
     def _loop(self) -> None:
         while True:
@@ -158,7 +196,7 @@ class LMEngine(programs_lib.Worker):
                 for slot, seq in enumerate(self.active):
                     if seq is not None:
                         self.active[slot] = None
-                        seq.emit("", "error")
+                        seq.emit("", "error", [])
 
     def _drop_abandoned(self) -> None:
         """Frees the slots (and queue places) of sequences whose client left."""
@@ -180,7 +218,7 @@ class LMEngine(programs_lib.Worker):
             padded = np.zeros(size, np.int32)
             padded[:length] = seq.prompt
             seq.position = length
-            token = self._run_prefill(
+            out = self._run_prefill(
                 slot,
                 padded,
                 length,
@@ -188,15 +226,22 @@ class LMEngine(programs_lib.Worker):
                 seq.temperature,
                 seq.top_k,
                 seq.top_p,
+                int(seq.score_prompt),
             )
-            self._append(slot, seq, token)
+            if seq.score_prompt:
+                seq.scored = _prompt_scored(out, seq.prompt, seq.logprobs or 0)
+            if seq.max_tokens == 0:  # echo alone: the prompt, scored
+                self.active[slot] = None
+                seq.emit("", "length", seq.scored)
+                continue
+            self._append(slot, seq, out, 0)
         self._gauges()
         if any(self.active):
-            next_S = self._run_decode()
+            out = self._run_decode()
             for slot, seq in enumerate(self.active):
                 if seq is not None:
                     seq.position += 1
-                    self._append(slot, seq, int(next_S[slot]))
+                    self._append(slot, seq, out, slot)
             self._gauges()
 
     def _gauges(self) -> None:
@@ -206,7 +251,11 @@ class LMEngine(programs_lib.Worker):
         self.metrics.set("gen_jax_waiting_sequences", len(self.waiting))
         self.metrics.set("gen_jax_compiled_programs", self.programs.compiled())
 
-    def _append(self, slot: int, seq: Sequence, token: int) -> None:
+    def _append(self, slot: int, seq: Sequence, out: dict, row: int) -> None:
+        """Adds row `row`'s token of program output `out` to `seq` (in `slot`),
+        and emits what of its text is final."""
+        token = int(out["token"][row])
+        seq.score(out, row, token)  # the end-of-text token too, as vLLM does
         now = time.perf_counter()
         if seq.tokens:
             self.metrics.observe(
@@ -240,7 +289,8 @@ class LMEngine(programs_lib.Worker):
         if finish is not None:
             self.active[slot] = None
         if delta or finish:
-            seq.emit(delta, finish)
+            scored, seq.scored = seq.scored, []
+            seq.emit(delta, finish, scored)
 
 
 def _overlap(text_: str, stop: str) -> int:

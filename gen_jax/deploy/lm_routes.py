@@ -28,7 +28,16 @@ def add(app: FastAPI, engine: LMEngine, model_name: str) -> None:
     async def completions(body: schemas.CompletionRequest, request: Request):
         errors.check_model(body.model, model_name)
         prompts = [_prompt_ids(tokenizer, p) for p in body.prompt]
-        return await _respond(request, engine, model_name, body, prompts, chat=False)
+        echo = None
+        if body.echo:  # each choice's prompt text, as given (ids: decoded)
+            texts = [
+                p if isinstance(p, str) else tokenizer.decode(ids)
+                for p, ids in zip(body.prompt, prompts)
+            ]
+            echo = [t for t in texts for _ in range(body.n)]
+        return await _respond(
+            request, engine, model_name, body, prompts, chat=False, echo=echo
+        )
 
     @app.post("/tokenize")
     async def tokenize(body: schemas.TokenizeRequest):
@@ -99,12 +108,15 @@ async def _respond(
     prompts: list[np.ndarray],
     *,
     chat: bool,
+    echo: list[str] | None = None,
 ):
     errors.check_ready(engine)
     sequences, arrivals = _start(
         engine, lambda emit_for: _sequences(body, engine, prompts, emit_for)
     )
-    reply = replies.Reply(model_name, chat, sum(len(p) for p in prompts), sequences)
+    token_text = lambda t: engine.tokenizer.decode(np.asarray([t], np.int32))
+    usage = sum(len(p) for p in prompts)
+    reply = replies.Reply(model_name, chat, usage, sequences, token_text, echo)
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
         chunks = reply.chunks(arrivals, usage)
@@ -144,6 +156,7 @@ def _sequences(
     is sequence p * n + i and samples with seed + p * n + i), checked against
     what only the server knows: its context."""
     total, max_tokens = body.n * len(prompts), body.max_tokens
+    logprobs, echo = _logprobs(body, engine.top_logprobs), getattr(body, "echo", False)
     if max_tokens > engine.context:
         raise errors.BadRequest(
             f"'max_tokens' must be in [1, {engine.context}], got {max_tokens}",
@@ -171,9 +184,25 @@ def _sequences(
             float(body.top_p),
             body.stop,
             emit_for(index),
+            logprobs,
+            echo and logprobs is not None,
         )
         for index, ids in enumerate(p for p in prompts for _ in range(body.n))
     ]
+
+
+def _logprobs(body: schemas.Sampling, most: int) -> int | None:
+    """How many likeliest tokens come with each token's log-probability
+    (None: no log-probabilities), at most the artifact's `most`."""
+    if isinstance(body, schemas.ChatCompletionRequest):
+        k, field = (body.top_logprobs or 0) if body.logprobs else None, "top_logprobs"
+    else:
+        k, field = body.logprobs, "logprobs"
+    if k is not None and k > most:
+        raise errors.BadRequest(
+            f"'{field}' must be at most {most} for this model, got {k}", field
+        )
+    return k
 
 
 def _check_fits(prompt_ids: np.ndarray, max_tokens: int, context: int) -> None:
@@ -192,13 +221,14 @@ def _check_fits(prompt_ids: np.ndarray, max_tokens: int, context: int) -> None:
 def _start(engine: LMEngine, make_sequences: Callable) -> tuple[list, Arrivals]:
     """Builds and queues the request's sequences, so a bad field or a full
     queue raises here, before any response (or stream) has begun. Returns
-    (the sequences, an async iterator of (index, delta, finish) as they come)."""
+    (the sequences, an async iterator of (index, delta, finish, scored) as
+    they come)."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
 
     def emit_for(i):
-        return lambda delta, finish: loop.call_soon_threadsafe(
-            events.put_nowait, (i, delta, finish)
+        return lambda delta, finish, scored: loop.call_soon_threadsafe(
+            events.put_nowait, (i, delta, finish, scored)
         )
 
     sequences = make_sequences(emit_for)
@@ -207,9 +237,9 @@ def _start(engine: LMEngine, make_sequences: Callable) -> tuple[list, Arrivals]:
     async def arrivals():
         left = len(sequences)
         while left:
-            i, delta, finish = await events.get()
+            i, delta, finish, scored = await events.get()
             left -= finish is not None
-            yield i, delta, finish
+            yield i, delta, finish, scored
 
     return sequences, arrivals()
 

@@ -15,6 +15,7 @@ MAX_PROMPTS = 64  # prompts per completions request
 MAX_STOPS = 4  # as OpenAI
 INT32 = 2**31  # seeds and top_k reach the programs as int32
 SEEDS = INT32  # choice i samples with seed + i
+MAX_LOGPROBS = 20  # likeliest alternatives per token (an artifact may hold fewer)
 
 # An int or a float (never a bool or a string).
 Number = Annotated[float, Field(strict=True)]
@@ -134,6 +135,26 @@ class Sampling(Body):
 
 class CompletionRequest(Sampling):
     prompt: Prompts
+    max_tokens: StrictInt = Field(
+        16, ge=0, description="at most the context; 0 only with echo"
+    )
+    logprobs: StrictInt | None = Field(
+        None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="each token's log-probability and its k likeliest alternatives",
+    )
+    echo: StrictBool = Field(
+        False, description="the prompt first, in text and (with logprobs) scored"
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _zero_tokens_need_echo(self):
+        if self.max_tokens == 0 and not self.echo:
+            raise PydanticCustomError(
+                "max_tokens", "'max_tokens' may be 0 only with 'echo': true"
+            )
+        return self
 
 
 class ChatMessage(pydantic.BaseModel):
@@ -143,6 +164,18 @@ class ChatMessage(pydantic.BaseModel):
 
 class ChatCompletionRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: StrictBool = Field(False, description="each token's log-probability")
+    top_logprobs: StrictInt | None = Field(
+        None, ge=0, le=MAX_LOGPROBS, description="its k likeliest (needs logprobs)"
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _top_needs_logprobs(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise PydanticCustomError(
+                "top_logprobs", "'top_logprobs' needs 'logprobs': true"
+            )
+        return self
 
 
 class TokenizeRequest(Body):
@@ -161,7 +194,7 @@ class TokenizeRequest(Body):
     def _one_of(self):
         if (self.prompt is None) == (self.messages is None):
             raise PydanticCustomError(
-                "tokenize", "give exactly one of prompt and messages"
+                "prompt", "give exactly one of 'prompt' and 'messages'"
             )
         return self
 

@@ -16,7 +16,6 @@ from gen_jax.families.family import (
     Params,
     Text,
     check_name,
-    seeded_keys,
 )
 from gen_jax.models import MODELS, block, transformer
 
@@ -121,63 +120,6 @@ def make_generate(model, *, use_cache: bool = True):
         return jax.lax.fori_loop(p, max_len, body, carry)[0]
 
     return generate
-
-
-def make_serving(model, context: int):
-    """The step functions a server drives decoding with, over a KV cache of
-    `context` positions per slot (`transformer.init_cache(model, slots, context)`):
-
-    prefill(params, cache, slots_B, prompts_BP, lengths_B, seeds_B, temperature_B,
-            top_k_B, top_p_B) -> (first tokens [B], cache): right-padded prompts
-        written into cache rows `slots_B`, each one's first token sampled;
-    decode(window)(params, cache, tokens_S, positions_S, seeds_S, temperature_S,
-           top_k_S, top_p_S) -> (next tokens [S], cache): every slot's token at
-        its position in (all positions < window), the token after it out.
-
-    Token i of a sequence is sampled with fold_in(key(seed), i), as in
-    `make_generate`: a slot's tokens do not depend on the other slots."""
-
-    def apply(params, *args, **kwargs):
-        return model.apply({"params": params["model"]}, *args, **kwargs)
-
-    def prefill(params, cache, slots_B, prompts_BP, lengths_B, seeds_B, *controls):
-        b, p = prompts_BP.shape
-        positions_BP = jnp.broadcast_to(jnp.arange(p), (b, p))
-        # A fresh cache as long as the prompts; positions past a prompt's length
-        # hold padding, which decoding overwrites before a query can see it.
-        logits_BPV, new = apply(
-            params, prompts_BP, positions_BP, transformer.init_cache(model, b, p)
-        )
-        last_BV = jnp.take_along_axis(
-            logits_BPV, (lengths_B - 1)[:, None, None], axis=1
-        )[:, 0]
-        token_B = sample_logits(last_BV, seeded_keys(seeds_B, lengths_B), *controls)
-
-        def write(
-            c, n
-        ):  # the prompt's positions (axis T of [.., T, G, K]) into its slot
-            rows = jax.lax.dynamic_update_slice_in_dim(c[slots_B], n, 0, c.ndim - 3)
-            return c.at[slots_B].set(rows)
-
-        return token_B, jax.tree.map(write, cache, new)
-
-    def decode(window: int):
-        def step(params, cache, tokens_S, positions_S, seeds_S, *controls):
-            logits_S1V, cache = apply(
-                params,
-                tokens_S[:, None],
-                positions_S[:, None],
-                cache,
-                cache_window=window if window < context else 0,
-            )
-            next_S = sample_logits(
-                logits_S1V[:, 0], seeded_keys(seeds_S, positions_S + 1), *controls
-            )
-            return next_S, cache
-
-        return step
-
-    return prefill, decode
 
 
 def make(config: ml_collections.ConfigDict) -> Family:
