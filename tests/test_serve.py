@@ -131,6 +131,112 @@ def test_sixteen_concurrent_requests_each_equal_their_solo_output(lm_server):
     assert _metric(lm_server, "gen_jax_running_sequences") == 0
 
 
+def _forward_logprobs(workdir: str, ids: np.ndarray) -> np.ndarray:
+    """log p(ids[j] | ids[:j]) for j >= 1 by one full forward pass of the LM
+    family's own model (no cache), in float32."""
+    import jax
+
+    from gen_jax import checkpoint
+    from gen_jax.families import lm
+
+    run = checkpoint.open_run(workdir)
+    model, _ = lm.make_model(run.config)
+    logits = model.apply({"params": run.params["model"]}, np.asarray(ids)[None])[0]
+    logp = np.asarray(jax.nn.log_softmax(np.asarray(logits[0], np.float32), -1))
+    return logp[np.arange(len(ids) - 1), ids[1:]], logp
+
+
+@pytest.mark.slow
+def test_echo_and_logprobs_score_prompt_and_tokens_like_a_forward_pass(
+    lm_server, trained
+):
+    """`echo` + `logprobs`: one entry per prompt token (the first null) then one
+    per generated token, each a full forward pass's log-softmax; at
+    temperature 0 each token is the top of its alternatives; streamed and whole
+    agree; `max_tokens: 0` echoes the prompt alone; nothing compiles."""
+    compiled = _metric(lm_server, "gen_jax_compiled_programs")
+    ask = {"model": "lm", "prompt": "The value", "max_tokens": 5, "logprobs": 3}
+    ask |= {"echo": True, "temperature": 0, "seed": 1}
+    status, whole = _post(lm_server, "/v1/completions", json.dumps(ask).encode())
+    assert status == 200, whole
+    (choice,) = whole["choices"]
+    logprobs = choice["logprobs"]
+    prompt = list(b"The value")  # the byte tokenizer: one token per byte
+    assert len(logprobs["tokens"]) == len(prompt) + 5
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    assert choice["text"].startswith("The value") and choice["text"] == "".join(
+        logprobs["tokens"]
+    )
+    assert logprobs["text_offset"] == list(
+        np.cumsum([0] + [len(t) for t in logprobs["tokens"][:-1]])
+    )
+    ids = np.asarray(prompt + list(choice["text"][len(prompt) :].encode()), np.int32)
+    want, _ = _forward_logprobs(trained("lm_pydoc"), ids)
+    np.testing.assert_allclose(logprobs["token_logprobs"][1:], want, atol=1e-4)
+    for token, value, top in zip(
+        logprobs["tokens"][len(prompt) :],
+        logprobs["token_logprobs"][len(prompt) :],
+        logprobs["top_logprobs"][len(prompt) :],
+    ):  # greedy: the token is the likeliest; k = 3 (the token among them)
+        assert max(top.values()) == value == top[token] and len(top) <= 3
+    for top in logprobs["top_logprobs"][1 : len(prompt)]:  # prompt: its token + 3
+        assert 3 <= len(top) <= 4
+    chunks = []  # streamed: the same text and entries, the prompt in the first
+    with _client(lm_server).completions.create(**ask, stream=True) as stream:
+        chunks = [c.choices[0] for c in stream]
+    assert chunks[0].text.startswith("The value")
+    assert "".join(c.text for c in chunks) == choice["text"]
+    for key in logprobs:
+        streamed = [v for c in chunks for v in getattr(c.logprobs, key)]
+        assert streamed == logprobs[key], key
+    alone = _post(
+        lm_server, "/v1/completions", json.dumps(ask | {"max_tokens": 0}).encode()
+    )[1]["choices"][0]
+    assert alone["text"] == "The value" and alone["finish_reason"] == "length"
+    assert alone["logprobs"]["token_logprobs"] == logprobs["token_logprobs"][:9]
+    assert _metric(lm_server, "gen_jax_compiled_programs") == compiled
+
+
+@pytest.mark.slow
+def test_a_loglikelihood_request_built_as_lm_eval_builds_it(lm_server, trained):
+    """lm-eval's `local-completions` loglikelihood payload (a batch of token-id
+    prompts, context + continuation, max_tokens 1, logprobs 1, echo) parsed as
+    its `parse_logprobs` does: the continuation's summed log-probability is the
+    model's own, and `is_greedy` says whether each continuation token was the
+    likeliest."""
+    context = list(b"def f(x):\n    return ")
+    continuations = [list(b"x"), list(b"None")]
+    payload = {  # lm_eval/models/openai_completions.py, _create_payload
+        "model": "lm",
+        "prompt": [context + c for c in continuations],
+        "temperature": 0,
+        "max_tokens": 1,
+        "logprobs": 1,
+        "seed": 1234,
+        "echo": True,
+    }
+    status, out = _post(lm_server, "/v1/completions", json.dumps(payload).encode())
+    assert status == 200, out
+    ctxlen = len(context)
+    choices = sorted(out["choices"], key=lambda c: c["index"])
+    assert len(choices) == 2
+    for choice, continuation in zip(choices, continuations):
+        token_logprobs = choice["logprobs"]["token_logprobs"][ctxlen:-1]
+        top_logprobs = choice["logprobs"]["top_logprobs"][ctxlen:-1]
+        assert len(token_logprobs) == len(continuation)
+        ids = np.asarray(context + continuation, np.int32)
+        want, logp = _forward_logprobs(trained("lm_pydoc"), ids)
+        assert sum(token_logprobs) == pytest.approx(want[ctxlen - 1 :].sum(), abs=1e-4)
+        is_greedy = all(
+            t == max(top.values()) for t, top in zip(token_logprobs, top_logprobs)
+        )
+        want_greedy = all(
+            logp[ctxlen - 1 + j].argmax() == token
+            for j, token in enumerate(continuation)
+        )
+        assert is_greedy == want_greedy
+
+
 @pytest.mark.slow
 def test_bad_requests_get_their_error_and_the_server_keeps_serving(lm_server):
     client = _client(lm_server)
@@ -259,6 +365,17 @@ def test_chat_completions_with_the_models_own_template(chat_server):
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == (
         choice.message.content
     )
+    # logprobs in chat's shape: each token's, with its 2 likeliest (greedy: the
+    # token is the first of them).
+    scored = client.chat.completions.create(
+        **ask | {"temperature": 0}, logprobs=True, top_logprobs=2
+    )
+    content = scored.choices[0].logprobs.content
+    assert len(content) >= scored.usage.completion_tokens
+    for entry in content:
+        assert len(entry.top_logprobs) == 2
+        assert entry.top_logprobs[0].logprob == entry.logprob
+        assert entry.bytes == list(entry.token.encode())
     with pytest.raises(openai.BadRequestError, match="messages"):
         client.chat.completions.create(model="qwen", messages=[])
 

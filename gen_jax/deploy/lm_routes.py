@@ -1,7 +1,8 @@
 """OpenAI's completions, and chat completions when the tokenizer has a chat
 template, over the LM engine: `n` choices (choice i samples with seed + i),
 stop sequences and usage, answered whole or streamed as server-sent events;
-and vLLM's /tokenize and /detokenize, so clients need no tokenizer files."""
+and vLLM's /tokenize, /detokenize and /tokenizer_info, so clients need no
+tokenizer files."""
 
 import asyncio
 import json
@@ -63,6 +64,20 @@ def add(app: FastAPI, engine: LMEngine, model_name: str) -> None:
             errors.check_model(body.model, model_name)
         ids = _checked_ids(tokenizer, body.tokens, "tokens")
         return {"prompt": tokenizer.decode(ids)}
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info():
+        """vLLM's: what a client tokenizing remotely needs besides /tokenize
+        (lm-eval's `tokenizer_backend=remote` reads it)."""
+        return {
+            "tokenizer_class": tokenizer.name,
+            "vocab_size": tokenizer.vocab_size,
+            "model_max_length": engine.context,
+            "bos_token": tokenizer.special_tokens.get("bos_token"),
+            "eos_token": tokenizer.special_tokens.get("eos_token"),
+            "pad_token": None,
+            "chat_template": tokenizer.chat_template,
+        }
 
     if not tokenizer.chat_template:
         return
