@@ -10,7 +10,7 @@ from collections.abc import Callable
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
-from gen_jax.deploy import errors
+from gen_jax.deploy import errors, spec
 
 Routes = Callable[[FastAPI, object, str], None]  # (app, engine, model name)
 
@@ -32,7 +32,7 @@ def make_app(
     # client's disconnect from the routes (request.is_disconnected()).
     app.add_middleware(_Gate, metrics=metrics, api_key=api_key)
 
-    @app.get("/health")
+    @app.get("/health", responses=spec.responses(spec.Health, statuses=(503,)))
     async def health():
         if not engine.ready:
             return errors.response(
@@ -40,13 +40,13 @@ def make_app(
             )
         return {"status": "ok"}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus():
         return PlainTextResponse(
             metrics.render(), media_type="text/plain; version=0.0.4"
         )
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=spec.responses(spec.Models, statuses=(401,)))
     async def models():
         card = {
             "id": model_name,

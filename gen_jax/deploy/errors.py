@@ -21,6 +21,11 @@ KINDS = {
 }
 
 
+# The error type of a Pydantic check across a body's fields (schemas.py):
+# ACROSS + the field it reports.
+ACROSS = "across:"
+
+
 class BadRequest(Exception):
     """A request the server cannot answer: its message, the field at fault,
     the status (400 unless said) and OpenAI's code, if it has one."""
@@ -58,9 +63,10 @@ def describe(errors: list[dict]) -> tuple[str, str | None]:
         at = f" at position {loc[0]}" if loc else ""
         why = error.get("ctx", {}).get("error", "")
         return f"the request body is not valid JSON ({why}{at})", None
-    if not loc and error["type"] not in ("model_type", "model_attributes_type"):
-        # A check across fields (schemas.py): its type names the field at fault.
-        return error["msg"], error["type"]
+    if error["type"].startswith(ACROSS):  # schemas.py's check across fields
+        return error["msg"], error["type"][len(ACROSS) :]
+    if not loc and error["type"] == "missing":
+        return "the request has no body: send a JSON object", None
     if not loc or not isinstance(loc[0], str):
         why = "the request body must be a JSON object (Content-Type: application/json)"
         return why, None
@@ -106,7 +112,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request, e: HTTPException):
-        return response(e.status_code, str(e.detail))
+        # Its headers kept: a 405 says what is allowed (Allow), as RFC 9110 asks.
+        kind = "invalid_request_error" if e.status_code < 500 else None
+        answer = response(e.status_code, str(e.detail), kind=kind)
+        answer.headers.update(e.headers or {})
+        return answer
 
     @app.exception_handler(QueueFull)
     async def full(request, e: QueueFull):

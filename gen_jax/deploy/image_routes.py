@@ -12,14 +12,15 @@ import time
 from fastapi import FastAPI
 
 from gen_jax import png
-from gen_jax.deploy import errors, schemas
+from gen_jax.deploy import errors, schemas, spec
 from gen_jax.deploy.image_batcher import ImageBatcher, ImageJob
 
 
 def add(app: FastAPI, batcher: ImageBatcher, model_name: str) -> None:
     """POST /v1/images/generations."""
+    spec.publish_limits(app, _limits(batcher, model_name))
 
-    @app.post("/v1/images/generations")
+    @app.post("/v1/images/generations", responses=spec.responses(spec.Images))
     async def generations(body: schemas.ImageRequest):
         if body.model is not None:
             errors.check_model(body.model, model_name)
@@ -56,6 +57,27 @@ def add(app: FastAPI, batcher: ImageBatcher, model_name: str) -> None:
                 {"b64_json": base64.b64encode(png.encode(x)).decode()} for x in images
             ],
         }
+
+
+def _limits(batcher: ImageBatcher, model_name: str) -> dict:
+    """What `_check` enforces, for /openapi.json."""
+    h, w = batcher.shape[:2]
+    none = {"not": {}}  # no value of that type is valid
+    limits = {
+        "model": {"string": {"enum": [model_name]}},
+        "n": {"integer": {"maximum": batcher.max_batch}},
+        "response_format": {"string": {"enum": ["b64_json"]}},
+        "size": {"string": {"enum": [f"{h}x{w}"]}},
+        "label": {"integer": {"maximum": batcher.num_classes - 1}}
+        if batcher.num_classes
+        else {"integer": none},
+        "steps": {"integer": {"enum": [batcher.steps]} if batcher.steps else none},
+    }
+    if batcher.guidance is None:
+        limits["guidance"] = {"number": none}
+    if batcher.tokenizer is None:
+        limits["negative_prompt"] = {"string": none}
+    return {("ImageRequest", field): v for field, v in limits.items()}
 
 
 def _check(body: schemas.ImageRequest, batcher: ImageBatcher) -> None:

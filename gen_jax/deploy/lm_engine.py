@@ -12,18 +12,8 @@ import numpy as np
 from absl import logging
 
 from gen_jax import text
-from gen_jax.deploy import artifact, prometheus
+from gen_jax.deploy import artifact, prometheus, scoring
 from gen_jax.deploy import programs as programs_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class Scored:
-    """A token with its log-probability under the model (None: a prompt's
-    first token) and the likeliest tokens there, as (id, log-probability)."""
-
-    token: int
-    logprob: float | None
-    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclasses.dataclass
@@ -56,22 +46,7 @@ class Sequence:
         """Keeps `token`'s log-probability from program output `out` (row
         `row`), if the sequence asked for them."""
         if self.logprobs is not None:
-            self.scored.append(_scored(out, row, token, self.logprobs))
-
-
-def _scored(out: dict, row, token: int, k: int, prefix: str = "") -> Scored:
-    ids, values = out[prefix + "top_ids"][row], out[prefix + "top_logprobs"][row]
-    top = tuple((int(i), float(v)) for i, v in zip(ids[:k], values[:k]))
-    return Scored(int(token), float(out[prefix + "logprob"][row]), top)
-
-
-def _prompt_scored(out: dict, prompt: np.ndarray, k: int) -> list[Scored]:
-    """The prompt's tokens scored by prefill's output (row 0): the first has
-    no log-probability."""
-    rest = [
-        _scored(out, (0, j), prompt[j], k, "prompt_") for j in range(1, len(prompt))
-    ]
-    return [Scored(int(prompt[0]), None), *rest]
+            self.scored.append(scoring.scored(out, row, token, self.logprobs))
 
 
 class LMEngine(programs_lib.Worker):
@@ -229,7 +204,7 @@ class LMEngine(programs_lib.Worker):
                 int(seq.score_prompt),
             )
             if seq.score_prompt:
-                seq.scored = _prompt_scored(out, seq.prompt, seq.logprobs or 0)
+                seq.scored = scoring.prompt_scored(out, seq.prompt, seq.logprobs or 0)
             if seq.max_tokens == 0:  # echo alone: the prompt, scored
                 self.active[slot] = None
                 seq.emit("", "length", seq.scored)

@@ -1,8 +1,8 @@
 """OpenAI's completions, and chat completions when the tokenizer has a chat
 template, over the LM engine: `n` choices (choice i samples with seed + i),
+log-probabilities and echo,
 stop sequences and usage, answered whole or streamed as server-sent events;
-and vLLM's /tokenize, /detokenize and /tokenizer_info, so clients need no
-tokenizer files."""
+and vLLM's tokenizer routes (tokenizer_routes.py)."""
 
 import asyncio
 import json
@@ -13,8 +13,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from gen_jax import text
-from gen_jax.deploy import errors, replies, schemas
+from gen_jax.deploy import errors, replies, schemas, spec, tokenizer_routes
 from gen_jax.deploy.lm_engine import LMEngine, Sequence
 
 Arrivals = replies.Arrivals
@@ -25,10 +24,13 @@ def add(app: FastAPI, engine: LMEngine, model_name: str) -> None:
     """POST /v1/completions, and /v1/chat/completions with a chat template."""
     tokenizer = engine.tokenizer
 
-    @app.post("/v1/completions")
+    spec.publish_limits(app, _limits(engine, model_name))
+    tokenizer_routes.add(app, engine, model_name)
+
+    @app.post("/v1/completions", responses=spec.responses(spec.Completion, stream=True))
     async def completions(body: schemas.CompletionRequest, request: Request):
         errors.check_model(body.model, model_name)
-        prompts = [_prompt_ids(tokenizer, p) for p in body.prompt]
+        prompts = [tokenizer_routes.prompt_ids(tokenizer, p) for p in body.prompt]
         echo = None
         if body.echo:  # each choice's prompt text, as given (ids: decoded)
             texts = [
@@ -40,79 +42,40 @@ def add(app: FastAPI, engine: LMEngine, model_name: str) -> None:
             request, engine, model_name, body, prompts, chat=False, echo=echo
         )
 
-    @app.post("/tokenize")
-    async def tokenize(body: schemas.TokenizeRequest):
-        if body.model is not None:
-            errors.check_model(body.model, model_name)
-        if body.messages is not None:
-            if not tokenizer.chat_template:
-                raise errors.BadRequest("this model has no chat template", "messages")
-            messages = [m.model_dump() for m in body.messages]
-            prompt = text.render_chat(
-                tokenizer, messages, add_generation_prompt=body.add_generation_prompt
-            )
-            ids = tokenizer.encode(prompt)  # the template holds its own framing
-        else:
-            encode = tokenizer.prompt if body.add_special_tokens else tokenizer.encode
-            ids = encode(body.prompt)
-        tokens = [int(t) for t in ids]
-        return {"count": len(tokens), "max_model_len": engine.context, "tokens": tokens}
-
-    @app.post("/detokenize")
-    async def detokenize(body: schemas.DetokenizeRequest):
-        if body.model is not None:
-            errors.check_model(body.model, model_name)
-        ids = _checked_ids(tokenizer, body.tokens, "tokens")
-        return {"prompt": tokenizer.decode(ids)}
-
-    @app.get("/tokenizer_info")
-    async def tokenizer_info():
-        """vLLM's: what a client tokenizing remotely needs besides /tokenize
-        (lm-eval's `tokenizer_backend=remote` reads it)."""
-        return {
-            "tokenizer_class": tokenizer.name,
-            "vocab_size": tokenizer.vocab_size,
-            "model_max_length": engine.context,
-            "bos_token": tokenizer.special_tokens.get("bos_token"),
-            "eos_token": tokenizer.special_tokens.get("eos_token"),
-            "pad_token": None,
-            "chat_template": tokenizer.chat_template,
-        }
-
     if not tokenizer.chat_template:
         return
 
-    @app.post("/v1/chat/completions")
+    @app.post(
+        "/v1/chat/completions",
+        responses=spec.responses(spec.ChatCompletion, stream=True),
+    )
     async def chat_completions(body: schemas.ChatCompletionRequest, request: Request):
         errors.check_model(body.model, model_name)
-        messages = [m.model_dump() for m in body.messages]
-        rendered = text.render_chat(tokenizer, messages, add_generation_prompt=True)
+        rendered = tokenizer_routes.render(tokenizer, body.messages, True)
         prompt_ids = tokenizer.encode(rendered)
         return await _respond(
             request, engine, model_name, body, [prompt_ids], chat=True
         )
 
 
-def _prompt_ids(tokenizer: text.Tokenizer, prompt: str | tuple) -> np.ndarray:
-    """A prompt's token ids: text framed as the tokenizer frames prompts, or
-    ids as given (checked against the vocabulary)."""
-    if isinstance(prompt, str):
-        return tokenizer.prompt(prompt)
-    return _checked_ids(tokenizer, prompt, "prompt")
-
-
-def _checked_ids(tokenizer: text.Tokenizer, ids, field: str) -> np.ndarray:
-    """Token ids a client sent, as int32, each in the vocabulary (else a 400
-    naming `field`)."""
-    ids = np.asarray(ids, np.int64)
-    bad = ids[(ids < 0) | (ids >= tokenizer.vocab_size)]
-    if bad.size:
-        raise errors.BadRequest(
-            f"'{field}' holds token id {int(bad[0])}, outside this model's "
-            f"vocabulary [0, {tokenizer.vocab_size})",
-            field,
-        )
-    return ids.astype(np.int32)
+def _limits(engine: LMEngine, model_name: str) -> dict:
+    """What the routes check beyond schemas.py, for /openapi.json."""
+    ids = {"integer": {"minimum": 0, "maximum": engine.tokenizer.vocab_size - 1}}
+    at_most = lambda n: {"integer": {"maximum": n}}
+    chat, plain = "ChatCompletionRequest", "CompletionRequest"
+    named = (plain, chat, "TokenizeRequest", "DetokenizeRequest")
+    limits = {(name, "model"): {"string": {"enum": [model_name]}} for name in named}
+    if not engine.tokenizer.chat_template:
+        limits[("TokenizeRequest", "messages")] = {"array": {"not": {}}}
+    return limits | {
+        (plain, "prompt"): ids,
+        ("DetokenizeRequest", "tokens"): ids,
+        # A prompt has a token at least (the context's rest: checked when served).
+        (plain, "max_tokens"): at_most(engine.context - 1),
+        (chat, "max_tokens"): at_most(engine.context - 1),
+        (plain, "logprobs"): at_most(engine.top_logprobs),
+        (chat, "top_logprobs"): at_most(engine.top_logprobs),
+    }
 
 
 async def _respond(
@@ -168,32 +131,25 @@ def _sequences(
     body: schemas.Sampling, engine: LMEngine, prompts: list[np.ndarray], emit_for
 ) -> list[Sequence]:
     """The request's sequences (`n` choices of each prompt; prompt p's choice i
-    is sequence p * n + i and samples with seed + p * n + i), checked against
+    is sequence p * n + i and samples with (seed + p * n + i) % SEEDS), checked against
     what only the server knows: its context."""
-    total, max_tokens = body.n * len(prompts), body.max_tokens
+    max_tokens = body.max_tokens
     logprobs, echo = _logprobs(body, engine.top_logprobs), getattr(body, "echo", False)
-    if max_tokens > engine.context:
+    if max_tokens >= engine.context:
         raise errors.BadRequest(
-            f"'max_tokens' must be in [1, {engine.context}], got {max_tokens}",
+            f"'max_tokens' must be in [1, {engine.context - 1}], got {max_tokens}",
             "max_tokens",
         )
     seed = body.seed
-    if seed is not None and seed > schemas.SEEDS - total:
-        many = f" and {len(prompts)} prompts" if len(prompts) > 1 else ""
-        raise errors.BadRequest(
-            f"'seed' must be in [0, {schemas.SEEDS - total}] with n={body.n}{many}, "
-            f"got {seed}",
-            "seed",
-        )
     if seed is None:  # still one stream per choice
-        seed = int.from_bytes(os.urandom(4), "little") % (schemas.SEEDS - total)
+        seed = int.from_bytes(os.urandom(4), "little") % schemas.SEEDS
     for ids in prompts:
         _check_fits(ids, max_tokens, engine.context)
     return [
         Sequence(
             ids,
             max_tokens,
-            seed + index,
+            (seed + index) % schemas.SEEDS,
             float(body.temperature),
             body.top_k,
             float(body.top_p),

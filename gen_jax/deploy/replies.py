@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
-from gen_jax.deploy.lm_engine import Scored
+from gen_jax.deploy.scoring import Scored
 
 # (choice, delta, finish, the Scored tokens that came with the delta)
 Arrivals = AsyncIterator[tuple[int, str, str | None, list[Scored]]]

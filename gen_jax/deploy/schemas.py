@@ -10,36 +10,60 @@ import pydantic
 from pydantic import Field, StrictBool, StrictInt, StrictStr
 from pydantic_core import PydanticCustomError
 
+from gen_jax.deploy import spec
+from gen_jax.deploy.errors import ACROSS
+
 MAX_N = 16  # choices per prompt
 MAX_PROMPTS = 64  # prompts per completions request
 MAX_STOPS = 4  # as OpenAI
 INT32 = 2**31  # seeds and top_k reach the programs as int32
-SEEDS = INT32  # choice i samples with seed + i
+SEEDS = INT32  # choice i samples with (seed + i) % SEEDS
 MAX_LOGPROBS = 20  # likeliest alternatives per token (an artifact may hold fewer)
 
 # An int or a float (never a bool or a string).
 Number = Annotated[float, Field(strict=True)]
 
 
+def _integral(value: Any) -> Any:
+    """A float with no fraction is the integer JSON Schema says it is (82.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def integer(**constraints) -> type:
+    """An integer as JSON Schema counts them (never a bool, a string or 82.5),
+    with Field constraints (placed before the validator, so the published
+    schema keeps them inside a union with null)."""
+    return Annotated[
+        StrictInt, Field(**constraints), pydantic.BeforeValidator(_integral)
+    ]
+
+
+Integer = integer()
+
+
 def _ids(value: Any) -> bool:
     return (
         isinstance(value, list)
         and bool(value)
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and all(
+            isinstance(_integral(v), int) and not isinstance(v, bool) for v in value
+        )
     )
 
 
 def _prompts(value: Any) -> tuple[str | tuple[int, ...], ...]:
     """OpenAI's prompt forms as a tuple of prompts, each text or token ids."""
-    if isinstance(value, str):
+    if isinstance(value, str) and value:
         return (value,)
     if _ids(value):
-        return (tuple(value),)
+        return (tuple(_integral(v) for v in value),)
     if isinstance(value, list) and value:
-        if all(isinstance(v, str) for v in value):
+        if all(isinstance(v, str) and v for v in value):
             out = tuple(value)
         elif all(_ids(v) for v in value):
-            out = tuple(tuple(v) for v in value)
+            out = tuple(tuple(_integral(i) for i in v) for v in value)
         else:
             out = ()
         if len(out) > MAX_PROMPTS:
@@ -72,8 +96,12 @@ Prompts = Annotated[
     pydantic.WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string"},
-                {"type": "array", "items": {"type": "string"}, **_SOME_PROMPTS},
+                {"type": "string", "minLength": 1},
+                {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1},
+                    **_SOME_PROMPTS,
+                },
                 _TOKEN_IDS,
                 {"type": "array", "items": _TOKEN_IDS, **_SOME_PROMPTS},
             ],
@@ -103,7 +131,9 @@ Stops = Annotated[
 
 class Body(pydantic.BaseModel):
     """A request body; fields it does not know are ignored, as OpenAI's
-    clients send more than a model uses."""
+    clients send more than a model uses. A null field takes its default."""
+
+    model_config = pydantic.ConfigDict(json_schema_extra=spec.nullable_optionals)
 
     @pydantic.model_validator(mode="before")
     @classmethod
@@ -122,26 +152,28 @@ class Sampling(Body):
     tokens and choices, how each token is sampled, streaming."""
 
     model: StrictStr
-    max_tokens: StrictInt = Field(16, ge=1, description="at most the context")
-    n: StrictInt = Field(1, ge=1, le=MAX_N, description="choice i: seed + i")
+    max_tokens: Integer = Field(16, ge=1, description="at most the context")
+    n: Integer = Field(1, ge=1, le=MAX_N, description="choice i: seed + i")
     temperature: Number = Field(1.0, ge=0, le=2, description="0 is greedy")
     top_p: Number = Field(1.0, gt=0, le=1)
-    top_k: StrictInt = Field(0, ge=0, lt=INT32, description="0: off")
-    seed: StrictInt | None = Field(None, ge=0, lt=SEEDS)
+    top_k: Integer = Field(0, ge=0, lt=INT32, description="0: off")
+    seed: integer(ge=0, lt=SEEDS) | None = None
     stop: Stops = ()
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
 
 
 class CompletionRequest(Sampling):
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=spec.schema_extra(spec.if_then("max_tokens", 0, "echo", True))
+    )
+
     prompt: Prompts
-    max_tokens: StrictInt = Field(
+    max_tokens: Integer = Field(
         16, ge=0, description="at most the context; 0 only with echo"
     )
-    logprobs: StrictInt | None = Field(
+    logprobs: integer(ge=0, le=MAX_LOGPROBS) | None = Field(
         None,
-        ge=0,
-        le=MAX_LOGPROBS,
         description="each token's log-probability and its k likeliest alternatives",
     )
     echo: StrictBool = Field(
@@ -152,7 +184,7 @@ class CompletionRequest(Sampling):
     def _zero_tokens_need_echo(self):
         if self.max_tokens == 0 and not self.echo:
             raise PydanticCustomError(
-                "max_tokens", "'max_tokens' may be 0 only with 'echo': true"
+                ACROSS + "max_tokens", "'max_tokens' may be 0 only with 'echo': true"
             )
         return self
 
@@ -163,17 +195,32 @@ class ChatMessage(pydantic.BaseModel):
 
 
 class ChatCompletionRequest(Sampling):
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=spec.schema_extra(
+            {
+                "if": {
+                    "properties": {"top_logprobs": {"type": "integer"}},
+                    "required": ["top_logprobs"],
+                },
+                "then": {
+                    "properties": {"logprobs": {"const": True}},
+                    "required": ["logprobs"],
+                },
+            }
+        )
+    )
+
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: StrictBool = Field(False, description="each token's log-probability")
-    top_logprobs: StrictInt | None = Field(
-        None, ge=0, le=MAX_LOGPROBS, description="its k likeliest (needs logprobs)"
+    top_logprobs: integer(ge=0, le=MAX_LOGPROBS) | None = Field(
+        None, description="its k likeliest (needs logprobs)"
     )
 
     @pydantic.model_validator(mode="after")
     def _top_needs_logprobs(self):
         if self.top_logprobs is not None and not self.logprobs:
             raise PydanticCustomError(
-                "top_logprobs", "'top_logprobs' needs 'logprobs': true"
+                ACROSS + "top_logprobs", "'top_logprobs' needs 'logprobs': true"
             )
         return self
 
@@ -182,9 +229,26 @@ class TokenizeRequest(Body):
     """vLLM's /tokenize: a prompt, or chat messages rendered by the model's
     template (with the assistant's turn opened unless told)."""
 
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=spec.schema_extra(
+            {
+                "oneOf": [
+                    {
+                        "required": ["prompt"],
+                        "properties": {"prompt": {"type": "string"}},
+                    },
+                    {
+                        "required": ["messages"],
+                        "properties": {"messages": {"type": "array"}},
+                    },
+                ]
+            }
+        )
+    )
+
     model: StrictStr | None = None
     prompt: StrictStr | None = None
-    messages: list[ChatMessage] | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
     add_special_tokens: StrictBool = Field(
         True, description="the tokenizer's prompt framing (e.g. a BOS token)"
     )
@@ -194,14 +258,14 @@ class TokenizeRequest(Body):
     def _one_of(self):
         if (self.prompt is None) == (self.messages is None):
             raise PydanticCustomError(
-                "prompt", "give exactly one of 'prompt' and 'messages'"
+                ACROSS + "prompt", "give exactly one of 'prompt' and 'messages'"
             )
         return self
 
 
 class DetokenizeRequest(Body):
     model: StrictStr | None = None
-    tokens: list[StrictInt] = Field(description="token ids, in [0, vocabulary size)")
+    tokens: list[Integer] = Field(description="token ids, in [0, vocabulary size)")
 
 
 class ImageRequest(Body):
@@ -214,10 +278,10 @@ class ImageRequest(Body):
     negative_prompt: StrictStr | None = Field(
         None, description="text-to-image: guidance steers away from it"
     )
-    n: StrictInt = Field(1, ge=1, description="at most the server's --max_batch")
+    n: Integer = Field(1, ge=1, description="at most the server's --max_batch")
     response_format: StrictStr = Field("b64_json", description="b64_json only")
     size: StrictStr | None = Field(None, description="HxW: the model's own size")
-    seed: StrictInt | None = Field(None, ge=0, lt=SEEDS)
-    label: StrictInt | None = Field(None, ge=0, description="default: every class")
+    seed: integer(ge=0, lt=SEEDS) | None = None
+    label: integer(ge=0) | None = Field(None, description="default: every class")
     guidance: Number | None = Field(None, ge=0, le=100)
-    steps: StrictInt | None = Field(None, ge=1, description="fixed at export")
+    steps: integer(ge=1) | None = Field(None, description="fixed at export")
