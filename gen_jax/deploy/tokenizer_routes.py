@@ -47,8 +47,8 @@ def add(app: FastAPI, engine, model_name: str) -> None:
             "tokenizer_class": tokenizer.name,
             "vocab_size": tokenizer.vocab_size,
             "model_max_length": engine.context,
-            "bos_token": tokenizer.special_tokens.get("bos_token"),
-            "eos_token": tokenizer.special_tokens.get("eos_token"),
+            "bos_token": tokenizer.special_tokens.get("bos_token") or None,
+            "eos_token": tokenizer.special_tokens.get("eos_token") or None,
             "pad_token": None,
             "chat_template": tokenizer.chat_template,
         }
