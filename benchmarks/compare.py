@@ -10,6 +10,8 @@ median step time. `torch_ms / jax_ms` >= 1 means gen_jax is at least as fast.
 Beside eager, each round times the peer under `torch.compile` (inductor, its
 forward and backward graphs; the optimizer and EMA stay eager) unless
 `--no_torch_compile`; its compile time is in the warm-up, not the figure.
+`--dtype=bfloat16` runs both in bf16: gen_jax's `model.dtype`, torch's
+`autocast` (params and optimizer float32 on both sides).
 `--gen_jax_path=DIR` times another checkout's gen_jax (e.g. a baseline commit,
 with this checkout's gen_jax/bench.py copied in), running from DIR.
 """
@@ -45,6 +47,7 @@ def measure(
     warmup: int,
     gen_jax_path: str,
     torch_compile: bool = True,
+    dtype: str = "float32",
 ):
     """({"jax": [ms per round], "torch": [...], "torch_compile": [...]}, the
     last JAX record)."""
@@ -53,7 +56,8 @@ def measure(
     # `python -m` puts its working directory first on sys.path: run there.
     jax_cwd = os.path.abspath(gen_jax_path) if gen_jax_path else ROOT
     common = [f"--timed_steps={steps}", f"--warmup_steps={warmup}"]
-    peer_common = [f"--steps={steps}", f"--warmup={warmup}"]
+    common += [f"--config.model.dtype={dtype}"]
+    peer_common = [f"--steps={steps}", f"--warmup={warmup}", f"--dtype={dtype}"]
     times = {"jax": [], "torch": [], "torch_compile": []}
     record = None
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,6 +97,12 @@ def main(argv=None) -> None:
     parser.add_argument("--gen_jax_path", default="")
     parser.add_argument("--label", default="")
     parser.add_argument("--no_torch_compile", action="store_true")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="compute dtype of both sides: gen_jax's model.dtype, torch autocast",
+    )
     parser.add_argument("--out", default="benchmarks/results.jsonl")
     args = parser.parse_args(argv)
     print(
@@ -108,6 +118,7 @@ def main(argv=None) -> None:
             args.warmup,
             args.gen_jax_path,
             not args.no_torch_compile,
+            args.dtype,
         )
         jax_ms, torch_ms = np.median(times["jax"]), np.median(times["torch"])
         compiled_ms = (
@@ -116,6 +127,7 @@ def main(argv=None) -> None:
         row = {
             "label": args.label,
             "family": family,
+            "dtype": args.dtype,
             "time": record["time"],
             "device_kind": record["device_kind"],
             "jax_ms": jax_ms,

@@ -468,6 +468,18 @@ def check_param_counts() -> dict:
 # ---- timing harness ----
 
 
+def _autocast(step_fn):
+    """The step under bf16 autocast: matmuls and convolutions (forward, and
+    their backward, which follows the forward's dtypes) in bf16, reductions
+    and the optimizer's float32 state as autocast leaves them."""
+
+    def step(batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return step_fn(batch)
+
+    return step
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--family", choices=sorted(BUILDERS))
@@ -484,6 +496,13 @@ def main(argv=None) -> None:
         action="store_true",
         help="torch.compile every model's forward (inductor; backward via AOTAutograd)",
     )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="bfloat16: the step under torch.autocast('cpu', bfloat16) (params, "
+        "grads and optimizer float32), as gen_jax's model.dtype=bfloat16",
+    )
     p.add_argument("--out", default="bench.jsonl", help="appends one JSON line")
     p.add_argument("--check_params", action="store_true", help="compare counts; exit")
     args = p.parse_args(argv)
@@ -499,6 +518,8 @@ def main(argv=None) -> None:
     if args.batch_size:
         kwargs["batch_size"] = args.batch_size
     models, step_fn, batch = BUILDERS[args.family](**kwargs)
+    if args.dtype == "bfloat16":
+        step_fn = _autocast(step_fn)
     if args.channels_last and "image" in batch:
         for m in models.values():
             m.to(memory_format=torch.channels_last)
@@ -522,6 +543,7 @@ def main(argv=None) -> None:
     record = {
         "impl": "torch",
         "family": args.family,
+        "dtype": args.dtype,
         "batch_size": batch_size,
         "num_params": num_params(models),
         "steps": args.steps,

@@ -131,3 +131,35 @@ def test_a_bfloat16_step_is_finite_and_close_to_float32(name):
         for g in jax.tree.leaves(grads):
             assert g.dtype == jnp.float32 and np.all(np.isfinite(g)), phase
         np.testing.assert_allclose(loss, want, rtol=0.03, atol=0.01, err_msg=phase)
+
+
+def test_a_bfloat16_lm_step_asks_for_bf16_dots_forward_and_backward():
+    """Every contraction of the LM's bf16 loss and gradient (projections,
+    attention, logits; the forward, and the backward's input and weight
+    gradients) is bf16 x bf16 accumulated in float32 (layers.einsum's
+    custom_vjp): JAX's own transpose would make the backward's dots float32.
+    And XLA:CPU keeps the projections' forward and input-gradient dots bf16
+    (it upcasts the batched and weight-gradient ones it has no bf16 kernel
+    for: the README's speed section)."""
+    import re
+
+    config = importlib.import_module("configs.lm_pydoc").get_config("smoke")
+    batch = next(iter(data.local_batches(config.data, batch_size=4, index=0, count=1)))
+    params = jax.jit(families.make(config).init)(jax.random.key(0), batch)
+    config.model.dtype = "bfloat16"
+    (loss_fn,) = families.make(config).losses.values()
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    lowered = grad_fn.lower(params, batch, jax.random.key(2))
+    dots = re.findall(r"stablehlo.dot_general .*: \((.*)\) -> (.*)", lowered.as_text())
+    layer = config.model.num_layers
+    # q k v out up down, the two attention products; the logits; 3 each
+    assert len(dots) == layer * (6 + 2) * 3 + 3
+    for operands, result in dots:
+        assert operands.count("bf16") == 2 and "f32" in result, (operands, result)
+    compiled = lowered.compile().as_text()
+    types = dict(re.findall(r"%(\S+) = (\w+)\[", compiled))
+    kept = [
+        (types[a], types[b])
+        for a, b in re.findall(r"\bdot\(%([^,]+), %([^)]+)\)", compiled)
+    ]
+    assert kept.count(("bf16", "bf16")) >= layer * 6 * 2, kept

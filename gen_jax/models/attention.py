@@ -139,16 +139,16 @@ def _attend(q_BGRLK, k_BGTK, v_BGTK, mask) -> jax.Array:
     keys = k_BGTK.shape[2]
     # The R heads stack along the query axis: every matmul is a plain batched one.
     q_BGQK = q_BGRLK.reshape(b, groups, r * length, dim)
-    logits_BGRLT = jnp.einsum("bgqk,bgtk->bgqt", q_BGQK, k_BGTK).reshape(
-        b, groups, r, length, keys
-    )
-    logits_BGRLT = logits_BGRLT.astype(jnp.float32) / np.float32(np.sqrt(dim))
+    dtype = v_BGTK.dtype  # the compute dtype (q may be float32 after rotary)
+    logits_BGQT = layers.einsum("bgqk,bgtk->bgqt", q_BGQK, k_BGTK, dtype, jnp.float32)
+    logits_BGRLT = logits_BGQT.reshape(b, groups, r, length, keys)
+    logits_BGRLT = logits_BGRLT / np.float32(np.sqrt(dim))
     # The lowest finite score, not -inf: a fully masked row (padding) averages
     # instead of giving NaN, as jax.nn.dot_product_attention does.
     logits_BGRLT = jnp.where(mask, logits_BGRLT, jnp.finfo(jnp.float32).min)
     probs_BGRLT = jax.nn.softmax(logits_BGRLT, axis=-1).astype(v_BGTK.dtype)
     probs_BGQT = probs_BGRLT.reshape(b, groups, r * length, keys)
-    out_BGQK = jnp.einsum("bgqt,bgtk->bgqk", probs_BGQT, v_BGTK)
+    out_BGQK = layers.einsum("bgqt,bgtk->bgqk", probs_BGQT, v_BGTK, dtype)
     return out_BGQK.reshape(b, groups, r, length, dim)
 
 

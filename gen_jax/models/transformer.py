@@ -154,15 +154,23 @@ class Transformer(nn.Module):
         return out, (None if cache is None else new_cache)
 
     def _logits(self, x_BLD, embed: nn.Embed):
-        """Float32 logits, whatever the compute dtype: through the embedding
-        (tied) or the "unembed" layer."""
+        """Float32 logits, whatever the compute dtype (a narrow one's inputs,
+        float32 accumulated): through the embedding (tied) or "unembed"."""
+        dtype = layers.compute_dtype(self.dtype)  # f32 accumulated, f32 out
         if self.tie_embeddings:
             b, length, _ = x_BLD.shape
-            return (
-                x_BLD.reshape(b * length, -1) @ embed.embedding.T.astype(jnp.float32)
-            ).reshape(b, length, -1)
+            flat_ND = x_BLD.reshape(b * length, -1)
+            logits_NV = layers.einsum(
+                "nd,vd->nv", flat_ND, embed.embedding, dtype, jnp.float32
+            )
+            return logits_NV.reshape(b, length, -1)
         return layers.Dense(
-            (self.vocab_size,), ("embed",), ("vocab",), jnp.float32, name="unembed"
+            (self.vocab_size,),
+            ("embed",),
+            ("vocab",),
+            dtype,
+            out_dtype=jnp.float32,
+            name="unembed",
         )(x_BLD)
 
 
