@@ -13,7 +13,7 @@ import pytest
 from configs import lm_pydoc, vae_digits
 from gen_jax import bench, families
 from gen_jax.families import lm
-from gen_jax.models import layers
+from gen_jax.models import layers, precision
 from tests import helpers
 
 
@@ -158,7 +158,7 @@ def test_conv_transpose_2x_equals_flax_conv_transpose(kernel_size, size):
 def test_group_norm_equals_flax_group_norm(shape, groups, dtype):
     key = jax.random.key(0)
     x = 3 * jax.random.normal(key, shape) + 2
-    dtype = layers.compute_dtype(dtype)
+    dtype = precision.compute_dtype(dtype)
     reference, fast = (
         nn.GroupNorm(groups, dtype=dtype),
         layers.GroupNorm(groups, dtype=dtype),

@@ -136,7 +136,7 @@ def test_a_bfloat16_step_is_finite_and_close_to_float32(name):
 def test_a_bfloat16_lm_step_asks_for_bf16_dots_forward_and_backward():
     """Every contraction of the LM's bf16 loss and gradient (projections,
     attention, logits; the forward, and the backward's input and weight
-    gradients) is bf16 x bf16 accumulated in float32 (layers.einsum's
+    gradients) is bf16 x bf16 accumulated in float32 (precision.einsum's
     custom_vjp): JAX's own transpose would make the backward's dots float32.
     And XLA:CPU keeps the projections' forward and input-gradient dots bf16
     (it upcasts the batched and weight-gradient ones it has no bf16 kernel

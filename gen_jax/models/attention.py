@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gen_jax.models import layers
+from gen_jax.models import layers, precision
 
 
 def rope_frequencies(head_dim: int, theta: float, llama3: tuple = ()) -> jax.Array:
@@ -140,7 +140,9 @@ def _attend(q_BGRLK, k_BGTK, v_BGTK, mask) -> jax.Array:
     # The R heads stack along the query axis: every matmul is a plain batched one.
     q_BGQK = q_BGRLK.reshape(b, groups, r * length, dim)
     dtype = v_BGTK.dtype  # the compute dtype (q may be float32 after rotary)
-    logits_BGQT = layers.einsum("bgqk,bgtk->bgqt", q_BGQK, k_BGTK, dtype, jnp.float32)
+    logits_BGQT = precision.einsum(
+        "bgqk,bgtk->bgqt", q_BGQK, k_BGTK, dtype, jnp.float32
+    )
     logits_BGRLT = logits_BGQT.reshape(b, groups, r, length, keys)
     logits_BGRLT = logits_BGRLT / np.float32(np.sqrt(dim))
     # The lowest finite score, not -inf: a fully masked row (padding) averages
@@ -148,7 +150,7 @@ def _attend(q_BGRLK, k_BGTK, v_BGTK, mask) -> jax.Array:
     logits_BGRLT = jnp.where(mask, logits_BGRLT, jnp.finfo(jnp.float32).min)
     probs_BGRLT = jax.nn.softmax(logits_BGRLT, axis=-1).astype(v_BGTK.dtype)
     probs_BGQT = probs_BGRLT.reshape(b, groups, r * length, keys)
-    out_BGQK = layers.einsum("bgqt,bgtk->bgqk", probs_BGQT, v_BGTK, dtype)
+    out_BGQK = precision.einsum("bgqt,bgtk->bgqk", probs_BGQT, v_BGTK, dtype)
     return out_BGQK.reshape(b, groups, r, length, dim)
 
 

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen_jax.models import layers
+from gen_jax.models import precision
 
 
 class ConvClassifier(nn.Module):
@@ -21,7 +21,7 @@ class ConvClassifier(nn.Module):
     @nn.compact
     def __call__(self, x_BHWC: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Returns (features_BD, logits_BV), both float32."""
-        dtype = layers.compute_dtype(self.dtype)
+        dtype = precision.compute_dtype(self.dtype)
         h = x_BHWC.astype(dtype)
         for i, c in enumerate(self.channels):
             h = nn.gelu(nn.Conv(c, (3, 3), strides=1 if i == 0 else 2, dtype=dtype)(h))

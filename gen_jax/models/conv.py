@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen_jax.models import layers
+from gen_jax.models import layers, precision
 
 
 class ConvEncoder(nn.Module):
@@ -23,7 +23,7 @@ class ConvEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x_BHWC: jax.Array) -> tuple[jax.Array, jax.Array]:
-        dtype = layers.compute_dtype(self.dtype)
+        dtype = precision.compute_dtype(self.dtype)
         k = (self.kernel_size, self.kernel_size)
         h = x_BHWC.astype(dtype)
         for c in self.channels:
@@ -53,7 +53,7 @@ class ConvDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, z_BZ: jax.Array) -> jax.Array:
-        dtype = layers.compute_dtype(self.dtype)
+        dtype = precision.compute_dtype(self.dtype)
         coarse = self.image_size // 2 ** len(self.channels)
         if self.spatial:
             h = nn.gelu(nn.Conv(self.hidden, (3, 3), dtype=dtype)(z_BZ.astype(dtype)))

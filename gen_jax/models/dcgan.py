@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen_jax.models import layers
+from gen_jax.models import layers, precision
 
 GEN_NORMS = ("group", "none")  # the generator's `norm`
 
@@ -29,7 +29,7 @@ class DCGenerator(nn.Module):
 
     @nn.compact
     def __call__(self, z_BZ: jax.Array, labels_B: jax.Array) -> jax.Array:
-        dtype = layers.compute_dtype(self.dtype)
+        dtype = precision.compute_dtype(self.dtype)
         start = self.image_size // 2 ** len(self.channel_mults)
         width = self.channels * self.channel_mults[0]
         h = layers.with_label(z_BZ, labels_B, self.num_classes).astype(dtype)
@@ -63,7 +63,7 @@ class DCDiscriminator(nn.Module):
 
     @nn.compact
     def __call__(self, x_BHWC, labels_B, *, update: bool) -> jax.Array:
-        dtype = layers.compute_dtype(self.dtype)
+        dtype = precision.compute_dtype(self.dtype)
         h = x_BHWC.astype(dtype)
         for m in reversed(self.channel_mults):
             conv = nn.Conv(self.channels * m, (4, 4), (2, 2), dtype=dtype)

@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gen_jax.models import attention, block, layers
+from gen_jax.models import attention, block, layers, precision
 
 SIZES = {
     "S": {"num_layers": 12, "embed_dim": 384, "num_heads": 6},
@@ -199,7 +199,7 @@ class DiT(nn.Module):
             mlp="gelu",
             qkv_bias=True,
             dropout=self.dropout,
-            dtype=layers.compute_dtype(self.dtype),
+            dtype=precision.compute_dtype(self.dtype),
             train=train,
         )
 

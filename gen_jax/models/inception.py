@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from gen_jax.models import layers
+from gen_jax.models import precision
 
 DEFAULT_WEIGHTS = "~/.cache/gen_jax/inception_fid.npz"
 PTH_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -181,7 +181,7 @@ class InceptionV3(nn.Module):
             raise ValueError(f"resize must be >= 75 for InceptionV3, got {resize}")
         if x_BHWC.shape[-1] not in (1, 3):
             raise ValueError(f"expected 1 or 3 channels, got shape {x_BHWC.shape}")
-        dtype = layers.compute_dtype(self.dtype)
+        dtype = precision.compute_dtype(self.dtype)
         conv = functools.partial(BasicConv2d, dtype=dtype)
         x_BHWC = jnp.broadcast_to(x_BHWC, (*x_BHWC.shape[:3], 3)).astype(jnp.float32)
         # No antialiasing, so this matches torch's bilinear (align_corners=False)

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen_jax.models import layers
+from gen_jax.models import layers, precision
 
 
 def _upsample(x_BHWC):
@@ -78,7 +78,7 @@ class ResGenerator(nn.Module):
 
     @nn.compact
     def __call__(self, z_BZ: jax.Array, labels_B: jax.Array) -> jax.Array:
-        dtype = layers.compute_dtype(self.dtype)
+        dtype = precision.compute_dtype(self.dtype)
         start, c = self.image_size // 2**self.num_blocks, self.channels
         h = layers.with_label(z_BZ, labels_B, self.num_classes).astype(dtype)
         h = nn.Dense(start * start * c, dtype=dtype)(h).reshape(-1, start, start, c)
@@ -102,7 +102,7 @@ class ResDiscriminator(nn.Module):
 
     @nn.compact
     def __call__(self, x_BHWC, labels_B, *, update: bool) -> jax.Array:
-        dtype = layers.compute_dtype(self.dtype)
+        dtype = precision.compute_dtype(self.dtype)
         h = x_BHWC.astype(dtype)
         for i in range(self.num_blocks):
             down = i < self.num_down

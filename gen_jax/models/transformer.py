@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen_jax.models import attention, layers
+from gen_jax.models import attention, layers, precision
 from gen_jax.models.block import (
     BlockConfig,
     Cache,
@@ -94,7 +94,7 @@ class Transformer(nn.Module):
             qkv_bias=self.qkv_bias,
             qk_norm=self.qk_norm,
             dropout=self.dropout,
-            dtype=layers.compute_dtype(self.dtype),
+            dtype=precision.compute_dtype(self.dtype),
             train=train,
             cache_window=cache_window,
         )
@@ -156,11 +156,11 @@ class Transformer(nn.Module):
     def _logits(self, x_BLD, embed: nn.Embed):
         """Float32 logits, whatever the compute dtype (a narrow one's inputs,
         float32 accumulated): through the embedding (tied) or "unembed"."""
-        dtype = layers.compute_dtype(self.dtype)  # f32 accumulated, f32 out
+        dtype = precision.compute_dtype(self.dtype)  # f32 accumulated, f32 out
         if self.tie_embeddings:
             b, length, _ = x_BLD.shape
             flat_ND = x_BLD.reshape(b * length, -1)
-            logits_NV = layers.einsum(
+            logits_NV = precision.einsum(
                 "nd,vd->nv", flat_ND, embed.embedding, dtype, jnp.float32
             )
             return logits_NV.reshape(b, length, -1)
@@ -179,7 +179,7 @@ def cache_spec(model: Transformer, batch, max_len: int):
     is fine) of up to `max_len` tokens, sized by the kv heads (grouped-query
     attention stores num_heads / num_kv_heads less): a list of per-layer
     {k, v} [B, T, G, K], or for a scanned model one {k, v} [B, layers, T, G, K]."""
-    dtype = layers.compute_dtype(model.dtype)
+    dtype = precision.compute_dtype(model.dtype)
     shape = (max_len, model.kv_heads, model.head_size)
     if model.scan_layers:
         leaf = jax.ShapeDtypeStruct((batch, model.num_layers, *shape), dtype)

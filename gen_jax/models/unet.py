@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen_jax.models import attention, block, layers
+from gen_jax.models import attention, block, layers, precision
 
 
 class TextAttention(nn.Module):
@@ -86,7 +86,7 @@ class UNet(nn.Module):
         train: bool = False,
     ):
         """The prediction (float32); text arguments as `dit.DiT`'s."""
-        dtype = layers.compute_dtype(self.dtype)
+        dtype = precision.compute_dtype(self.dtype)
         kind, width = self.text_conditioning, self.text_dim
         text = _normalised(
             block.text_inputs(kind, width, text_BSD, text_mask_BS), dtype
