@@ -28,6 +28,19 @@ import numpy as np
 from benchmarks.reference import REFERENCE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What a row ran on, from gen_jax's own record of the last round (bench.FIELDS).
+PROVENANCE = [
+    "backend",
+    "num_devices",
+    "jax_version",
+    "jaxlib_version",
+    "xla_flags",
+    "commit",
+    "cpu",
+    "cpu_id",
+    "cpu_features",
+]
+TORCH_PROVENANCE = ("torch_version", "torch_cpu_capability")
 
 
 def _last_record(cmd: list[str], out: str, env: dict, cwd: str = ROOT) -> dict:
@@ -85,6 +98,7 @@ def measure(
             ):
                 record_t = _last_record(peer + extra, out, {**os.environ})
                 times[name].append(1e3 * record_t["step_s_median"])
+            record |= {k: record_t[k] for k in TORCH_PROVENANCE}
     return times, record
 
 
@@ -137,7 +151,7 @@ def main(argv=None) -> None:
             "compile_ratio": compiled_ms / jax_ms if compiled_ms else None,
             "mfu": record["mfu"],
             "rounds": times,
-        }
+        } | {k: record[k] for k in PROVENANCE + list(TORCH_PROVENANCE)}
         compiled = (
             f"{compiled_ms:.1f} | {row['compile_ratio']:.2f}"
             if compiled_ms

@@ -87,6 +87,13 @@ def main() -> None:
         "evaluating once at the last step: without a pruner only the final "
         "value counts, and the evaluator's key is its own (training is the same)",
     )
+    parser.add_argument(
+        "--reuse_grid",
+        action="store_true",
+        help="run ASHA alone; the grid in full and its noise from --out's last "
+        "grid row of this config and grid size (its commit kept in the row): "
+        "trials are deterministic, so a rerun of the grid repeats it",
+    )
     args, extra = parser.parse_known_args()  # extra: --config.a.b=v for every run
     grid = json.loads(args.grid)
     if isinstance(grid, dict):
@@ -103,7 +110,8 @@ def main() -> None:
     with open(full_space, "w") as f:
         f.write(SPACE_TEMPLATE.format(path=os.path.abspath(args.space)))
     rows = []
-    for label, space in (("ASHA", args.space), ("grid in full", full_space)):
+    sweeps = [("ASHA", args.space), ("grid in full", full_space)]
+    for label, space in sweeps[:1] if args.reuse_grid else sweeps:
         sweep_dir = os.path.join(work, "asha" if label == "ASHA" else "grid")
         os.makedirs(sweep_dir, exist_ok=True)
         storage = f"sqlite:///{sweep_dir}/study.db"
@@ -136,9 +144,11 @@ def main() -> None:
             }
         )
     space = _load(args.space)
+    if args.reuse_grid:
+        rows.append(_grid_row(args.out, args.config, len(points)))
     keys = space.suggest(optuna.trial.FixedTrial(rows[1]["best_params"]))
-    noise = [rows[1]["best_value"]]
-    for seed in range(1, args.noise_seeds + 1):
+    noise = rows[1].pop("noise", [rows[1]["best_value"]])
+    for seed in range(1, 0 if args.reuse_grid else args.noise_seeds + 1):
         workdir = os.path.join(work, f"noise_seed{seed}")
         flags = [f"--config.{k}={v}" for k, v in keys.items()] + extra
         _train(args.config, workdir, [*flags, f"--config.seed={seed}"])
@@ -177,6 +187,20 @@ def main() -> None:
     with open(os.path.join(ROOT, args.out), "a") as f:
         for r in rows:
             f.write(json.dumps(r | meta) + "\n")
+
+
+def _grid_row(out: str, config: str, trials: int) -> dict:
+    """The last "grid in full" row of `config` with `trials` trials in `out`."""
+    with open(os.path.join(ROOT, out)) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    for r in reversed(rows):
+        if (r["sweep"], r["config"], r["trials"]) == ("grid in full", config, trials):
+            keep = ("trials", "pruned", "total_steps", "wall_s", "best_value")
+            row = {k: r[k] for k in ("sweep", "config", *keep, "best_params")}
+            return row | {"noise": r["noise"], "grid_commit": r["commit"]}
+    raise SystemExit(
+        f"--reuse_grid: no grid row of {config} ({trials} trials) in {out}"
+    )
 
 
 def _load(path: str):

@@ -555,6 +555,8 @@ def main(argv=None) -> None:
         "examples_per_s": batch_size / median,
         "tokens_per_s": tokens / median if tokens else None,
         "torch_version": torch.__version__,
+        # The kernels' ISA: torch's bf16 is fast only where the CPU has bf16.
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "time": datetime.datetime.now(datetime.UTC).isoformat(),
         "optim_impl": args.optim_impl,
         "channels_last": args.channels_last,

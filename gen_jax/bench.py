@@ -29,7 +29,7 @@ FIELDS = tuple(
     flops_per_step_xla flops_per_step_analytic peak_flops peak_flops_source mfu
     mfu_analytic memory_peak_bytes memory_temp_bytes memory_argument_bytes
     data_batches_per_s data_examples_per_s data_warning profile_dir
-    jax_version jaxlib_version dtype xla_flags commit
+    jax_version jaxlib_version dtype xla_flags commit cpu cpu_id cpu_features
     """.split()  # noqa: SIM905
 )
 
@@ -191,15 +191,12 @@ def _count(trees) -> int:
 def _base_record(config, run_setup, mode, steps, warmup, compile_s) -> dict:
     params = run_setup.abstract_state.params
     roles = [r for r in run_setup.family.roles if r in params]
-    device = jax.devices()[0]
     return dict.fromkeys(FIELDS) | {
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "mode": mode,
         "family": config.family,
         "model": config.model.name,
-        "backend": jax.default_backend(),
-        "device_kind": device.device_kind,
-        "num_devices": jax.device_count(),
+        **provenance.platform(),
         "mesh": dict(run_setup.mesh.shape),
         "batch_size": config.train.batch_size,
         "num_params": _count([params[r] for r in roles]),

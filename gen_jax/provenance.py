@@ -33,3 +33,41 @@ def software() -> dict[str, str | None]:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "commit": commit(),
     }
+
+
+# The host CPU's features that decide which kernels a narrow dot gets: bf16
+# instructions (AVX512-BF16, AMX) or an emulation. Machines of one kind differ.
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16")
+
+
+def cpu(path: str = "/proc/cpuinfo") -> dict[str, str | None]:
+    """The host CPU: its model name, "family/model" and the CPU_FEATURES it
+    has (None where /proc/cpuinfo is absent, e.g. not Linux)."""
+    try:
+        with open(path) as f:
+            text = f.read().split("\n\n")[0]
+    except OSError:
+        return {"cpu": None, "cpu_id": None, "cpu_features": None}
+    fields = {
+        k.strip(): v.strip()
+        for k, _, v in (line.partition(":") for line in text.splitlines())
+    }
+    flags = set(fields.get("flags", "").split())
+    return {
+        "cpu": fields.get("model name"),
+        "cpu_id": f"{fields.get('cpu family')}/{fields.get('model')}",
+        "cpu_features": " ".join(f for f in CPU_FEATURES if f in flags),
+    }
+
+
+def platform() -> dict:
+    """The backend, its first device's kind, the device count and the host
+    CPU (jax imported when asked)."""
+    import jax
+
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "num_devices": jax.device_count(),
+        **cpu(),
+    }

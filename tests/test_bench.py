@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import lm_pydoc, vae_digits
-from gen_jax import bench, families
+from gen_jax import bench, families, provenance
 from gen_jax.families import lm
 from gen_jax.models import layers, precision
 from tests import helpers
@@ -43,6 +43,7 @@ def test_bench_runs_the_real_step_and_writes_every_field(tmp_path):
         assert r["flops_per_step_xla"] > 0 and 0 < r["mfu"]
         assert r["memory_peak_bytes"] > 0 and r["data_batches_per_s"] > 0
         assert r["num_params"] > 0 and r["compile_s"] > 0
+        assert r["jax_version"] == jax.__version__ and r["backend"] == "cpu"
         assert r["jax_version"] == jax.__version__ and r["dtype"] == "float32"
         assert r["xla_flags"] == os.environ.get("XLA_FLAGS", "")
         assert r["commit"] is None or len(r["commit"]) >= 7
@@ -121,6 +122,23 @@ def test_lm_flop_count_matches_a_hand_count_and_xla():
     # XLA adds softmax, norm and elementwise work, and rewrites some of these
     # tiny dots (head dim 16) into multiply-reduce, counted a little lower.
     assert 0.9 * hand <= bench._xla_flops(compiled) <= 1.25 * hand
+
+
+def test_rows_record_the_cpu_and_its_bf16_features(tmp_path):
+    """A row says which CPU ran it: machines of one kind differ (AVX2 only, or
+    AVX-512 with BF16), and with them what a bf16 dot costs."""
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\n"
+        "model name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 fma avx512f avx512_bf16\n\n"
+        "processor\t: 1\nflags\t\t: fpu\n"
+    )
+    assert provenance.cpu(str(info)) == {
+        "cpu": "AMD EPYC 9R14",
+        "cpu_id": "25/17",
+        "cpu_features": "avx2 fma avx512f avx512_bf16",
+    }
+    assert provenance.cpu(str(tmp_path / "absent"))["cpu_features"] is None
 
 
 @pytest.mark.parametrize("kernel_size", [2, 3, 4, 5])

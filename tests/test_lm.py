@@ -292,8 +292,9 @@ def test_a_scanned_run_resumes_exactly_and_exports(tmp_path):
 @pytest.mark.parametrize("kv_heads", [4, 2])
 @pytest.mark.parametrize("length", [12, 128])
 def test_both_attention_implementations_agree(kv_heads, length):
-    """`attention.attention`'s XLA layout (CPU's default; at 128 tokens its causal form
-    runs in two query blocks) and jax.nn.dot_product_attention (elsewhere):
+    """`attention.attention`'s batched layout (CPU's default; at 128 tokens its
+    causal form runs in two query blocks) and jax.nn.dot_product_attention's
+    XLA path (TPU's; GPU cases cuDNN refuses):
     causal, and with a packed-row mask, plain and grouped-query, values and
     gradients."""
     keys = jax.random.split(jax.random.key(0), 3)
@@ -307,7 +308,7 @@ def test_both_attention_implementations_agree(kv_heads, length):
     @jax.jit
     def values_and_grads(q, k, v, m):  # both implementations in one program
         out = {}
-        for impl in ("fused", "xla"):
+        for impl in ("batched", "xla"):
             f = lambda q, k, v, impl=impl: (
                 attention.attention(q, k, v, m, impl=impl) * weights
             ).sum()
@@ -319,11 +320,43 @@ def test_both_attention_implementations_agree(kv_heads, length):
 
     for m in (None, mask):
         out = values_and_grads(q, k, v, m)
-        (fused, fused_grads), (xla, xla_grads) = out["fused"], out["xla"]
+        (fused, fused_grads), (xla, xla_grads) = out["xla"], out["batched"]
         np.testing.assert_allclose(xla, fused, atol=1e-5)
         assert not np.allclose(fused[:, first + 1], 0)
         for a, b in zip(fused_grads, xla_grads):
             np.testing.assert_allclose(b, a, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "backend, dtype, dim, length, masked, expected",
+    [
+        ("cpu", "bfloat16", 64, 128, False, "batched"),
+        ("cpu", "float32", 64, 128, True, "batched"),
+        ("gpu", "bfloat16", 64, 128, False, "cudnn"),
+        ("cuda", "float16", 128, 128, True, "cudnn"),
+        ("gpu", "float32", 64, 128, False, "xla"),  # cuDNN: fp16/bf16 only
+        ("gpu", "bfloat16", 256, 128, False, "xla"),  # head dim over 128
+        ("gpu", "bfloat16", 36, 128, False, "xla"),  # not a multiple of 8
+        ("gpu", "bfloat16", 64, 127, True, "xla"),  # a mask (bias): even lengths
+        ("gpu", "bfloat16", 64, 127, False, "cudnn"),  # causal: any length
+        ("tpu", "bfloat16", 64, 128, False, "xla"),
+    ],
+)
+def test_attention_implementation_by_backend(
+    backend, dtype, dim, length, masked, expected
+):
+    """The attention each backend and input gets: cuDNN's fused kernel only
+    where it runs (jax.nn.dot_product_attention would pick its XLA path on
+    GPU too unless told), the batched path on CPU."""
+    q = jax.ShapeDtypeStruct((2, length, 4, dim), jnp.dtype(dtype))
+    mask = jnp.ones((2, 1, length, length), bool) if masked else None
+    assert attention.implementation(q, q, mask, backend) == expected
+
+
+def test_an_unknown_attention_implementation_is_refused():
+    x = jnp.zeros((1, 4, 2, 8))
+    with pytest.raises(ValueError, match="unknown attention impl 'flash'"):
+        attention.attention(x, x, x, impl="flash")
 
 
 @pytest.mark.parametrize(

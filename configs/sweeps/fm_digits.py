@@ -21,7 +21,7 @@ def get_space() -> ml_collections.ConfigDict:
             "metric": "eval/quality/frechet_distance",
             "direction": "minimize",
             "sampler": {"name": "tpe", "seed": 0},
-            "pruner": {"name": "asha", "reduction_factor": 3},
+            "pruner": {"name": "asha", "reduction_factor": 2},
         }
     )
 

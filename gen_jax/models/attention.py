@@ -82,19 +82,44 @@ def write_cache(cache: dict, k_BLGK, v_BLGK, positions_BL, window: int = 0):
     return k_BTGK, v_BTGK, mask_B1LT, cache
 
 
+IMPLEMENTATIONS = ("batched", "xla", "cudnn")
+
+
+def implementation(q_BLHK, k_BTGK, mask_B1LT=None, backend: str = "") -> str:
+    """Which attention runs (explicitly: `jax.nn.dot_product_attention` picks
+    its XLA path unless told, on GPU too). "cudnn": cuDNN's fused flash
+    attention, on an NVIDIA GPU for bf16/fp16 with a head dim of at most 128
+    and a multiple of 8 (cuDNN's limit before Hopper) and, with a mask (taken
+    as a bias), even query and key lengths. "batched": heads moved in front of
+    the sequence, then batched matmuls, which XLA:CPU runs faster forward and
+    backward. "xla": jax's own XLA path, elsewhere (TPU; GPU cases cuDNN
+    refuses)."""
+    backend = backend or jax.default_backend()
+    if backend == "cpu":
+        return "batched"
+    (_, length, _, dim), keys = q_BLHK.shape, k_BTGK.shape[1]
+    narrow = jnp.dtype(q_BLHK.dtype) in (jnp.bfloat16, jnp.float16)
+    fits = dim <= 128 and dim % 8 == 0
+    even = mask_B1LT is None or (length % 2 == 0 and keys % 2 == 0)
+    return "cudnn" if backend in ("gpu", "cuda") and narrow and fits and even else "xla"
+
+
 def attention(q_BLHK, k_BTGK, v_BTGK, mask_B1LT=None, *, impl: str = "") -> jax.Array:
     """Grouped-query attention (H query heads share G kv heads), causal when
-    `mask_B1LT` is None. impl "fused": `jax.nn.dot_product_attention` (cuDNN's
-    fused kernel on GPU); "xla": heads moved in front of the sequence, then
-    batched matmuls, which XLA:CPU runs faster forward and backward. Default:
-    "xla" on CPU, "fused" elsewhere."""
-    impl = impl or ("xla" if jax.default_backend() == "cpu" else "fused")
-    if impl == "fused":
+    `mask_B1LT` is None; `impl` one of IMPLEMENTATIONS, default
+    `implementation(...)`'s choice for this backend and these inputs."""
+    impl = impl or implementation(q_BLHK, k_BTGK, mask_B1LT)
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention impl {impl!r}; valid: {IMPLEMENTATIONS}")
+    if impl != "batched":
         return jax.nn.dot_product_attention(
-            q_BLHK, k_BTGK, v_BTGK, mask=mask_B1LT, is_causal=mask_B1LT is None
+            q_BLHK,
+            k_BTGK,
+            v_BTGK,
+            mask=mask_B1LT,
+            is_causal=mask_B1LT is None,
+            implementation=impl,
         )
-    if impl != "xla":
-        raise ValueError(f"unknown attention impl {impl!r}; valid: fused, xla")
     b, length, heads, dim = q_BLHK.shape
     groups = k_BTGK.shape[2]
     # [B, G, R, L, K]: the R query heads of a group share its keys.
@@ -166,8 +191,12 @@ class AttentionBlock(nn.Module):
         y = layers.group_norm(c, self.norm_groups, self.dtype)(x_BHWC)
         qkv = nn.Dense(3 * c, dtype=self.dtype)(y).reshape(b, h * w, 3, 1, c)
         q_BLHK, k_BLHK, v_BLHK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        # jax.nn.dot_product_attention picks a fused kernel where the backend has one.
-        out = jax.nn.dot_product_attention(q_BLHK, k_BLHK, v_BLHK)
+        # cuDNN where `implementation` picks it (a head dim of c <= 128), else
+        # jax's XLA path: no mask, so the batched path's gain is not needed.
+        cudnn = implementation(q_BLHK, k_BLHK) == "cudnn"
+        out = jax.nn.dot_product_attention(
+            q_BLHK, k_BLHK, v_BLHK, implementation="cudnn" if cudnn else "xla"
+        )
         out = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros)(
             out.reshape(b, h, w, c)
         )
