@@ -8,6 +8,7 @@ import pytest
 
 from gen_jax import data, families, text
 from gen_jax.families import vae
+from gen_jax.models import precision
 from tests import helpers
 
 
@@ -133,16 +134,18 @@ def test_a_bfloat16_step_is_finite_and_close_to_float32(name):
         np.testing.assert_allclose(loss, want, rtol=0.03, atol=0.01, err_msg=phase)
 
 
-def test_a_bfloat16_lm_step_asks_for_bf16_dots_forward_and_backward():
+def test_a_bfloat16_lm_step_asks_for_bf16_dots_forward_and_backward(monkeypatch):
     """Every contraction of the LM's bf16 loss and gradient (projections,
     attention, logits; the forward, and the backward's input and weight
     gradients) is bf16 x bf16 accumulated in float32 (precision.einsum's
     custom_vjp): JAX's own transpose would make the backward's dots float32.
     And XLA:CPU keeps the projections' forward and input-gradient dots bf16
     (it upcasts the batched and weight-gradient ones it has no bf16 kernel
-    for: the README's speed section)."""
+    for: the README's speed section). Native dots asked for, whatever this
+    host's CPU (one without bf16 instructions emulates them: next test)."""
     import re
 
+    monkeypatch.setenv("GEN_JAX_NARROW_DOTS", "native")
     config = importlib.import_module("configs.lm_pydoc").get_config("smoke")
     batch = next(iter(data.local_batches(config.data, batch_size=4, index=0, count=1)))
     params = jax.jit(families.make(config).init)(jax.random.key(0), batch)
@@ -163,3 +166,35 @@ def test_a_bfloat16_lm_step_asks_for_bf16_dots_forward_and_backward():
         for a, b in re.findall(r"\bdot\(%([^,]+), %([^)]+)\)", compiled)
     ]
     assert kept.count(("bf16", "bf16")) >= layer * 6 * 2, kept
+
+
+def test_emulated_bf16_dots_are_float32_dots_with_the_same_numbers(monkeypatch):
+    """On a CPU without bf16 dot instructions, precision.einsum rounds the
+    operands to bf16 and runs float32 dots (faster there): no bf16 dot in the
+    program, the same loss and gradients as native bf16 dots up to summation
+    order; a bad $GEN_JAX_NARROW_DOTS is refused in one line."""
+    import re
+
+    config = importlib.import_module("configs.lm_pydoc").get_config("smoke")
+    batch = next(iter(data.local_batches(config.data, batch_size=4, index=0, count=1)))
+    params = jax.jit(families.make(config).init)(jax.random.key(0), batch)
+    config.model.dtype = "bfloat16"
+    (loss_fn,) = families.make(config).losses.values()
+    out = {}
+    for mode in precision.NARROW_DOTS:
+        monkeypatch.setenv("GEN_JAX_NARROW_DOTS", mode)
+        grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+        text = grad_fn.lower(params, batch, jax.random.key(2)).as_text()
+        dots = re.findall(r"stablehlo.dot_general .*: \((.*)\) -> (.*)", text)
+        out[mode] = (grad_fn(params, batch, jax.random.key(2)), dots)
+    ((want, _), want_grads), _ = out["native"]
+    ((loss, _), grads), dots = out["emulated"]
+    assert dots and all("bf16" not in o for o, _ in dots), dots
+    np.testing.assert_allclose(loss, want, rtol=1e-3)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+        # bf16-rounded products summed in another order: a relative error of
+        # each gradient's norm well under bf16's 2^-8 per element
+        assert np.linalg.norm(a - b) <= 0.01 * np.linalg.norm(b), a.shape
+    monkeypatch.setenv("GEN_JAX_NARROW_DOTS", "fast")
+    with pytest.raises(ValueError, match="GEN_JAX_NARROW_DOTS='fast'; use one of"):
+        precision.narrow_dots(jnp.bfloat16)
