@@ -340,6 +340,7 @@ def test_both_attention_implementations_agree(kv_heads, length):
         ("gpu", "bfloat16", 64, 127, True, "xla"),  # a mask (bias): even lengths
         ("gpu", "bfloat16", 64, 127, False, "cudnn"),  # causal: any length
         ("tpu", "bfloat16", 64, 128, False, "xla"),
+        ("rocm", "bfloat16", 64, 128, False, "xla"),  # cuDNN is NVIDIA's
     ],
 )
 def test_attention_implementation_by_backend(

@@ -94,7 +94,7 @@ def implementation(q_BLHK, k_BTGK, mask_B1LT=None, backend: str = "") -> str:
     the sequence, then batched matmuls, which XLA:CPU runs faster forward and
     backward. "xla": jax's own XLA path, elsewhere (TPU; GPU cases cuDNN
     refuses)."""
-    backend = backend or jax.default_backend()
+    backend = backend or _backend()
     if backend == "cpu":
         return "batched"
     (_, length, _, dim), keys = q_BLHK.shape, k_BTGK.shape[1]
@@ -102,6 +102,15 @@ def implementation(q_BLHK, k_BTGK, mask_B1LT=None, backend: str = "") -> str:
     fits = dim <= 128 and dim % 8 == 0
     even = mask_B1LT is None or (length % 2 == 0 and keys % 2 == 0)
     return "cudnn" if backend in ("gpu", "cuda") and narrow and fits and even else "xla"
+
+
+def _backend() -> str:
+    """jax's default backend, "rocm" for a GPU that is not NVIDIA's (jax
+    calls both "gpu"; cuDNN is NVIDIA's)."""
+    backend = jax.default_backend()
+    if backend == "gpu" and "nvidia" not in jax.devices()[0].device_kind.lower():
+        return "rocm"
+    return backend
 
 
 def attention(q_BLHK, k_BTGK, v_BTGK, mask_B1LT=None, *, impl: str = "") -> jax.Array:
