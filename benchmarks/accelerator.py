@@ -11,10 +11,20 @@ the LM at GPT-2 small (12 layers, width 768, 12 heads, GELU MLP 3072, LayerNorm,
 vocab 50257, 1024-token rows, batch 32, bf16). Planned for at most 8 minutes on
 one H100 / H200 (compiles included); `--tiny` runs the `:smoke` variants and a
 2-layer LM so the whole path can be checked on a CPU.
+
+Then the XLA GPU flags JAX's GPU performance tips recommend, A/B on the LM's
+train step (`--flags_ab`, on by default; each variant, the baseline included,
+in its own process since XLA_FLAGS is read when the backend starts):
+`--xla_gpu_enable_latency_hiding_scheduler=true` and
+`--xla_gpu_triton_gemm_any=true`, written under "flags_ab".
 """
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -51,6 +61,33 @@ def image_config(name: str, tiny: bool):
     return c
 
 
+FLAGS_AB = {
+    "baseline": "",
+    "latency_hiding_scheduler": "--xla_gpu_enable_latency_hiding_scheduler=true",
+    "triton_gemm_any": "--xla_gpu_triton_gemm_any=true",
+}
+
+
+def flags_ab(tiny: bool, steps: int) -> dict:
+    """The LM train step's median ms under each FLAGS_AB variant."""
+    out = {}
+    for name, flags in FLAGS_AB.items():
+        env = {**os.environ}
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "lm.json")
+            cmd = [sys.executable, "-m", "benchmarks.accelerator", f"--out={path}"]
+            cmd += ["--only=lm_gpt2_small", "--no_flags_ab", f"--steps={steps}"]
+            cmd += ["--tiny"] if tiny else []
+            subprocess.run(cmd, env=env, check=True, capture_output=True)
+            with open(path) as f:
+                (record,) = json.load(f)["records"]
+        out[name] = {"xla_flags": env["XLA_FLAGS"], "ms": record["step_s_median"] * 1e3}
+        out[name]["mfu"] = record.get("mfu")
+        print(f"flags {name}: {out[name]['ms']:.1f} ms", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="the JSON file to write")
@@ -58,6 +95,8 @@ def main() -> None:
     parser.add_argument(
         "--steps", type=int, default=0, help="timed steps (default 20; tiny 3)"
     )
+    parser.add_argument("--only", default="", help="one run's name, train mode")
+    parser.add_argument("--no_flags_ab", action="store_true")
     args = parser.parse_args()
     from gen_jax import bench
 
@@ -70,8 +109,10 @@ def main() -> None:
     ]
     start = time.perf_counter()
     records = []
+    if args.only:
+        runs = [r for r in runs if r[0] == args.only]
     for name, config, samples in runs:
-        for mode in ("train", "sample"):
+        for mode in ("train",) if args.only else ("train", "sample"):
             if name == "ddpm_cifar10" and mode == "sample":  # DDIM, 50 steps
                 steps_ddim = min(50, config.diffusion.num_timesteps)
                 config.diffusion.update(sampler="ddim", sample_steps=steps_ddim)
@@ -97,6 +138,9 @@ def main() -> None:
         "seconds": round(time.perf_counter() - start, 1),
         "records": records,
     }
+    if not (args.only or args.no_flags_ab):
+        summary["flags_ab"] = flags_ab(args.tiny, steps)
+        summary["seconds"] = round(time.perf_counter() - start, 1)
     with open(args.out, "w") as f:
         json.dump(summary, f, indent=1, default=str)
     print(f"wrote {args.out} ({summary['seconds']} s)")
