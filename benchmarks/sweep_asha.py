@@ -110,9 +110,13 @@ def main() -> None:
     with open(full_space, "w") as f:
         f.write(SPACE_TEMPLATE.format(path=os.path.abspath(args.space)))
     rows = []
-    sweeps = [("ASHA", args.space), ("grid in full", full_space)]
+    # The pruned sweep is labelled by its space's pruner (ASHA in the shipped
+    # spaces; e.g. hyperband from a space of one's own).
+    pruner = _load(args.space).get_space().pruner.name
+    pruned = "ASHA" if pruner == "asha" else pruner
+    sweeps = [(pruned, args.space), ("grid in full", full_space)]
     for label, space in sweeps[:1] if args.reuse_grid else sweeps:
-        sweep_dir = os.path.join(work, "asha" if label == "ASHA" else "grid")
+        sweep_dir = os.path.join(work, pruner if label == pruned else "grid")
         os.makedirs(sweep_dir, exist_ok=True)
         storage = f"sqlite:///{sweep_dir}/study.db"
         study = optuna.create_study(
@@ -165,9 +169,10 @@ def main() -> None:
         )
     ratio = rows[0]["total_steps"] / rows[1]["total_steps"]
     print(
-        f"\nASHA / grid steps: {ratio:.2f}; grid best over seeds "
+        f"\n{pruned} / grid steps: {ratio:.2f}; grid best over seeds "
         f"{[round(v, 5) for v in noise]} (spread {spread:.4g}); "
-        f"ASHA best - grid best: {rows[0]['best_value'] - rows[1]['best_value']:.4g}"
+        f"{pruned} best - grid best: "
+        f"{rows[0]['best_value'] - rows[1]['best_value']:.4g}"
     )
     import jax
 
