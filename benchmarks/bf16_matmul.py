@@ -1,4 +1,5 @@
-"""One matmul three ways in XLA:CPU and in torch: what bf16 costs on this CPU.
+"""One matmul three ways in XLA:CPU and in torch: what bf16 costs on this CPU;
+and one convolution, which XLA:CPU upcasts to float32 whatever it is asked.
 
   python -m benchmarks.bf16_matmul [--shapes=2048x1024x1024,4096x256x1024]
 
@@ -63,6 +64,33 @@ def _variants(m: int, k: int, n: int):
     return out
 
 
+def _conv_variants() -> dict:
+    """A 3x3 NHWC convolution, 32x32x32x128 -> 64 channels, batch 32, in
+    float32 and as bf16 x bf16 -> float32; the compiled program's converts
+    tell whether XLA kept bf16 operands."""
+    x = jax.random.normal(jax.random.key(0), (32, 32, 32, 128))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 128, 64))
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def conv(pref):
+        return jax.jit(
+            lambda a, b: jax.lax.conv_general_dilated(
+                a,
+                b,
+                (1, 1),
+                "SAME",
+                dimension_numbers=dims,
+                preferred_element_type=pref,
+            )
+        )
+
+    bf = jnp.bfloat16
+    return {
+        "xla conv f32": (conv(None), x, k),
+        "xla conv bf16->f32": (conv(jnp.float32), x.astype(bf), k.astype(bf)),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="2048x1024x1024,4096x256x1024")
@@ -83,6 +111,13 @@ def main() -> None:
         for name, ts in times.items():
             ms = float(np.median(ts))
             print(f"| {shape} | {name} | {ms:.1f} | {2 * m * k * n / ms / 1e6:.0f} |")
+    for name, (f, *xs) in _conv_variants().items():
+        ms = _median_ms(f, *xs, reps=args.reps)
+        text = f.lower(*xs).compile().as_text()
+        converts = sum(" convert(" in line for line in text.splitlines())
+        print(
+            f"| conv 3x3 32x32x128->64, batch 32 | {name} | {ms:.1f} | converts: {converts} |"
+        )
 
 
 if __name__ == "__main__":
