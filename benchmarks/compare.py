@@ -108,7 +108,8 @@ def _warn_without_bf16_hardware(dtype: str) -> None:
     from gen_jax import provenance
 
     features = (provenance.cpu()["cpu_features"] or "").split()
-    if dtype == "bfloat16" and not {"avx512_bf16", "amx_bf16"} & set(features):
+    wanted = provenance.NARROW_DOT_INSTRUCTIONS["bfloat16"]
+    if dtype == "bfloat16" and not wanted & set(features):
         print(
             f"note: this CPU ({' '.join(features) or 'features unknown'}) has no "
             "bf16 instructions: torch's bf16 matmuls fall to a reference kernel "

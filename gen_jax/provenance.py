@@ -38,6 +38,11 @@ def software() -> dict[str, str | None]:
 # The host CPU's features that decide which kernels a narrow dot gets: bf16
 # instructions (AVX512-BF16, AMX) or an emulation. Machines of one kind differ.
 CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16")
+# The instructions that compute a narrow dtype's dots natively, by dtype name.
+NARROW_DOT_INSTRUCTIONS = {
+    "bfloat16": {"avx512_bf16", "amx_bf16"},
+    "float16": {"avx512_fp16", "amx_fp16"},
+}
 
 
 def cpu(path: str = "/proc/cpuinfo") -> dict[str, str | None]:

@@ -134,6 +134,17 @@ def test_a_bfloat16_step_is_finite_and_close_to_float32(name):
         np.testing.assert_allclose(loss, want, rtol=0.03, atol=0.01, err_msg=phase)
 
 
+def _bf16_lm_loss():
+    """lm_pydoc:smoke's config (model.dtype bfloat16), its bf16 loss, float32
+    params and a batch."""
+    config = importlib.import_module("configs.lm_pydoc").get_config("smoke")
+    batch = next(iter(data.local_batches(config.data, batch_size=4, index=0, count=1)))
+    params = jax.jit(families.make(config).init)(jax.random.key(0), batch)
+    config.model.dtype = "bfloat16"
+    (loss_fn,) = families.make(config).losses.values()
+    return config, loss_fn, params, batch
+
+
 def test_a_bfloat16_lm_step_asks_for_bf16_dots_forward_and_backward(monkeypatch):
     """Every contraction of the LM's bf16 loss and gradient (projections,
     attention, logits; the forward, and the backward's input and weight
@@ -146,11 +157,7 @@ def test_a_bfloat16_lm_step_asks_for_bf16_dots_forward_and_backward(monkeypatch)
     import re
 
     monkeypatch.setenv("GEN_JAX_NARROW_DOTS", "native")
-    config = importlib.import_module("configs.lm_pydoc").get_config("smoke")
-    batch = next(iter(data.local_batches(config.data, batch_size=4, index=0, count=1)))
-    params = jax.jit(families.make(config).init)(jax.random.key(0), batch)
-    config.model.dtype = "bfloat16"
-    (loss_fn,) = families.make(config).losses.values()
+    config, loss_fn, params, batch = _bf16_lm_loss()
     grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
     lowered = grad_fn.lower(params, batch, jax.random.key(2))
     dots = re.findall(r"stablehlo.dot_general .*: \((.*)\) -> (.*)", lowered.as_text())
@@ -175,11 +182,7 @@ def test_emulated_bf16_dots_are_float32_dots_with_the_same_numbers(monkeypatch):
     order; a bad $GEN_JAX_NARROW_DOTS is refused in one line."""
     import re
 
-    config = importlib.import_module("configs.lm_pydoc").get_config("smoke")
-    batch = next(iter(data.local_batches(config.data, batch_size=4, index=0, count=1)))
-    params = jax.jit(families.make(config).init)(jax.random.key(0), batch)
-    config.model.dtype = "bfloat16"
-    (loss_fn,) = families.make(config).losses.values()
+    _, loss_fn, params, batch = _bf16_lm_loss()
     out = {}
     for mode in precision.NARROW_DOTS:
         monkeypatch.setenv("GEN_JAX_NARROW_DOTS", mode)

@@ -28,10 +28,6 @@ def compute_dtype(name: str) -> jnp.dtype:
 # 39.5 vs 24.0 ms; the emulation 24.8), so there the emulation is the faster
 # way to the same numbers.
 NARROW_DOTS = ("native", "emulated")
-_CPU_INSTRUCTIONS = {
-    jnp.dtype(jnp.bfloat16): {"avx512_bf16", "amx_bf16"},
-    jnp.dtype(jnp.float16): {"avx512_fp16", "amx_fp16"},
-}
 
 
 def narrow_dots(dtype) -> str:
@@ -54,7 +50,8 @@ def narrow_dots(dtype) -> str:
 @functools.cache
 def _cpu_has(dtype) -> bool:
     features = provenance.cpu()["cpu_features"]
-    return features is None or bool(_CPU_INSTRUCTIONS[dtype] & set(features.split()))
+    wanted = provenance.NARROW_DOT_INSTRUCTIONS[dtype.name]
+    return features is None or bool(wanted & set(features.split()))
 
 
 def einsum(spec: str, a: jax.Array, b: jax.Array, dtype, out=None) -> jax.Array:
