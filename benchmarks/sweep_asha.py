@@ -42,9 +42,12 @@ def get_space():
 """
 
 
-def _sweep(config: str, space: str, sweep_dir: str, n: int, extra: list) -> None:
+def _sweep(
+    config: str, space: str, sweep_dir: str, n: int, workers: int, extra: list
+) -> None:
     cmd = [sys.executable, "-m", "gen_jax.main", "sweep", f"--config={config}"]
     cmd += [f"--space={space}", f"--sweep_dir={sweep_dir}", f"--max_trials={n}"]
+    cmd += [f"--workers={workers}"]
     subprocess.run(cmd + extra, cwd=ROOT, check=True)
 
 
@@ -62,9 +65,16 @@ def _last_step(workdir: str) -> int:
     return max([logged, *saved])
 
 
-def _train(config: str, workdir: str, overrides: list[str]) -> None:
+def _train(runs: list[tuple[str, list[str]]], config: str, workers: int) -> None:
+    """Trains each (workdir, overrides), `workers` at a time."""
     cmd = [sys.executable, "-m", "gen_jax.main", "train", f"--config={config}"]
-    subprocess.run(cmd + [f"--workdir={workdir}", *overrides], cwd=ROOT, check=True)
+    for i in range(0, len(runs), workers):
+        procs = [
+            subprocess.Popen(cmd + [f"--workdir={w}", *o], cwd=ROOT)
+            for w, o in runs[i : i + workers]
+        ]
+        if any(p.wait() for p in procs):
+            sys.exit("a noise-seed run failed (see its output above)")
 
 
 def main() -> None:
@@ -79,6 +89,13 @@ def main() -> None:
     parser.add_argument("--work", default="runs/sweep_asha")
     parser.add_argument("--noise_seeds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="the grid's order")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="trials at once in each sweep (gen-jax sweep --workers): ASHA "
+        "stays asynchronous, so more workers can promote a little more",
+    )
     parser.add_argument("--out", default="benchmarks/sweep_asha.jsonl")
     parser.add_argument(
         "--full_extra",
@@ -126,7 +143,7 @@ def main() -> None:
             for p in points:
                 study.enqueue_trial(p)
         more = args.full_extra.split() if label == "grid in full" else []
-        _sweep(args.config, space, sweep_dir, len(points), extra + more)
+        _sweep(args.config, space, sweep_dir, len(points), args.workers, extra + more)
         study = optuna.load_study(study_name=study.study_name, storage=storage)
         # From the trials' own times: a rerun over a finished study reports it.
         wall = (
@@ -143,6 +160,7 @@ def main() -> None:
                 "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
                 "total_steps": steps,
                 "wall_s": wall,
+                "workers": args.workers,
                 "best_value": best.value,
                 "best_params": best.params,
             }
@@ -152,11 +170,14 @@ def main() -> None:
         rows.append(_grid_row(args.out, args.config, len(points)))
     keys = space.suggest(optuna.trial.FixedTrial(rows[1]["best_params"]))
     noise = rows[1].pop("noise", [rows[1]["best_value"]])
-    for seed in range(1, 0 if args.reuse_grid else args.noise_seeds + 1):
-        workdir = os.path.join(work, f"noise_seed{seed}")
-        flags = [f"--config.{k}={v}" for k, v in keys.items()] + extra
-        _train(args.config, workdir, [*flags, f"--config.seed={seed}"])
-        noise.append(_final(workdir, space.get_space().metric))
+    flags = [f"--config.{k}={v}" for k, v in keys.items()] + extra
+    seeds = range(1, 0 if args.reuse_grid else args.noise_seeds + 1)
+    runs = [
+        (os.path.join(work, f"noise_seed{s}"), [*flags, f"--config.seed={s}"])
+        for s in seeds
+    ]
+    _train(runs, args.config, args.workers)
+    noise += [_final(w, space.get_space().metric) for w, _ in runs]
     spread = max(noise) - min(noise)
     print(
         "| sweep | trials (pruned) | total steps | wall s | best value | best params |"
