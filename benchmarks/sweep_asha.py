@@ -14,6 +14,12 @@ of the grid's best setting retrained under --noise_seeds other seeds.
     --space=configs/sweeps/vae_digits.py \
     --grid='{"lr": [3e-4, 1e-3, 3e-3, 1e-2], "ema_decay": [0.99, 0.999]}'
 
+A long comparison splits in two: --grid_only runs the grid in full and its
+noise and writes that row; a later --reuse_grid runs the pruned sweep alone
+against the last grid row of the same config, size and overrides. --pruner
+replaces the space's pruner (e.g. a first rung past an early crossing of the
+learning curves) without writing a space file.
+
 Prints a markdown table and appends one JSON line per sweep to --out.
 """
 
@@ -37,7 +43,7 @@ suggest = base.suggest
 
 def get_space():
     c = base.get_space()
-    c.pruner = {{"name": "none"}}
+    c.pruner = {pruner!r}
     return c
 """
 
@@ -105,6 +111,18 @@ def main() -> None:
         "value counts, and the evaluator's key is its own (training is the same)",
     )
     parser.add_argument(
+        "--pruner",
+        default="",
+        help='JSON pruner spec in place of the space\'s, e.g. \'{"name": "asha", '
+        '"reduction_factor": 3, "min_resource": 600}\' (rungs from step 600)',
+    )
+    parser.add_argument(
+        "--grid_only",
+        action="store_true",
+        help="run the grid in full and its noise alone and write its row, for a "
+        "later --reuse_grid run (a long grid can take one session, ASHA the next)",
+    )
+    parser.add_argument(
         "--reuse_grid",
         action="store_true",
         help="run ASHA alone; the grid in full and its noise from --out's last "
@@ -123,16 +141,23 @@ def main() -> None:
     name = os.path.splitext(os.path.basename(args.config))[0]
     work = os.path.abspath(os.path.join(args.work, name))
     os.makedirs(work, exist_ok=True)
-    full_space = os.path.join(work, "grid_space.py")
-    with open(full_space, "w") as f:
-        f.write(SPACE_TEMPLATE.format(path=os.path.abspath(args.space)))
+    if args.grid_only and args.reuse_grid:
+        parser.error("--grid_only and --reuse_grid run opposite halves: pick one")
+    full_space = _space_file(work, "grid", args.space, {"name": "none"})
+    pruned_space = args.space
+    if args.pruner:
+        pruned_space = _space_file(work, "pruned", args.space, json.loads(args.pruner))
     rows = []
-    # The pruned sweep is labelled by its space's pruner (ASHA in the shipped
-    # spaces; e.g. hyperband from a space of one's own).
-    pruner = _load(args.space).get_space().pruner.name
+    # The pruned sweep is labelled by its pruner (ASHA in the shipped spaces;
+    # e.g. hyperband from --pruner or a space of one's own).
+    pruner = _load(pruned_space).get_space().pruner.name
     pruned = "ASHA" if pruner == "asha" else pruner
-    sweeps = [(pruned, args.space), ("grid in full", full_space)]
-    for label, space in sweeps[:1] if args.reuse_grid else sweeps:
+    sweeps = [(pruned, pruned_space), ("grid in full", full_space)]
+    if args.reuse_grid:
+        sweeps = sweeps[:1]
+    elif args.grid_only:
+        sweeps = sweeps[1:]
+    for label, space in sweeps:
         sweep_dir = os.path.join(work, pruner if label == pruned else "grid")
         os.makedirs(sweep_dir, exist_ok=True)
         storage = f"sqlite:///{sweep_dir}/study.db"
@@ -164,12 +189,14 @@ def main() -> None:
                 "best_value": best.value,
                 "best_params": best.params,
             }
+            | ({"pruner": args.pruner} if args.pruner and label == pruned else {})
         )
     space = _load(args.space)
     if args.reuse_grid:
-        rows.append(_grid_row(args.out, args.config, len(points)))
-    keys = space.suggest(optuna.trial.FixedTrial(rows[1]["best_params"]))
-    noise = rows[1].pop("noise", [rows[1]["best_value"]])
+        rows.append(_grid_row(args.out, args.config, len(points), extra))
+    grid_row = rows[-1]
+    keys = space.suggest(optuna.trial.FixedTrial(grid_row["best_params"]))
+    noise = grid_row.pop("noise", [grid_row["best_value"]])
     flags = [f"--config.{k}={v}" for k, v in keys.items()] + extra
     seeds = range(1, 0 if args.reuse_grid else args.noise_seeds + 1)
     runs = [
@@ -188,13 +215,16 @@ def main() -> None:
             f"| {r['sweep']} | {r['trials']} ({r['pruned']}) | {r['total_steps']} | "
             f"{r['wall_s']:.0f} | {r['best_value']:.5g} | {r['best_params']} |"
         )
-    ratio = rows[0]["total_steps"] / rows[1]["total_steps"]
     print(
-        f"\n{pruned} / grid steps: {ratio:.2f}; grid best over seeds "
-        f"{[round(v, 5) for v in noise]} (spread {spread:.4g}); "
-        f"{pruned} best - grid best: "
-        f"{rows[0]['best_value'] - rows[1]['best_value']:.4g}"
+        f"\ngrid best over seeds {[round(v, 5) for v in noise]} (spread {spread:.4g})"
     )
+    ratio = None
+    if len(rows) == 2:
+        ratio = rows[0]["total_steps"] / rows[1]["total_steps"]
+        print(
+            f"{pruned} / grid steps: {ratio:.2f}; {pruned} best - grid best: "
+            f"{rows[0]['best_value'] - rows[1]['best_value']:.4g}"
+        )
     import jax
 
     commit = subprocess.run(
@@ -207,6 +237,7 @@ def main() -> None:
     meta = {
         "noise": noise,
         "steps_ratio": ratio,
+        "overrides": extra,
         "jax": jax.__version__,
         "commit": commit,
     }
@@ -215,17 +246,30 @@ def main() -> None:
             f.write(json.dumps(r | meta) + "\n")
 
 
-def _grid_row(out: str, config: str, trials: int) -> dict:
-    """The last "grid in full" row of `config` with `trials` trials in `out`."""
+def _space_file(work: str, name: str, space: str, pruner: dict) -> str:
+    """A space file that is `space` with `pruner` in place of its own."""
+    path = os.path.join(work, f"{name}_space.py")
+    with open(path, "w") as f:
+        f.write(SPACE_TEMPLATE.format(path=os.path.abspath(space), pruner=pruner))
+    return path
+
+
+def _grid_row(out: str, config: str, trials: int, overrides: list[str]) -> dict:
+    """The last "grid in full" row of `config` with `trials` trials run with the
+    same `overrides` (a grid of 1000 steps is no baseline for one of 2000) in
+    `out`; rows written before overrides were recorded never match."""
     with open(os.path.join(ROOT, out)) as f:
         rows = [json.loads(line) for line in f if line.strip()]
+    want = ("grid in full", config, trials, overrides)
     for r in reversed(rows):
-        if (r["sweep"], r["config"], r["trials"]) == ("grid in full", config, trials):
-            keep = ("trials", "pruned", "total_steps", "wall_s", "best_value")
-            row = {k: r[k] for k in ("sweep", "config", *keep, "best_params")}
+        if (r["sweep"], r["config"], r["trials"], r.get("overrides")) == want:
+            keep = ("sweep", "config", "trials", "pruned", "total_steps", "wall_s")
+            keep += ("workers", "best_value", "best_params")
+            row = {k: r[k] for k in keep}
             return row | {"noise": r["noise"], "grid_commit": r["commit"]}
     raise SystemExit(
-        f"--reuse_grid: no grid row of {config} ({trials} trials) in {out}"
+        f"--reuse_grid: no grid row of {config} ({trials} trials) with the "
+        f"overrides {' '.join(overrides) or '(none)'} in {out}: run the grid once"
     )
 
 

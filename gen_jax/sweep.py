@@ -192,11 +192,19 @@ def make_sampler(spec: dict, seed_offset: int) -> optuna.samplers.BaseSampler:
 
 def make_pruner(spec: dict, eval_every: int) -> optuna.pruners.BasePruner:
     """The space's pruner; `min_resource: "eval"` (the default) is the metric's
-    evaluator's `every_steps`, so rungs fall on evaluations."""
+    evaluator's `every_steps`, so rungs fall on evaluations; a number of steps
+    must be a multiple of it (e.g. a first rung past an early crossing of the
+    learning curves), else a rung would judge a stale evaluation."""
     spec = dict(spec)
     name = spec.pop("name", "none")
-    if spec.get("min_resource", "eval") == "eval" and name in ("asha", "hyperband"):
+    first = spec.get("min_resource", "eval")
+    if first == "eval" and name in ("asha", "hyperband"):
         spec["min_resource"] = eval_every
+    elif isinstance(first, int) and first % eval_every:
+        raise SweepError(
+            f"pruner min_resource {first} is not a multiple of the metric's "
+            f"evaluator every_steps ({eval_every}): use a multiple, or 'eval'"
+        )
     if name == "asha":
         return optuna.pruners.SuccessiveHalvingPruner(**spec)
     if name == "hyperband":

@@ -101,6 +101,15 @@ def test_a_conditional_space_checks_every_branch():
     assert {"diffusion.t_mean", "diffusion.p_mean"} <= keys
 
 
+def test_pruner_rungs_fall_on_evaluations():
+    asha = sweep.make_pruner({"name": "asha", "reduction_factor": 3}, 200)
+    assert asha._min_resource == 200  # "eval": the evaluator's every_steps
+    later = sweep.make_pruner({"name": "asha", "min_resource": 600}, 200)
+    assert later._min_resource == 600
+    with pytest.raises(sweep.SweepError, match="min_resource 500 is not a multiple"):
+        sweep.make_pruner({"name": "hyperband", "min_resource": 500}, 200)
+
+
 def test_multi_objective_spaces_are_checked(tmp_path):
     """A config.<key> objective must name a number of the config; a study of
     several metrics takes no pruner (Optuna prunes single objectives only)."""
