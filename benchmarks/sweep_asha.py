@@ -265,7 +265,7 @@ def _grid_row(out: str, config: str, trials: int, overrides: list[str]) -> dict:
         if (r["sweep"], r["config"], r["trials"], r.get("overrides")) == want:
             keep = ("sweep", "config", "trials", "pruned", "total_steps", "wall_s")
             keep += ("workers", "best_value", "best_params")
-            row = {k: r[k] for k in keep}
+            row = {k: r.get(k) for k in keep}  # rows before "workers" lack it
             return row | {"noise": r["noise"], "grid_commit": r["commit"]}
     raise SystemExit(
         f"--reuse_grid: no grid row of {config} ({trials} trials) with the "
