@@ -194,7 +194,8 @@ def make_pruner(spec: dict, eval_every: int) -> optuna.pruners.BasePruner:
     """The space's pruner; `min_resource: "eval"` (the default) is the metric's
     evaluator's `every_steps`, so rungs fall on evaluations; a number of steps
     must be a multiple of it (e.g. a first rung past an early crossing of the
-    learning curves), else a rung would judge a stale evaluation."""
+    learning curves), else rungs fall between evaluations and each is judged
+    at whichever comes next, unevenly across trials."""
     spec = dict(spec)
     name = spec.pop("name", "none")
     first = spec.get("min_resource", "eval")
