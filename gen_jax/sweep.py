@@ -195,7 +195,7 @@ def make_pruner(spec: dict, eval_every: int) -> optuna.pruners.BasePruner:
     evaluator's `every_steps`, so rungs fall on evaluations; a number of steps
     must be a multiple of it (e.g. a first rung past an early crossing of the
     learning curves), else rungs fall between evaluations and each is judged
-    at whichever comes next, unevenly across trials."""
+    at the next one, not where the space put it."""
     spec = dict(spec)
     name = spec.pop("name", "none")
     first = spec.get("min_resource", "eval")
