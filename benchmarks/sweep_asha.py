@@ -59,7 +59,10 @@ def _sweep(
 
 def _last_step(workdir: str) -> int:
     """The last step a trial trained: its newest checkpoint (a pruned run saves
-    where SIGTERM found it, past its last log row) or its last logged step."""
+    where SIGTERM found it, past its last log row) or its last logged step;
+    0 for a trial that failed before its first step."""
+    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+        return 0
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         logged = max(json.loads(line)["step"] for line in f if line.strip())
     ckpts = os.path.join(workdir, "checkpoints")
@@ -175,14 +178,20 @@ def main() -> None:
             max(t.datetime_complete for t in study.trials)
             - min(t.datetime_start for t in study.trials)
         ).total_seconds()
-        steps = sum(_last_step(t.user_attrs["workdir"]) for t in study.trials)
+        # A trial whose worker died (a session's end) is FAIL and retried in
+        # its own workdir: each workdir's steps count once.
+        done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+        workdirs = {t.user_attrs.get("workdir") for t in study.trials} - {None}
+        steps = sum(_last_step(w) for w in workdirs)
         best = study.best_trial
         rows.append(
             {
                 "sweep": label,
                 "config": args.config,
-                "trials": len(study.trials),
-                "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
+                "trials": len(done),
+                "pruned": sum(t.state.name == "PRUNED" for t in done),
+                # with them, wall_s spans the gap between the two runs
+                "failed_attempts": len(study.trials) - len(done),
                 "total_steps": steps,
                 "wall_s": wall,
                 "workers": args.workers,
