@@ -30,6 +30,10 @@ NOT_RUN = {
     "python exports/": "needs an exported run; tests/test_export.py runs every "
     "family's load.py",
     "python tests/fixtures/make_hf.py": "needs the hf extra (torch, transformers)",
+    "python3.12 -m venv": "a second Python and a 3 GB install: the by-hand check "
+    "of a newer jax",
+    ".venv312/bin/pip install": "that install",
+    "PATH=$PWD/.venv312/bin:$PATH python -m pytest": "the suite itself, under it",
 }
 # README workdirs that the shared smoke runs stand in for (same config, :smoke).
 SMOKE_RUNS = ("vae_digits", "ddpm_digits", "gan_digits", "lm_pydoc")
