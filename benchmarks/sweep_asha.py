@@ -93,7 +93,8 @@ def main() -> None:
     parser.add_argument(
         "--grid",
         required=True,
-        help="JSON {param: [values]} (their product) or [{param: value}, ...]",
+        help="JSON {param: [values]} (their product) or [{param: value}, ...]; "
+        "@FILE reads it from FILE (e.g. @benchmarks/fm_digits_grid.json)",
     )
     parser.add_argument("--work", default="runs/sweep_asha")
     parser.add_argument("--noise_seeds", type=int, default=2)
@@ -133,6 +134,9 @@ def main() -> None:
         "trials are deterministic, so a rerun of the grid repeats it",
     )
     args, extra = parser.parse_known_args()  # extra: --config.a.b=v for every run
+    if args.grid.startswith("@"):
+        with open(args.grid[1:]) as f:
+            args.grid = f.read()
     grid = json.loads(args.grid)
     if isinstance(grid, dict):
         points = [dict(zip(grid, v)) for v in itertools.product(*grid.values())]
