@@ -61,9 +61,10 @@ def _last_step(workdir: str) -> int:
     """The last step a trial trained: its newest checkpoint (a pruned run saves
     where SIGTERM found it, past its last log row) or its last logged step;
     0 for a trial that failed before its first step."""
-    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(metrics):
         return 0
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    with open(metrics) as f:
         logged = max(json.loads(line)["step"] for line in f if line.strip())
     ckpts = os.path.join(workdir, "checkpoints")
     saved = (
