@@ -214,6 +214,10 @@ class Watch:
         self.command = command
         self.offset, self.last = 0, {}  # metric -> (step, its last value)
         self.step = 0  # the last step the run logged
+        # A run resumed from a checkpoint before its last logged step logs
+        # those steps again (the same values: training is deterministic);
+        # Optuna takes one value per step, so each is reported once.
+        self.reported: set[int] = set()
 
     def _read(self) -> None:
         path = self.workdir / "metrics.jsonl"
@@ -231,8 +235,10 @@ class Watch:
             for metric in space.eval_metrics:
                 if row.get(metric) is not None:
                     self.last[metric] = (row["step"], float(row[metric]))
-                    if not space.multi:  # Optuna reports single objectives only
+                    if not space.multi and row["step"] not in self.reported:
+                        # Optuna reports single objectives only
                         self.trial.report(float(row[metric]), row["step"])
+                        self.reported.add(row["step"])
 
     def result(self) -> dict[str, float]:
         """Runs the trial to its end; the last value of each eval metric."""

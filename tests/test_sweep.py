@@ -110,6 +110,32 @@ def test_pruner_rungs_fall_on_evaluations():
         sweep.make_pruner({"name": "hyperband", "min_resource": 500}, 200)
 
 
+def test_a_resumed_runs_repeated_steps_are_reported_once(tmp_path):
+    """A run resumed from a checkpoint before its last logged step logs those
+    steps again: the driver reports each step to Optuna once (Optuna warns
+    and ignores a second report) and reads the rows after them."""
+    import types
+    import warnings
+
+    from gen_jax import sweep_driver
+
+    metric = "eval/heldout/model/loss"
+    rows = [(2, 0.9), (4, 0.8), (2, 0.9), (4, 0.8), (6, 0.7)]  # resumed at 0
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(f'{{"step": {s}, "{metric}": {v}}}\n' for s, v in rows)
+    )
+    space = sweep.Space((metric,), ("minimize",), {}, {}, lambda t: {})
+    study = optuna.create_study()
+    trial = study.ask()
+    owner = types.SimpleNamespace(space=space)
+    watch = sweep_driver.Watch(owner, trial, tmp_path, tmp_path, [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Optuna's "already reported" warning
+        watch._read()
+    assert study.trials[0].intermediate_values == {2: 0.9, 4: 0.8, 6: 0.7}
+    assert watch.last[metric] == (6, 0.7) and watch.step == 6
+
+
 def test_multi_objective_spaces_are_checked(tmp_path):
     """A config.<key> objective must name a number of the config; a study of
     several metrics takes no pruner (Optuna prunes single objectives only)."""
