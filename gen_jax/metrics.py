@@ -27,7 +27,7 @@ class _TensorBoard:
     which imports TensorFlow (train.py's docstring says what we take from clu).
     Scalars are `simple_value`s, images PNGs, as TensorBoard reads them."""
 
-    def __init__(self, workdir: epath.Path):
+    def __init__(self, workdir: epath.Path, start_step: int | None):
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.summary.writer.record_writer import RecordWriter
 
@@ -36,6 +36,11 @@ class _TensorBoard:
         name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}"
         self._records = RecordWriter((workdir / name).open("wb"))
         self._add(file_version="brain.Event:2")
+        if start_step is not None:
+            # As TensorFlow's Supervisor marks a (re)start: TensorBoard drops
+            # the earlier files' events from this step on, which the run redoes.
+            start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self._add(step=start_step + 1, session_log=start)
 
     def _add(self, **event) -> None:
         event = self._pb.Event(wall_time=time.time(), **event)
@@ -69,14 +74,20 @@ class Writer:
     Only process 0 writes; other processes log nothing.
     """
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, start_step: int | None = None):
+        """`start_step`: the step a training run starts (or resumes) from;
+        what the workdir logged after it goes. None (a tool adding rows to
+        a run, e.g. `gen-jax evaluate`): nothing goes."""
         self.workdir = epath.Path(workdir)  # local or gs://
         self.active = jax.process_index() == 0
         if self.active:
-            self._tb = _TensorBoard(self.workdir)
+            self._tb = _TensorBoard(self.workdir, start_step)
+            jsonl = self.workdir / "metrics.jsonl"
+            if start_step is not None:
+                _drop_rows_after(jsonl, start_step)
             # Open for the whole run; closed in close(). On Cloud Storage each
             # flush uploads the file again (small: one line per log step).
-            self._jsonl = (self.workdir / "metrics.jsonl").open("a")
+            self._jsonl = jsonl.open("a")
 
     def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
         if not self.active:
@@ -114,6 +125,25 @@ class Writer:
         if self.active:
             self._tb.close()
             self._jsonl.close()
+
+
+def _drop_rows_after(path: epath.Path, step: int) -> None:
+    """A run resumed from the checkpoint at `step` logs the steps after it
+    again (the same values, training being deterministic): their earlier rows
+    go, and so does a line cut short by a kill, so the file reads as one run."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # the last line of a killed run
+            continue
+        if row.get("step", 0) <= step:
+            keep.append(line)
+    if len(keep) < len(lines):
+        path.write_text("".join(f"{line}\n" for line in keep))
 
 
 def check_finite(step: int, metrics: dict[str, float]) -> None:

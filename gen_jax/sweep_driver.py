@@ -214,9 +214,9 @@ class Watch:
         self.command = command
         self.offset, self.last = 0, {}  # metric -> (step, its last value)
         self.step = 0  # the last step the run logged
-        # A run resumed from a checkpoint before its last logged step logs
-        # those steps again (the same values: training is deterministic);
-        # Optuna takes one value per step, so each is reported once.
+        # A run resumed from a checkpoint before its last logged step drops
+        # the rows after it and logs those steps again (the same values:
+        # training is deterministic); Optuna takes one value per step.
         self.reported: set[int] = set()
 
     def _read(self) -> None:
@@ -224,6 +224,9 @@ class Watch:
         if not path.exists():
             return
         with path.open() as f:
+            if f.seek(0, os.SEEK_END) < self.offset:
+                # The run resumed and dropped the rows after its checkpoint.
+                self.offset, self.step = 0, 0
             f.seek(self.offset)
             chunk = f.read()
         lines = chunk.split("\n")

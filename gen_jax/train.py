@@ -129,7 +129,7 @@ def _run(config, workdir, preemption) -> TrainState:
             logging.info("params (frozen entries included):\n%s", table)
         # Every start: a resumed run with changed overrides leaves no stale config.
         checkpoint.write_config(config, workdir)
-        writer = metrics.Writer(workdir)
+        writer = metrics.Writer(workdir, start_step=int(state.step))
         try:
             return _loop(
                 config,

@@ -88,8 +88,25 @@ def test_exact_resume_matches_uninterrupted_run(name, trained, tmp_path):
     _assert_trees_equal(got, want)
     _assert_trees_equal(final, want)
     assert got_data == want_data
+    _assert_logs_read_as_one_run(reference, resumed)
     if name == "gan_digits":
         _assert_window_averages_its_updates(reference, resumed)
+
+
+def _assert_logs_read_as_one_run(reference: str, resumed: str) -> None:
+    """The copy's logs held the reference's steps 4 and 6, which the resumed
+    run redid: metrics.jsonl keeps the rows up to step 3 and then the resumed
+    run's (its one window, at 6); TensorBoard's reader, told of the restart,
+    drops the earlier file's events from step 4 on."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    before = [r for r in helpers.read_metrics(reference) if r["step"] <= 3]
+    rows = helpers.read_metrics(resumed)
+    assert rows[: len(before)] == before
+    assert [r["step"] for r in rows[len(before) :]] == [6]
+    events = event_accumulator.EventAccumulator(resumed)
+    events.Reload()
+    assert [e.step for e in events.Scalars("steps_per_sec")] == [2, 6]
 
 
 def _assert_window_averages_its_updates(reference: str, resumed: str) -> None:

@@ -111,29 +111,36 @@ def test_pruner_rungs_fall_on_evaluations():
 
 
 def test_a_resumed_runs_repeated_steps_are_reported_once(tmp_path):
-    """A run resumed from a checkpoint before its last logged step logs those
-    steps again: the driver reports each step to Optuna once (Optuna warns
-    and ignores a second report) and reads the rows after them."""
+    """A run resumed from a checkpoint before its last logged step drops the
+    rows after it (the file shrinks under the driver) and logs those steps
+    again: the driver reads on from the file's start and reports each step to
+    Optuna once (Optuna warns at, and ignores, a second report)."""
     import types
     import warnings
 
     from gen_jax import sweep_driver
 
     metric = "eval/heldout/model/loss"
-    rows = [(2, 0.9), (4, 0.8), (2, 0.9), (4, 0.8), (6, 0.7)]  # resumed at 0
-    (tmp_path / "metrics.jsonl").write_text(
-        "".join(f'{{"step": {s}, "{metric}": {v}}}\n' for s, v in rows)
-    )
+
+    def rows(*steps):
+        return "".join(f'{{"step": {s}, "{metric}": {(10 - s) / 10}}}\n' for s in steps)
+
+    path = tmp_path / "metrics.jsonl"
     space = sweep.Space((metric,), ("minimize",), {}, {}, lambda t: {})
     study = optuna.create_study()
-    trial = study.ask()
     owner = types.SimpleNamespace(space=space)
-    watch = sweep_driver.Watch(owner, trial, tmp_path, tmp_path, [])
+    watch = sweep_driver.Watch(owner, study.ask(), tmp_path, tmp_path, [])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Optuna's "already reported" warning
+        path.write_text(rows(2, 4, 6))  # killed after step 6, saved at 2
         watch._read()
-    assert study.trials[0].intermediate_values == {2: 0.9, 4: 0.8, 6: 0.7}
-    assert watch.last[metric] == (6, 0.7) and watch.step == 6
+        path.write_text(rows(2))  # resumed at 2: later rows dropped
+        watch._read()
+        # and logged again, with a row the first time had not (offsets move)
+        path.write_text(rows(2) + '{"step": 3, "model/loss": 0.5}\n' + rows(4, 6, 8))
+        watch._read()
+    assert study.trials[0].intermediate_values == {2: 0.8, 4: 0.6, 6: 0.4, 8: 0.2}
+    assert watch.last[metric] == (8, 0.2) and watch.step == 8
 
 
 def test_multi_objective_spaces_are_checked(tmp_path):
