@@ -137,9 +137,10 @@ def check_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
 
 def check_space(
     space: Space, config: ml_collections.ConfigDict, draws: int = 32
-) -> None:
+) -> list[str]:
     """Every key `suggest` gives in `draws` random trials (covering the
-    branches of a conditional space) is a config key of the right type."""
+    branches of a conditional space) is a config key of the right type;
+    returns those keys."""
     for m in space.metrics:
         if m.startswith("config.") and not isinstance(
             config_value(config, m), (int, float)
@@ -151,10 +152,14 @@ def check_space(
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     finally:
         optuna.logging.set_verbosity(verbosity)
+    keys = set()
     for _ in range(draws):
         trial = study.ask()
-        check_overrides(config, space.suggest(trial))
+        overrides = space.suggest(trial)
+        check_overrides(config, overrides)
+        keys |= set(overrides)
         study.tell(trial, 0.0)
+    return sorted(keys)
 
 
 def config_value(config: ml_collections.ConfigDict, metric: str, overrides=None):
@@ -187,38 +192,49 @@ def make_sampler(spec: dict, seed_offset: int) -> optuna.samplers.BaseSampler:
     }
     if name not in samplers:
         raise SweepError(f"unknown sampler {name!r}; valid: {', '.join(samplers)}")
-    return samplers[name](**spec)
+    return _construct("sampler", samplers[name], spec)
 
 
-def make_pruner(spec: dict, eval_every: int) -> optuna.pruners.BasePruner:
-    """The space's pruner; `min_resource: "eval"` (the default) is the metric's
-    evaluator's `every_steps`, so rungs fall on evaluations; a number of steps
-    must be a multiple of it (e.g. a first rung past an early crossing of the
-    learning curves), else rungs fall between evaluations and each is judged
-    at the next one, not where the space put it."""
-    spec = dict(spec)
-    name = spec.pop("name", "none")
+def pruner_spec(spec: dict, eval_every: int) -> dict:
+    """The space's pruner with `min_resource: "eval"` (the default) made the
+    metric's evaluator's `every_steps`, so rungs fall on evaluations; a number
+    of steps must be a multiple of it (e.g. a first rung past an early
+    crossing of the learning curves), else rungs fall between evaluations and
+    each is judged at the next one, not where the space put it."""
+    spec = {"name": "none", **spec}
     first = spec.get("min_resource", "eval")
-    if first == "eval" and name in ("asha", "hyperband"):
+    if first == "eval" and spec["name"] in ("asha", "hyperband"):
         spec["min_resource"] = eval_every
     elif isinstance(first, int) and first % eval_every:
         raise SweepError(
             f"pruner min_resource {first} is not a multiple of the metric's "
             f"evaluator every_steps ({eval_every}): use a multiple, or 'eval'"
         )
-    if name == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(**spec)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(**spec)
-    if name == "median":
-        return optuna.pruners.MedianPruner(**spec)
-    if name == "threshold":  # prune a run whose metric leaves [lower, upper]
-        return optuna.pruners.ThresholdPruner(**spec)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise SweepError(
-        f"unknown pruner {name!r}; valid: asha, hyperband, median, threshold, none"
-    )
+    return spec
+
+
+def make_pruner(spec: dict, eval_every: int) -> optuna.pruners.BasePruner:
+    """The space's pruner (see `pruner_spec`)."""
+    spec = pruner_spec(spec, eval_every)
+    name = spec.pop("name")
+    pruners = {
+        "asha": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "median": optuna.pruners.MedianPruner,
+        "threshold": optuna.pruners.ThresholdPruner,  # the metric leaves [lower, upper]
+        "none": optuna.pruners.NopPruner,
+    }
+    if name not in pruners:
+        raise SweepError(f"unknown pruner {name!r}; valid: {', '.join(pruners)}")
+    return _construct("pruner", pruners[name], spec)
+
+
+def _construct(kind: str, cls, spec: dict):
+    """`cls(**spec)`; a misspelt or mistyped argument is the space's error."""
+    try:
+        return cls(**spec)
+    except (TypeError, ValueError) as e:
+        raise SweepError(f"{kind} {cls.__name__}: {e}") from None
 
 
 def make_storage(url: str, *, heartbeat_s: int, grace_s: int, max_retry: int):

@@ -80,9 +80,18 @@ class Sweep:
             every.append(self.config.evals[name].every_steps)
         return every[0]
 
+    def check(self) -> tuple[list[str], dict]:
+        """What can fail before a trial runs: the space's keys (every branch
+        drawn), its sampler and pruner. The keys, and the pruner resolved."""
+        keys = sweep.check_space(self.space, self.config)
+        sweep.make_sampler(self.space.sampler, 0)
+        sweep.make_pruner(self.space.pruner, self._eval_every())
+        return keys, sweep.pruner_spec(self.space.pruner, self._eval_every())
+
     def run(self) -> None:
         """`workers` threads, each running trials until the study or this
         process has its count; re-raises a SweepError (exit 2)."""
+        self.check()  # a bad key: exit 2 before any trial
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         # The storage's tables and the study, created once: under the lock, so
         # workers starting together do not race to create them.
@@ -214,9 +223,8 @@ class Watch:
         self.command = command
         self.offset, self.last = 0, {}  # metric -> (step, its last value)
         self.step = 0  # the last step the run logged
-        # A run resumed from a checkpoint before its last logged step drops
-        # the rows after it and logs those steps again (the same values:
-        # training is deterministic); Optuna takes one value per step.
+        # A resumed run drops the rows after its checkpoint and logs those
+        # steps again (the same values); Optuna takes one value per step.
         self.reported: set[int] = set()
 
     def _read(self) -> None:

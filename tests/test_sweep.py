@@ -87,6 +87,41 @@ def test_a_bad_space_key_exits_2_before_any_trial(tmp_path):
         )
 
 
+def test_a_dry_run_checks_the_space_and_shows_the_rungs(tmp_path):
+    """--dry_run runs the sweep's checks and prints its plan, trains nothing:
+    the shipped fm_digits space with its docstring's overrides prunes at 600
+    and 1800; at the config's own evaluations (every 2000 steps, the last)
+    nothing would be pruned, and it says so; a misspelt pruner argument is
+    the space's one-line error, exit 2."""
+    sweep_dir = tmp_path / "fm"
+    args = [
+        "--config=configs/fm_digits.py",
+        "--space=configs/sweeps/fm_digits.py",
+        f"--sweep_dir={sweep_dir}",
+        "--n_trials=24",
+        "--dry_run",
+    ]
+    every = ["--config.train.num_steps=4000", "--config.evals.quality.every_steps=600"]
+    result = helpers.gen_jax("sweep", *args, *every)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "rungs at steps 600, 1800 of 4000" in result.stdout
+    assert "diffusion.p_mean, diffusion.t_mean" in result.stdout  # both branches
+    assert not sweep_dir.exists()
+    result = helpers.gen_jax("sweep", *args)
+    assert "no rung before step 2000, nothing pruned" in result.stdout
+    space = pathlib.Path(helpers.ROOT, "configs/sweeps/fm_digits.py").read_text()
+    bad = tmp_path / "bad.py"
+    bad.write_text(space.replace('"reduction_factor"', '"reduction_factr"'))
+    result = helpers.gen_jax("sweep", *args[:1], f"--space={bad}", *args[2:])
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: pruner SuccessiveHalvingPruner: ")
+        and "reduction_factr" in result.stderr
+    )
+
+
 def test_a_conditional_space_checks_every_branch():
     """fm_digits' space sets t_mean only for flow, p_mean only for edm; both
     branches are drawn and checked against the config."""

@@ -202,9 +202,16 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", directory)
 
 
-def run(main: Callable[[list[str]], None], tool: str, argv: list[str]) -> None:
+def run(
+    main: Callable[[list[str]], None],
+    tool: str,
+    argv: list[str],
+    dry_run: Callable[[], None] | None = None,
+) -> None:
     """Runs `main` as an absl app under the exit policy above; `tool` is the
-    tool's module name (its docstring and flags are its --help)."""
+    tool's module name (its docstring and flags are its --help); `dry_run`,
+    the tool's own checks and account of what it would do under --dry_run
+    (after the flags and config are printed)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF/XLA load
     flags.DEFINE_bool("traceback", False, "Show the stack of an error.")
     flags.DEFINE_bool(
@@ -226,10 +233,12 @@ def run(main: Callable[[list[str]], None], tool: str, argv: list[str]) -> None:
 
     def guarded(args: list[str]) -> None:
         quiet_libraries()
-        if FLAGS.dry_run:
-            _print_dry_run(args)
-            return
         try:
+            if FLAGS.dry_run:
+                _print_dry_run(args)
+                if dry_run:
+                    dry_run()
+                return
             enable_compilation_cache()
             main(args)
         except Exception as e:

@@ -62,29 +62,38 @@ def _storage(sweep_dir) -> str:
     return FLAGS.storage or f"sqlite:///{sweep_dir.resolve() / 'study.db'}"
 
 
+def _where():
+    """The sweep directory and the study's name."""
+    import pathlib
+
+    tool_flags.require("sweep_dir")
+    sweep_dir = pathlib.Path(FLAGS.sweep_dir)
+    return sweep_dir, FLAGS.study or sweep_dir.resolve().name
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    tool_flags.require("sweep_dir")
-    import pathlib
-    import shlex
-
-    sweep_dir = pathlib.Path(FLAGS.sweep_dir)
-    study_name = FLAGS.study or sweep_dir.resolve().name
+    sweep_dir, study_name = _where()
     if FLAGS.report:
         from gen_jax import sweep_report
 
         print(sweep_report.report(_storage(sweep_dir), study_name, sweep_dir))
         return
+    _make_sweep(sweep_dir, study_name).run()
+
+
+def _make_sweep(sweep_dir, study_name: str):
     tool_flags.require("config", "space")
     if not (FLAGS.n_trials or FLAGS.max_trials):
         raise app.UsageError("give --n_trials or --max_trials (or both)")
+    import shlex
+
     from gen_jax import sweep, sweep_driver
 
     space = sweep.load_space(FLAGS.space)
-    sweep.check_space(space, FLAGS.config)  # a bad key: exit 2 before any trial
     spec = next(a.split("=", 1)[1] for a in _ARGV if a.startswith("--config="))
-    sweep_driver.Sweep(
+    return sweep_driver.Sweep(
         config_spec=spec,
         config=FLAGS.config,
         base_overrides=[a for a in _ARGV if a.startswith("--config.")],
@@ -100,10 +109,42 @@ def main(argv: list[str]) -> None:
         heartbeat_s=FLAGS.heartbeat_s,
         grace_s=FLAGS.grace_s,
         max_retry=FLAGS.max_retry,
-    ).run()
+    )
+
+
+def _dry_run() -> None:
+    """The sweep's checks (the space against the config, sampler, pruner),
+    and its plan: storage, study, metric, keys, pruner rungs."""
+    if FLAGS.report:
+        return
+    plan = _make_sweep(*_where())
+    keys, pruner = plan.check()
+    space = plan.space
+    print(f"storage {plan.storage_url}, study {plan.study_name!r}")
+    print(f"{' / '.join(space.directions)} {', '.join(space.metrics)}")
+    print(f"sampler {space.sampler}; trials set {', '.join(keys)}")
+    rungs = ""
+    if pruner["name"] == "asha" and isinstance(pruner["min_resource"], int):
+        steps = plan.config.train.num_steps
+        at = ", ".join(map(str, _asha_rungs(pruner, steps)))
+        rungs = f": rungs at steps {at} of {steps}"
+        if not at:
+            rungs = (
+                f": no rung before step {steps}, nothing pruned (evaluate more often)"
+            )
+    print(f"pruner {pruner}{rungs}")
+
+
+def _asha_rungs(spec: dict, num_steps: int) -> list[int]:
+    """The steps at which ASHA (a `pruner_spec`) compares runs: min_resource ×
+    reduction_factor ** (k + min_early_stopping_rate), Optuna's defaults."""
+    first, factor = spec["min_resource"], spec.get("reduction_factor", 4)
+    rate = spec.get("min_early_stopping_rate", 0)
+    rungs = [first * factor ** (rate + k) for k in range(num_steps.bit_length())]
+    return [r for r in rungs if r < num_steps]
 
 
 def cli(argv: list[str]) -> None:
     _ARGV[:] = argv
     _define_flags()
-    tool_flags.run(main, __name__, argv)
+    tool_flags.run(main, __name__, argv, dry_run=_dry_run)
