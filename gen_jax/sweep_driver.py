@@ -83,10 +83,10 @@ class Sweep:
     def check(self) -> tuple[list[str], dict]:
         """What can fail before a trial runs: the space's keys (every branch
         drawn), its sampler and pruner. The keys, and the pruner resolved."""
-        keys = sweep.check_space(self.space, self.config)
+        keys, every = sweep.check_space(self.space, self.config), self._eval_every()
         sweep.make_sampler(self.space.sampler, 0)
-        sweep.make_pruner(self.space.pruner, self._eval_every())
-        return keys, sweep.pruner_spec(self.space.pruner, self._eval_every())
+        sweep.make_pruner(self.space.pruner, every)
+        return keys, sweep.pruner_spec(self.space.pruner, every)
 
     def run(self) -> None:
         """`workers` threads, each running trials until the study or this
